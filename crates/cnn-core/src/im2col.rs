@@ -1,0 +1,212 @@
+//! im2col and col2im: the lowering that turns a convolution into one matrix product.
+//!
+//! Every receptive field — the `c * kh * kw` input values one output pixel sees — becomes one
+//! **column** of a 2-D matrix (Caffe's layout), so that the filters, flattened to one row each,
+//! multiply it in a single GEMM and the product comes out already in NCHW order:
+//!
+//! ```text
+//! cols[(ci * kh + ky) * kw + kx, oy * ow + ox] = x[ci, oy * sh + ky - pad_top, ox * sw + kx - pad_left]
+//! ```
+//!
+//! (zero where that lands in the padding). Transposed, row `oy * ow + ox` is the flattened patch
+//! at `(oy, ox)`, as the course material writes it. col2im is the adjoint: it walks the same
+//! loops with `+=`, so a pixel shared by several windows receives the sum of their values.
+
+use crate::error::{expect_nonempty, expect_shape, Result};
+use crate::window::{Geometry, Window};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use rayon::prelude::*;
+
+/// Lowers a batch: one column per receptive field, samples side by side.
+///
+/// Built in parallel over the samples. Zero padding is written here; no padded copy of the
+/// input is made.
+///
+/// # Shapes
+/// - `x`: `[n, c, h, w]`
+/// - returns: `[c * kh * kw, n * oh * ow]`; column `i * oh * ow + oy * ow + ox` is the
+///   receptive field of output `(oy, ox)` of sample `i`
+///
+/// # Errors
+/// An empty input or a window that does not fit (see [`Window::geometry`]).
+///
+/// ```
+/// use cnn_core::{im2col, Window};
+/// use ndarray::Array4;
+/// // a 3x3 image 0..9, a 2x2 window: 4 receptive fields of 4 pixels
+/// let x = Array4::from_shape_vec((1, 1, 3, 3), (0..9).map(|v| v as f32).collect()).unwrap();
+/// let cols = im2col(x.view(), &Window::square(2)).unwrap();
+/// assert_eq!(cols.t().row(0).to_vec(), [0., 1., 3., 4.]); // the patch at (0, 0)
+/// assert_eq!(cols.t().row(3).to_vec(), [4., 5., 7., 8.]); // the patch at (1, 1)
+/// ```
+pub fn im2col(x: ndarray::ArrayView4<f32>, win: &Window) -> Result<Array2<f32>> {
+    let (n, c, h, w) = x.dim();
+    expect_nonempty("input", x.shape())?;
+    let g = win.geometry(h, w)?;
+    let p = g.positions();
+    let mut cols = Array2::zeros((c * g.kh * g.kw, n * p));
+    cols.axis_chunks_iter_mut(Axis(1), p)
+        .into_par_iter()
+        .zip(x.axis_iter(Axis(0)))
+        .for_each(|(cols_i, x_i)| im2col_sample(x_i, &g, cols_i));
+    Ok(cols)
+}
+
+/// The adjoint of [`im2col`]: scatters columns back onto an image, **adding** where windows
+/// overlap, and dropping what falls on the padding.
+///
+/// # Shapes
+/// - `cols`: `[c * kh * kw, n * oh * ow]`
+/// - `x_shape`: `[n, c, h, w]`, the shape of the image that was lowered
+/// - returns: `[n, c, h, w]`
+///
+/// # Errors
+/// A `cols` shape that does not match `x_shape` and the window.
+pub fn col2im(cols: ArrayView2<f32>, x_shape: [usize; 4], win: &Window) -> Result<Array4<f32>> {
+    let [n, c, h, w] = x_shape;
+    expect_nonempty("image shape", &x_shape)?;
+    let g = win.geometry(h, w)?;
+    let p = g.positions();
+    expect_shape("lowered matrix", &[c * g.kh * g.kw, n * p], cols.shape())?;
+    let mut x = Array4::zeros(x_shape);
+    x.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(cols.axis_chunks_iter(Axis(1), p))
+        .for_each(|(x_i, cols_i)| col2im_sample(cols_i, &g, x_i));
+    Ok(x)
+}
+
+/// Lowers one sample into `cols` (`[c * kh * kw, oh * ow]`, rows contiguous).
+///
+/// # Panics
+/// If `cols` has the wrong shape or non-contiguous rows (a bug in the caller).
+pub(crate) fn im2col_sample(x: ArrayView3<f32>, g: &Geometry, mut cols: ArrayViewMut2<f32>) {
+    let (c, h, w) = x.dim();
+    assert_eq!((h, w), (g.h, g.w), "im2col: image does not match geometry");
+    assert_eq!(cols.dim(), (c * g.kh * g.kw, g.positions()), "im2col: wrong cols shape");
+    let x = x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout is contiguous");
+    let ow = g.ow;
+    for ci in 0..c {
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..g.kh {
+            let rows = g.rows_inside(ky);
+            for kx in 0..g.kw {
+                let mut row = cols.row_mut((ci * g.kh + ky) * g.kw + kx);
+                let row = row.as_slice_mut().expect("cols rows are contiguous");
+                let xs = g.cols_inside(kx);
+                for oy in 0..g.oh {
+                    let out = &mut row[oy * ow..(oy + 1) * ow];
+                    if !rows.contains(&oy) {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let iy = oy * g.sh + ky - g.pad_top;
+                    let src = &plane[iy * w..(iy + 1) * w];
+                    out[..xs.start].fill(0.0);
+                    out[xs.end..].fill(0.0);
+                    if xs.is_empty() {
+                        continue;
+                    }
+                    let ix0 = xs.start * g.sw + kx - g.pad_left;
+                    let out = &mut out[xs.clone()];
+                    if g.sw == 1 {
+                        out.copy_from_slice(&src[ix0..ix0 + out.len()]);
+                    } else {
+                        for (o, s) in out.iter_mut().zip(src[ix0..].iter().step_by(g.sw)) {
+                            *o = *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the columns of one sample back onto `dx` (`[c, h, w]`, zero-filled by the caller):
+/// the mirror image of [`im2col_sample`], the same loops with `+=`.
+///
+/// # Panics
+/// If the shapes disagree with the geometry (a bug in the caller).
+pub(crate) fn col2im_sample(cols: ArrayView2<f32>, g: &Geometry, mut dx: ArrayViewMut3<f32>) {
+    let (c, h, w) = dx.dim();
+    assert_eq!((h, w), (g.h, g.w), "col2im: image does not match geometry");
+    assert_eq!(cols.dim(), (c * g.kh * g.kw, g.positions()), "col2im: wrong cols shape");
+    let dx = dx.as_slice_mut().expect("col2im: dx must be contiguous");
+    let cols = cols.as_standard_layout();
+    let ow = g.ow;
+    for ci in 0..c {
+        let plane = &mut dx[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..g.kh {
+            let rows = g.rows_inside(ky);
+            for kx in 0..g.kw {
+                let row = cols.row((ci * g.kh + ky) * g.kw + kx);
+                let row = row.as_slice().expect("standard layout rows are contiguous");
+                let xs = g.cols_inside(kx);
+                if xs.is_empty() {
+                    continue;
+                }
+                for oy in rows.clone() {
+                    let iy = oy * g.sh + ky - g.pad_top;
+                    let dst = &mut plane[iy * w..(iy + 1) * w];
+                    let ix0 = xs.start * g.sw + kx - g.pad_left;
+                    let src = &row[oy * ow + xs.start..oy * ow + xs.end];
+                    for (d, s) in dst[ix0..].iter_mut().step_by(g.sw).zip(src) {
+                        *d += *s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::Padding;
+    use ndarray::{array, Array};
+
+    #[test]
+    fn material_example_rows_are_patches() {
+        // 4x4 image with values 1..=16, a 3x3 filter at stride 1: 2x2 = 4 receptive fields.
+        let x = Array::from_shape_vec((1, 1, 4, 4), (1..=16).map(|v| v as f32).collect()).unwrap();
+        let cols = im2col(x.view(), &Window::square(3)).unwrap();
+        // Row i*out_W + j of the transposed matrix is the flattened patch at (i, j).
+        let expected = array![
+            [1., 2., 3., 5., 6., 7., 9., 10., 11.],
+            [2., 3., 4., 6., 7., 8., 10., 11., 12.],
+            [5., 6., 7., 9., 10., 11., 13., 14., 15.],
+            [6., 7., 8., 10., 11., 12., 14., 15., 16.],
+        ];
+        assert_eq!(cols.t(), expected);
+    }
+
+    #[test]
+    fn padding_and_channels_and_batch() {
+        // 2 samples, 2 channels of 2x2, 2x2 kernel, SAME (pad 0 top/left, 1 bottom/right)
+        let x = Array::from_shape_vec((2, 2, 2, 2), (1..=16).map(|v| v as f32).collect()).unwrap();
+        let cols = im2col(x.view(), &Window::square(2).padding(Padding::Same)).unwrap();
+        assert_eq!(cols.dim(), (8, 8));
+        // sample 0, position (0,0): channel 0 patch [1,2,3,4], channel 1 patch [5,6,7,8]
+        assert_eq!(cols.column(0).to_vec(), [1., 2., 3., 4., 5., 6., 7., 8.]);
+        // sample 0, position (1,1): only the top-left of each patch is inside
+        assert_eq!(cols.column(3).to_vec(), [4., 0., 0., 0., 8., 0., 0., 0.]);
+        // sample 1, position (0,1)
+        assert_eq!(cols.column(5).to_vec(), [10., 0., 12., 0., 14., 0., 16., 0.]);
+    }
+
+    #[test]
+    fn col2im_adds_overlaps() {
+        // 3x3 image, 2x2 window, stride 1: the centre pixel is in all 4 windows, corners in 1.
+        let cols = Array2::ones((4, 4));
+        let x = col2im(cols.view(), [1, 1, 3, 3], &Window::square(2)).unwrap();
+        assert_eq!(x.into_shape_with_order((3, 3)).unwrap(), array![[1., 2., 1.], [2., 4., 2.], [1., 2., 1.]]);
+    }
+
+    #[test]
+    fn col2im_checks_shape() {
+        let cols = Array2::ones((4, 5));
+        let e = col2im(cols.view(), [1, 1, 3, 3], &Window::square(2)).unwrap_err();
+        assert_eq!(e.to_string(), "shape mismatch for lowered matrix: expected [4, 4], got [4, 5]");
+    }
+}

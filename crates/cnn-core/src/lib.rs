@@ -1,0 +1,37 @@
+//! # cnn-core: the compute core of a readable, fast CNN library
+//!
+//! Convolution the way the lecture explains it and the way BLAS likes it:
+//!
+//! - [`Window`] / [`Geometry`]: kernel, stride and VALID / SAME / explicit padding; the one
+//!   place where output sizes are computed, shared by convolution, pooling and im2col.
+//! - [`im2col`] / [`col2im`]: every receptive field becomes a column of a matrix, so a whole
+//!   convolution layer is **one matrix product**; col2im is its adjoint and adds overlaps.
+//! - [`conv2d`] / [`conv2d_backward`]: forward and backward by im2col and BLAS GEMMs, in
+//!   parallel over the batch; [`conv1d`] / [`conv1d_backward`] through the same code.
+//! - [`max_pool2d`], [`avg_pool2d`] and their backward passes.
+//! - [`reference`]: the naive nested loops everything is checked against.
+//! - [`threads`]: why rayon owns the cores and BLAS runs single-threaded.
+//!
+//! Conventions: `f32`; activations NCHW `[n, c, h, w]`; filters `[c_out, c_in, kh, kw]` (one
+//! filter is a stack of `c_in` kernels; `c_out` filters give `c_out` output channels); bias
+//! `[c_out]`; 1-D signals `[n, c, l]` with filters `[c_out, c_in, k]`.
+#![warn(missing_docs)]
+
+// Links OpenBLAS (the system library) as ndarray's BLAS backend.
+extern crate blas_src;
+
+mod conv;
+mod conv1d;
+mod error;
+mod im2col;
+mod pool;
+pub mod reference;
+pub mod threads;
+mod window;
+
+pub use conv::{conv2d, conv2d_backward, Conv2dGrads};
+pub use conv1d::{conv1d, conv1d_backward, Conv1dGrads, Padding1d, Window1d};
+pub use error::{CnnError, Result};
+pub use im2col::{col2im, im2col};
+pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, MaxPool};
+pub use window::{Geometry, Padding, Window};

@@ -1,0 +1,278 @@
+//! Max and average pooling: no parameters, the channel count unchanged, each channel pooled
+//! on its own. The window, stride and padding are the same [`Window`] as convolution's.
+//!
+//! Max pooling remembers which input won each window (`argmax`, the index `y * w + x` in the
+//! channel's plane; the first one on ties) and its backward routes each gradient there —
+//! overlapping windows add. Average pooling divides by the number of input pixels inside the
+//! window (padding is not counted, as in TensorFlow's SAME).
+
+use crate::error::{expect_nonempty, expect_shape, CnnError, Result};
+use crate::threads;
+use crate::window::{Geometry, Window};
+use ndarray::{Array4, ArrayView4, ArrayViewMut2, Zip};
+use rayon::prelude::*;
+
+/// Output of [`max_pool2d`]: the pooled values and where each came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaxPool {
+    /// Pooled output, `[n, c, oh, ow]`.
+    pub y: Array4<f32>,
+    /// For each output, the index `y * w + x` of the winning input in its channel plane.
+    pub argmax: Array4<u32>,
+}
+
+/// Places a pooling window on an input of shape `x`, refusing padding as wide as the window
+/// (a window could then cover padding only).
+fn pool_geometry(x: &[usize], win: &Window) -> Result<Geometry> {
+    expect_nonempty("input", x)?;
+    let g = win.geometry(x[2], x[3])?;
+    let pad = [g.pad_top, g.pad_bottom, g.pad_left, g.pad_right];
+    if g.pad_top.max(g.pad_bottom) >= g.kh || g.pad_left.max(g.pad_right) >= g.kw {
+        return Err(CnnError::PoolPaddingTooLarge { pad, kh: g.kh, kw: g.kw });
+    }
+    Ok(g)
+}
+
+/// Calls `f(oy, ox, ys, xs)` for every output position with the input rows and columns its
+/// window covers inside the image.
+fn for_each_window(g: &Geometry, mut f: impl FnMut(usize, usize, std::ops::Range<usize>, std::ops::Range<usize>)) {
+    let span = |o: usize, stride: usize, pad: usize, k: usize, len: usize| {
+        let start = (o * stride).saturating_sub(pad);
+        let end = (o * stride + k).saturating_sub(pad).min(len);
+        start..end
+    };
+    for oy in 0..g.oh {
+        let ys = span(oy, g.sh, g.pad_top, g.kh, g.h);
+        for ox in 0..g.ow {
+            f(oy, ox, ys.clone(), span(ox, g.sw, g.pad_left, g.kw, g.w));
+        }
+    }
+}
+
+/// Max pooling forward.
+///
+/// # Shapes
+/// - `x`: `[n, c, h, w]`
+/// - returns `y` and `argmax`: `[n, c, oh, ow]`
+///
+/// # Errors
+/// An empty input, a window that does not fit, padding as wide as the window.
+///
+/// ```
+/// use cnn_core::{max_pool2d, Window};
+/// use ndarray::Array4;
+/// let x = Array4::from_shape_vec((1, 1, 2, 2), vec![1.0, 5.0, 3.0, 2.0]).unwrap();
+/// let pool = max_pool2d(x.view(), &Window::square(2).stride(2)).unwrap();
+/// assert_eq!((pool.y[[0, 0, 0, 0]], pool.argmax[[0, 0, 0, 0]]), (5.0, 1));
+/// ```
+pub fn max_pool2d(x: ArrayView4<f32>, win: &Window) -> Result<MaxPool> {
+    let g = pool_geometry(x.shape(), win)?;
+    let (n, c, _, _) = x.dim();
+    threads::init();
+    let mut y = Array4::zeros((n, c, g.oh, g.ow));
+    let mut argmax = Array4::zeros((n, c, g.oh, g.ow));
+    Zip::from(y.outer_iter_mut())
+        .and(argmax.outer_iter_mut())
+        .and(x.outer_iter())
+        .into_par_iter()
+        .for_each(|(mut y_i, mut arg_i, x_i)| {
+            for ((mut y_c, mut arg_c), x_c) in y_i.outer_iter_mut().zip(arg_i.outer_iter_mut()).zip(x_i.outer_iter()) {
+                for_each_window(&g, |oy, ox, ys, xs| {
+                    let (mut best, mut at) = (f32::NEG_INFINITY, (ys.start, xs.start));
+                    for iy in ys {
+                        for ix in xs.clone() {
+                            // strict `>`: the first maximum wins ties (NaN never wins)
+                            if x_c[[iy, ix]] > best {
+                                (best, at) = (x_c[[iy, ix]], (iy, ix));
+                            }
+                        }
+                    }
+                    y_c[[oy, ox]] = best;
+                    arg_c[[oy, ox]] = (at.0 * g.w + at.1) as u32;
+                });
+            }
+        });
+    Ok(MaxPool { y, argmax })
+}
+
+/// Max pooling backward: each output gradient goes to the input that won its window;
+/// inputs that won several (overlapping) windows receive the sum.
+///
+/// # Shapes
+/// - `dy`, `argmax`: `[n, c, oh, ow]`
+/// - `x_shape`: `[n, c, h, w]`, the forward input's shape
+/// - returns `dx`: `[n, c, h, w]`
+///
+/// # Errors
+/// `dy` and `argmax` of different shapes, a batch or channel count other than `x_shape`'s,
+/// an `argmax` index outside the plane.
+pub fn max_pool2d_backward(dy: ArrayView4<f32>, argmax: ArrayView4<u32>, x_shape: [usize; 4]) -> Result<Array4<f32>> {
+    expect_shape("max-pool argmax vs dy", dy.shape(), argmax.shape())?;
+    expect_nonempty("input shape", &x_shape)?;
+    let [n, c, h, w] = x_shape;
+    expect_shape("dy batch and channels", &[n, c], &dy.shape()[..2])?;
+    if let Some(&index) = argmax.iter().find(|&&i| i as usize >= h * w) {
+        return Err(CnnError::BadArgmax { index, h, w });
+    }
+    threads::init();
+    let mut dx = Array4::zeros(x_shape);
+    Zip::from(dx.outer_iter_mut())
+        .and(dy.outer_iter())
+        .and(argmax.outer_iter())
+        .into_par_iter()
+        .for_each(|(mut dx_i, dy_i, arg_i)| {
+            for ((dx_c, dy_c), arg_c) in dx_i.outer_iter_mut().zip(dy_i.outer_iter()).zip(arg_i.outer_iter()) {
+                let mut dx_c = dx_c.into_shape_with_order(h * w).expect("dx plane is contiguous");
+                Zip::from(&dy_c).and(&arg_c).for_each(|&d, &at| dx_c[at as usize] += d);
+            }
+        });
+    Ok(dx)
+}
+
+/// Average pooling forward: the mean of the input pixels inside each window.
+///
+/// # Shapes
+/// - `x`: `[n, c, h, w]`
+/// - returns: `[n, c, oh, ow]`
+///
+/// # Errors
+/// As [`max_pool2d`].
+pub fn avg_pool2d(x: ArrayView4<f32>, win: &Window) -> Result<Array4<f32>> {
+    let g = pool_geometry(x.shape(), win)?;
+    let (n, c, _, _) = x.dim();
+    threads::init();
+    let mut y = Array4::zeros((n, c, g.oh, g.ow));
+    Zip::from(y.outer_iter_mut()).and(x.outer_iter()).into_par_iter().for_each(|(mut y_i, x_i)| {
+        for (mut y_c, x_c) in y_i.outer_iter_mut().zip(x_i.outer_iter()) {
+            for_each_window(&g, |oy, ox, ys, xs| {
+                let count = (ys.len() * xs.len()) as f32;
+                y_c[[oy, ox]] = x_c.slice(ndarray::s![ys, xs]).sum() / count;
+            });
+        }
+    });
+    Ok(y)
+}
+
+/// Average pooling backward: each output gradient is shared equally by the pixels of its
+/// window; overlapping windows add.
+///
+/// # Shapes
+/// - `dy`: `[n, c, oh, ow]`
+/// - `x_shape`: `[n, c, h, w]`
+/// - returns `dx`: `[n, c, h, w]`
+///
+/// # Errors
+/// A window that does not fit `x_shape`, or a `dy` that is not the pooled shape.
+pub fn avg_pool2d_backward(dy: ArrayView4<f32>, x_shape: [usize; 4], win: &Window) -> Result<Array4<f32>> {
+    let g = pool_geometry(&x_shape, win)?;
+    expect_shape("output gradient dy", &[x_shape[0], x_shape[1], g.oh, g.ow], dy.shape())?;
+    threads::init();
+    let mut dx = Array4::zeros(x_shape);
+    Zip::from(dx.outer_iter_mut()).and(dy.outer_iter()).into_par_iter().for_each(|(mut dx_i, dy_i)| {
+        for (mut dx_c, dy_c) in dx_i.outer_iter_mut().zip(dy_i.outer_iter()) {
+            let dx_c: &mut ArrayViewMut2<f32> = &mut dx_c;
+            for_each_window(&g, |oy, ox, ys, xs| {
+                let share = dy_c[[oy, ox]] / (ys.len() * xs.len()) as f32;
+                dx_c.slice_mut(ndarray::s![ys, xs]).mapv_inplace(|d| d + share);
+            });
+        }
+    });
+    Ok(dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::Padding;
+    use ndarray::{array, Array};
+
+    fn image(rows: ndarray::Array2<f32>) -> Array4<f32> {
+        let (h, w) = rows.dim();
+        rows.into_shape_with_order((1, 1, h, w)).unwrap()
+    }
+
+    fn material() -> Array4<f32> {
+        image(array![[1., 3., 2., 9.], [7., 4., 1., 5.], [8., 5., 2., 3.], [4., 2., 1., 4.]])
+    }
+
+    #[test]
+    fn material_max_pool() {
+        let pool = max_pool2d(material().view(), &Window::square(2).stride(2)).unwrap();
+        assert_eq!(pool.y, image(array![[7., 9.], [8., 4.]]));
+        // winners: 7 at (1,0) -> 4, 9 at (0,3) -> 3, 8 at (2,0) -> 8, 4 at (3,3) -> 15
+        assert_eq!(pool.argmax.iter().copied().collect::<Vec<_>>(), [4, 3, 8, 15]);
+        // swapping 7 and 1 inside the top-left window changes nothing
+        let mut swapped = material();
+        swapped[[0, 0, 1, 0]] = 1.0;
+        swapped[[0, 0, 0, 0]] = 7.0;
+        assert_eq!(max_pool2d(swapped.view(), &Window::square(2).stride(2)).unwrap().y, pool.y);
+    }
+
+    #[test]
+    fn material_max_pool_backward() {
+        let x = material();
+        let pool = max_pool2d(x.view(), &Window::square(2).stride(2)).unwrap();
+        let dy = image(array![[1., 2.], [3., 4.]]);
+        let dx = max_pool2d_backward(dy.view(), pool.argmax.view(), [1, 1, 4, 4]).unwrap();
+        let expected = image(array![[0., 0., 0., 2.], [1., 0., 0., 0.], [3., 0., 0., 0.], [0., 0., 0., 4.]]);
+        assert_eq!(dx, expected);
+    }
+
+    #[test]
+    fn max_pool_ties_go_to_the_first() {
+        let x = image(array![[2., 2.], [2., 2.]]);
+        let pool = max_pool2d(x.view(), &Window::square(2)).unwrap();
+        assert_eq!(pool.argmax[[0, 0, 0, 0]], 0);
+        let dx = max_pool2d_backward(image(array![[1.]]).view(), pool.argmax.view(), [1, 1, 2, 2]).unwrap();
+        assert_eq!(dx, image(array![[1., 0.], [0., 0.]]));
+    }
+
+    #[test]
+    fn overlapping_max_pool_adds() {
+        // 3x3 window, stride 2 on 5x5 with the maximum in the centre of the shared column/row.
+        let mut x = Array::zeros((1, 1, 5, 5));
+        x[[0, 0, 2, 2]] = 9.0;
+        let pool = max_pool2d(x.view(), &Window::square(3).stride(2)).unwrap();
+        assert_eq!(pool.y, image(array![[9., 9.], [9., 9.]]));
+        let dx = max_pool2d_backward(Array4::ones((1, 1, 2, 2)).view(), pool.argmax.view(), [1, 1, 5, 5]).unwrap();
+        assert_eq!(dx[[0, 0, 2, 2]], 4.0);
+        assert_eq!(dx.sum(), 4.0);
+    }
+
+    #[test]
+    fn material_avg_pool() {
+        let y = avg_pool2d(material().view(), &Window::square(2).stride(2)).unwrap();
+        // (1+3+7+4)/4, (2+9+1+5)/4, (8+5+4+2)/4, (2+3+1+4)/4
+        assert_eq!(y, image(array![[3.75, 4.25], [4.75, 2.5]]));
+        let dx = avg_pool2d_backward(image(array![[4., 8.], [12., 16.]]).view(), [1, 1, 4, 4], &Window::square(2).stride(2)).unwrap();
+        assert_eq!(dx, image(array![[1., 1., 2., 2.], [1., 1., 2., 2.], [3., 3., 4., 4.], [3., 3., 4., 4.]]));
+    }
+
+    #[test]
+    fn same_pooling_ignores_padding() {
+        // 3x3 input, 2x2 window, stride 2, SAME: out 2x2, one row/column of padding at the end.
+        let x = image(array![[1., 2., 3.], [4., 5., 6.], [7., 8., 9.]]);
+        let win = Window::square(2).stride(2).padding(Padding::Same);
+        assert_eq!(max_pool2d(x.view(), &win).unwrap().y, image(array![[5., 6.], [8., 9.]]));
+        // means of [1,2,4,5], [3,6], [7,8], [9]
+        assert_eq!(avg_pool2d(x.view(), &win).unwrap(), image(array![[3., 4.5], [7.5, 9.]]));
+        let dx = avg_pool2d_backward(Array4::ones((1, 1, 2, 2)).view(), [1, 1, 3, 3], &win).unwrap();
+        assert_eq!(dx, image(array![[0.25, 0.25, 0.5], [0.25, 0.25, 0.5], [0.5, 0.5, 1.]]));
+        // negative values: the padding must not win as a zero
+        let neg = x.mapv(|v| -v);
+        assert_eq!(max_pool2d(neg.view(), &win).unwrap().y, image(array![[-1., -3.], [-7., -9.]]));
+    }
+
+    #[test]
+    fn pooling_keeps_channels_and_checks_input() {
+        let x = Array4::<f32>::ones((3, 5, 6, 6));
+        assert_eq!(max_pool2d(x.view(), &Window::square(2).stride(2)).unwrap().y.dim(), (3, 5, 3, 3));
+        let e = max_pool2d(x.view(), &Window::square(2).padding(Padding::uniform(2))).unwrap_err();
+        assert!(matches!(e, CnnError::PoolPaddingTooLarge { .. }), "{e}");
+        let e = max_pool2d(Array4::<f32>::zeros((0, 1, 4, 4)).view(), &Window::square(2)).unwrap_err();
+        assert_eq!(e.to_string(), "input is empty: shape [0, 1, 4, 4]");
+        let bad = Array4::<u32>::from_elem((1, 1, 1, 1), 99);
+        let e = max_pool2d_backward(Array4::ones((1, 1, 1, 1)).view(), bad.view(), [1, 1, 2, 2]).unwrap_err();
+        assert_eq!(e.to_string(), "argmax index 99 is outside the 2x2 input plane");
+    }
+}

@@ -1,0 +1,89 @@
+//! The naive reference: convolution as plain nested loops, forward and backward.
+//!
+//! Ground truth for the tests and the baseline for the benchmarks: simple and obviously right,
+//! never fast. Padding is handled by skipping taps that land outside the image.
+
+use crate::conv::{conv_geometry, Conv2dGrads};
+use crate::error::{expect_shape, Result};
+use crate::window::{Geometry, Window};
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
+
+/// The input pixel under tap `(ky, kx)` of the window at output `(oy, ox)`, if inside the image.
+fn tap(g: &Geometry, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+    let iy = (oy * g.sh + ky).checked_sub(g.pad_top)?;
+    let ix = (ox * g.sw + kx).checked_sub(g.pad_left)?;
+    (iy < g.h && ix < g.w).then_some((iy, ix))
+}
+
+/// Naive convolution forward: `y[i, f, oy, ox] = b[f] + Σ_{c, ky, kx} w[f, c, ky, kx] · x[i, c, oy·sh + ky − pt, ox·sw + kx − pl]`.
+///
+/// # Shapes
+/// As [`crate::conv2d`].
+///
+/// # Errors
+/// As [`crate::conv2d`].
+pub fn conv2d(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window) -> Result<Array4<f32>> {
+    let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win)?;
+    let (n, c_in, _, _) = x.dim();
+    let c_out = w.dim().0;
+    let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
+    for i in 0..n {
+        for f in 0..c_out {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let mut sum = b.map_or(0.0, |b| b[f]);
+                    for c in 0..c_in {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                if let Some((iy, ix)) = tap(&g, oy, ox, ky, kx) {
+                                    sum += w[[f, c, ky, kx]] * x[[i, c, iy, ix]];
+                                }
+                            }
+                        }
+                    }
+                    y[[i, f, oy, ox]] = sum;
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// Naive convolution backward: the same loops, each multiply-add sending its gradient back
+/// to both factors.
+///
+/// # Shapes
+/// As [`crate::conv2d_backward`].
+///
+/// # Errors
+/// As [`crate::conv2d_backward`].
+pub fn conv2d_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, win: &Window) -> Result<Conv2dGrads> {
+    let g = conv_geometry(x.shape(), w.shape(), None, win)?;
+    let (n, c_in, _, _) = x.dim();
+    let c_out = w.dim().0;
+    expect_shape("output gradient dy", &[n, c_out, g.oh, g.ow], dy.shape())?;
+    let mut dx = Array4::zeros(x.raw_dim());
+    let mut dw = Array4::zeros(w.raw_dim());
+    let mut db = Array1::zeros(c_out);
+    for i in 0..n {
+        for f in 0..c_out {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let d = dy[[i, f, oy, ox]];
+                    db[f] += d;
+                    for c in 0..c_in {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                if let Some((iy, ix)) = tap(&g, oy, ox, ky, kx) {
+                                    dw[[f, c, ky, kx]] += d * x[[i, c, iy, ix]];
+                                    dx[[i, c, iy, ix]] += d * w[[f, c, ky, kx]];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(Conv2dGrads { dx, dw, db })
+}

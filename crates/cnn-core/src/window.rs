@@ -1,0 +1,295 @@
+//! Window geometry: kernel size, stride and padding, shared by im2col, convolution and pooling.
+//!
+//! [`axis`] is the only place where an output size is computed; everything else asks a
+//! [`Geometry`] made by [`Window::geometry`].
+
+use crate::error::{CnnError, Result};
+use std::ops::Range;
+
+/// How the borders of the input are padded (with zeros for convolution; ignored by pooling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Padding {
+    /// No padding: only windows that fit entirely. `out = floor((in - k) / stride) + 1`.
+    #[default]
+    Valid,
+    /// TensorFlow's SAME: `out = ceil(in / stride)`, total padding
+    /// `max((out - 1) * stride + k - in, 0)`, the smaller half on top/left and the extra
+    /// pixel on bottom/right.
+    Same,
+    /// Explicit padding per side.
+    Explicit {
+        /// Rows added above.
+        top: usize,
+        /// Rows added below.
+        bottom: usize,
+        /// Columns added on the left.
+        left: usize,
+        /// Columns added on the right.
+        right: usize,
+    },
+}
+
+impl Padding {
+    /// The same explicit padding `p` on all four sides.
+    pub fn uniform(p: usize) -> Self {
+        Padding::Explicit { top: p, bottom: p, left: p, right: p }
+    }
+}
+
+/// Padding of one axis, as [`axis`] needs it.
+#[derive(Clone, Copy, Debug)]
+enum AxisPadding {
+    Valid,
+    Same,
+    Explicit(usize, usize),
+}
+
+/// Output length and padding (before, after) of one axis: the output-size formula, in one place.
+/// `None` if the kernel does not fit the padded input.
+fn axis(len: usize, k: usize, stride: usize, padding: AxisPadding) -> Option<(usize, usize, usize)> {
+    let (before, after) = match padding {
+        AxisPadding::Valid => (0, 0),
+        AxisPadding::Explicit(before, after) => (before, after),
+        AxisPadding::Same => {
+            let out = len.div_ceil(stride);
+            let total = ((out - 1) * stride + k).saturating_sub(len);
+            (total / 2, total - total / 2)
+        }
+    };
+    let padded = len + before + after;
+    (k <= padded).then(|| ((padded - k) / stride + 1, before, after))
+}
+
+/// A sliding window: kernel size, stride per axis and padding.
+///
+/// ```
+/// use cnn_core::{Padding, Window};
+/// let g = Window::square(3).stride(2).padding(Padding::Same).geometry(28, 28).unwrap();
+/// assert_eq!((g.oh, g.ow), (14, 14));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Padding rule.
+    pub padding: Padding,
+}
+
+impl Window {
+    /// A `kh x kw` window with stride 1 and no padding.
+    pub fn new(kh: usize, kw: usize) -> Self {
+        Window { kh, kw, sh: 1, sw: 1, padding: Padding::Valid }
+    }
+
+    /// A `k x k` window with stride 1 and no padding.
+    pub fn square(k: usize) -> Self {
+        Window::new(k, k)
+    }
+
+    /// The same stride on both axes.
+    pub fn stride(self, s: usize) -> Self {
+        self.strides(s, s)
+    }
+
+    /// Vertical and horizontal strides.
+    pub fn strides(self, sh: usize, sw: usize) -> Self {
+        Window { sh, sw, ..self }
+    }
+
+    /// The padding rule.
+    pub fn padding(self, padding: Padding) -> Self {
+        Window { padding, ..self }
+    }
+
+    /// Where this window goes on an `h x w` input: output size and padding per side.
+    ///
+    /// # Errors
+    /// A zero stride or kernel side, an empty input, or a kernel larger than the padded input.
+    pub fn geometry(&self, h: usize, w: usize) -> Result<Geometry> {
+        let &Window { kh, kw, sh, sw, padding } = self;
+        if sh == 0 || sw == 0 {
+            return Err(CnnError::ZeroStride { sh, sw });
+        }
+        if kh == 0 || kw == 0 {
+            return Err(CnnError::ZeroKernel { kh, kw });
+        }
+        if h == 0 || w == 0 {
+            return Err(CnnError::Empty { what: "input image", shape: vec![h, w] });
+        }
+        let (rows, cols) = match padding {
+            Padding::Valid => (AxisPadding::Valid, AxisPadding::Valid),
+            Padding::Same => (AxisPadding::Same, AxisPadding::Same),
+            Padding::Explicit { top, bottom, left, right } => {
+                (AxisPadding::Explicit(top, bottom), AxisPadding::Explicit(left, right))
+            }
+        };
+        match (axis(h, kh, sh, rows), axis(w, kw, sw, cols)) {
+            (Some((oh, pad_top, pad_bottom)), Some((ow, pad_left, pad_right))) => Ok(Geometry {
+                kh,
+                kw,
+                sh,
+                sw,
+                h,
+                w,
+                oh,
+                ow,
+                pad_top,
+                pad_bottom,
+                pad_left,
+                pad_right,
+            }),
+            _ => {
+                let (padded_h, padded_w) = match padding {
+                    Padding::Explicit { top, bottom, left, right } => (h + top + bottom, w + left + right),
+                    _ => (h, w),
+                };
+                Err(CnnError::KernelTooLarge { kh, kw, h, w, padded_h, padded_w })
+            }
+        }
+    }
+}
+
+/// A [`Window`] placed on an input of a given size: everything im2col, convolution and pooling
+/// need to walk the receptive fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// Rows of padding above.
+    pub pad_top: usize,
+    /// Rows of padding below.
+    pub pad_bottom: usize,
+    /// Columns of padding on the left.
+    pub pad_left: usize,
+    /// Columns of padding on the right.
+    pub pad_right: usize,
+}
+
+impl Geometry {
+    /// Number of output positions (receptive fields) per channel: `oh * ow`.
+    pub fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Output rows `oy` whose input row `oy * sh + ky - pad_top` lies inside the image.
+    pub fn rows_inside(&self, ky: usize) -> Range<usize> {
+        inside(self.oh, self.h, self.sh, self.pad_top, ky)
+    }
+
+    /// Output columns `ox` whose input column `ox * sw + kx - pad_left` lies inside the image.
+    pub fn cols_inside(&self, kx: usize) -> Range<usize> {
+        inside(self.ow, self.w, self.sw, self.pad_left, kx)
+    }
+}
+
+/// The outputs `o` in `0..out` for which `o * stride + offset - pad` is in `0..len`.
+fn inside(out: usize, len: usize, stride: usize, pad: usize, offset: usize) -> Range<usize> {
+    let first = pad.saturating_sub(offset).div_ceil(stride);
+    let end = (len + pad).saturating_sub(offset).div_ceil(stride);
+    let end = end.min(out);
+    first.min(end)..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(h: usize, w: &Window) -> (usize, usize, usize) {
+        let g = w.geometry(h, h).unwrap();
+        (g.oh, g.pad_top, g.pad_bottom)
+    }
+
+    #[test]
+    fn valid_is_floor() {
+        assert_eq!(out(28, &Window::square(3)), (26, 0, 0));
+        assert_eq!(out(26, &Window::square(2).stride(2)), (13, 0, 0));
+        assert_eq!(out(13, &Window::square(2).stride(2)), (6, 0, 0));
+        assert_eq!(out(7, &Window::square(3).stride(3)), (2, 0, 0));
+    }
+
+    #[test]
+    fn same_follows_tensorflow() {
+        // in 5, k 3, s 1: out 5, total (4*1+3-5)=2 -> 1 / 1
+        assert_eq!(out(5, &Window::square(3).padding(Padding::Same)), (5, 1, 1));
+        // in 4, k 2, s 1: out 4, total 1 -> 0 on top, 1 below
+        assert_eq!(out(4, &Window::square(2).padding(Padding::Same)), (4, 0, 1));
+        // in 5, k 3, s 2: out 3, total (2*2+3-5)=2 -> 1 / 1
+        assert_eq!(out(5, &Window::square(3).stride(2).padding(Padding::Same)), (3, 1, 1));
+        // in 6, k 3, s 2: out 3, total (2*2+3-6)=1 -> 0 / 1
+        assert_eq!(out(6, &Window::square(3).stride(2).padding(Padding::Same)), (3, 0, 1));
+        // in 6, k 4, s 2: out 3, total 2 -> 1 / 1; in 7, k 4, s 3: out 3, total 3 -> 1 / 2
+        assert_eq!(out(6, &Window::square(4).stride(2).padding(Padding::Same)), (3, 1, 1));
+        assert_eq!(out(7, &Window::square(4).stride(3).padding(Padding::Same)), (3, 1, 2));
+        // stride larger than kernel: no padding needed, never negative
+        assert_eq!(out(6, &Window::square(1).stride(4).padding(Padding::Same)), (2, 0, 0));
+    }
+
+    #[test]
+    fn explicit_and_non_square() {
+        let g = Window::new(3, 5)
+            .strides(1, 2)
+            .padding(Padding::Explicit { top: 1, bottom: 0, left: 2, right: 2 })
+            .geometry(6, 9)
+            .unwrap();
+        // rows: 6+1-3+1 = 5; cols: (9+4-5)/2+1 = 5
+        assert_eq!((g.oh, g.ow), (5, 5));
+    }
+
+    #[test]
+    fn reference_network_sizes() {
+        let conv = Window::square(3);
+        let pool = Window::square(2).stride(2);
+        let mut side = 28;
+        let mut sides = vec![];
+        for layer in [conv, pool, conv, pool, conv, pool] {
+            side = layer.geometry(side, side).unwrap().oh;
+            sides.push(side);
+        }
+        assert_eq!(sides, [26, 13, 11, 5, 3, 1]);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = Window::square(3).stride(0).geometry(5, 5).unwrap_err();
+        assert_eq!(e.to_string(), "stride must be at least 1, got 0x0");
+        let e = Window::square(5).geometry(4, 6).unwrap_err();
+        assert_eq!(e.to_string(), "kernel 5x5 is larger than the padded input 4x6 (input 4x6)");
+        let e = Window::square(5).padding(Padding::uniform(1)).geometry(2, 6).unwrap_err();
+        assert!(matches!(e, CnnError::KernelTooLarge { padded_h: 4, padded_w: 8, .. }));
+        assert!(matches!(Window::new(0, 3).geometry(4, 4), Err(CnnError::ZeroKernel { .. })));
+        assert!(matches!(Window::square(1).geometry(0, 4), Err(CnnError::Empty { .. })));
+    }
+
+    #[test]
+    fn inside_ranges() {
+        // in 5, k 3, s 1, pad 1: out 5; kx 0 reads x-1 -> first column is padding
+        let g = Window::square(3).padding(Padding::Same).geometry(5, 5).unwrap();
+        assert_eq!(g.cols_inside(0), 1..5);
+        assert_eq!(g.cols_inside(1), 0..5);
+        assert_eq!(g.cols_inside(2), 0..4);
+        // stride 2, pad_left 0, pad_right 1 (in 6, k 3): ox*2+kx in 0..6
+        let g = Window::square(3).stride(2).padding(Padding::Same).geometry(6, 6).unwrap();
+        assert_eq!(g.cols_inside(2), 0..2);
+        assert_eq!(g.cols_inside(1), 0..3);
+    }
+}

@@ -1,0 +1,154 @@
+//! im2col + GEMM against the naive loops, forward and backward, over a grid of shapes.
+
+mod common;
+
+use cnn_core::{conv1d, conv1d_backward, conv2d, conv2d_backward, reference, Padding, Padding1d, Window, Window1d};
+use common::{random, rel_err};
+use ndarray::{Array1, Array3, Axis};
+use proptest::prelude::*;
+
+const TOL: f32 = 1e-5;
+
+/// Compares forward and backward of the fast path with the naive loops for one case.
+fn check(n: usize, c_in: usize, c_out: usize, h: usize, w: usize, win: Window, seed: u64) {
+    let x = random((n, c_in, h, w), seed);
+    let f = random((c_out, c_in, win.kh, win.kw), seed + 1);
+    let b = random(c_out, seed + 2);
+    let case = format!("n={n} c_in={c_in} c_out={c_out} {h}x{w} {win:?}");
+
+    let y = conv2d(x.view(), f.view(), Some(b.view()), &win).unwrap();
+    let y_ref = reference::conv2d(x.view(), f.view(), Some(b.view()), &win).unwrap();
+    assert!(rel_err(&y, &y_ref) < TOL, "forward {case}: {}", rel_err(&y, &y_ref));
+
+    let dy = random(y.raw_dim(), seed + 3);
+    let g = conv2d_backward(x.view(), f.view(), dy.view(), &win).unwrap();
+    let g_ref = reference::conv2d_backward(x.view(), f.view(), dy.view(), &win).unwrap();
+    assert!(rel_err(&g.dx, &g_ref.dx) < TOL, "dx {case}");
+    assert!(rel_err(&g.dw, &g_ref.dw) < TOL, "dw {case}");
+    assert!(rel_err(&g.db, &g_ref.db) < TOL, "db {case}");
+}
+
+#[test]
+fn grid_of_shapes() {
+    let paddings = [
+        Padding::Valid,
+        Padding::Same,
+        Padding::uniform(1),
+        Padding::Explicit { top: 0, bottom: 2, left: 1, right: 0 },
+    ];
+    let mut seed = 0;
+    for (n, c_in, c_out) in [(1, 1, 1), (2, 3, 4), (5, 8, 3)] {
+        for (h, w) in [(7, 7), (8, 6), (5, 9)] {
+            for (kh, kw) in [(1, 1), (3, 3), (2, 2), (3, 2), (4, 4)] {
+                for (sh, sw) in [(1, 1), (2, 2), (3, 3), (1, 2)] {
+                    for padding in paddings {
+                        seed += 10;
+                        check(n, c_in, c_out, h, w, Window::new(kh, kw).strides(sh, sw).padding(padding), seed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernel_equal_to_input() {
+    check(3, 2, 5, 4, 6, Window::new(4, 6), 1);
+    check(2, 8, 4, 5, 5, Window::square(5).stride(2), 2);
+}
+
+#[test]
+fn reference_network_layers() {
+    // the three conv layers of the reference network, batch 2
+    check(2, 1, 32, 28, 28, Window::square(3), 3);
+    check(2, 32, 64, 13, 13, Window::square(3), 4);
+    check(2, 64, 128, 5, 5, Window::square(3), 5);
+}
+
+#[test]
+fn no_bias_is_zero_bias() {
+    let x = random((2, 3, 6, 6), 7);
+    let f = random((4, 3, 3, 3), 8);
+    let y = conv2d(x.view(), f.view(), None, &Window::square(3)).unwrap();
+    let zero = Array1::zeros(4);
+    let y0 = reference::conv2d(x.view(), f.view(), Some(zero.view()), &Window::square(3)).unwrap();
+    assert!(rel_err(&y, &y0) < TOL);
+}
+
+#[test]
+fn non_contiguous_inputs() {
+    // a transposed view of the input (H and W swapped) must be read correctly
+    let x = random((2, 3, 6, 7), 9);
+    let xt = x.view().reversed_axes(); // [w, h, c, n] — then permute back to NCHW order
+    let xt = xt.permuted_axes([3, 2, 0, 1]); // [n, c, w, h]: a strided view
+    let f = random((4, 3, 3, 3), 10);
+    let win = Window::square(3).padding(Padding::Same);
+    let y = conv2d(xt, f.view(), None, &win).unwrap();
+    let y_ref = reference::conv2d(xt.to_owned().view(), f.view(), None, &win).unwrap();
+    assert!(rel_err(&y, &y_ref) < TOL);
+}
+
+/// Naive 1-D convolution, written independently of the 2-D code.
+fn conv1d_naive(x: &Array3<f32>, w: &Array3<f32>, stride: usize, left: usize, out: usize) -> Array3<f32> {
+    let (n, c_in, l) = x.dim();
+    let (c_out, _, k) = w.dim();
+    Array3::from_shape_fn((n, c_out, out), |(i, f, o)| {
+        let mut sum = 0.0;
+        for c in 0..c_in {
+            for t in 0..k {
+                let at = (o * stride + t) as isize - left as isize;
+                if at >= 0 && (at as usize) < l {
+                    sum += w[[f, c, t]] * x[[i, c, at as usize]];
+                }
+            }
+        }
+        sum
+    })
+}
+
+#[test]
+fn conv1d_matches_naive_loops() {
+    for (l, k, stride, padding, left, out) in [
+        (10, 3, 1, Padding1d::Valid, 0, 8),
+        (10, 3, 2, Padding1d::Same, 0, 5),
+        (9, 4, 1, Padding1d::Same, 1, 9),
+        (7, 2, 3, Padding1d::Explicit { left: 2, right: 1 }, 2, 3),
+    ] {
+        let x = random((3, 2, l), 11);
+        let w = random((4, 2, k), 12);
+        let win = Window1d::new(k).stride(stride).padding(padding);
+        assert_eq!(win.output_len(l).unwrap(), out);
+        let y = conv1d(x.view(), w.view(), None, &win).unwrap();
+        let y_ref = conv1d_naive(&x, &w, stride, left, out);
+        assert!(rel_err(&y, &y_ref) < TOL, "{win:?}");
+
+        // backward: dx of <y, dy> equals the adjoint computed through the 2-D reference
+        let dy = random(y.raw_dim(), 13);
+        let g = conv1d_backward(x.view(), w.view(), dy.view(), &win).unwrap();
+        let g_ref = reference::conv2d_backward(
+            x.view().insert_axis(Axis(2)),
+            w.view().insert_axis(Axis(2)),
+            dy.view().insert_axis(Axis(2)),
+            &win.to_2d(),
+        )
+        .unwrap();
+        assert!(rel_err(&g.dx, &g_ref.dx.remove_axis(Axis(2))) < TOL);
+        assert!(rel_err(&g.dw, &g_ref.dw.remove_axis(Axis(2))) < TOL);
+        assert_eq!(g.db, g_ref.db);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn random_shapes_agree(
+        n in 1usize..4, c_in in 1usize..5, c_out in 1usize..5,
+        h in 1usize..10, w in 1usize..10, kh in 1usize..5, kw in 1usize..5,
+        sh in 1usize..4, sw in 1usize..4, pad in 0usize..3, same in any::<bool>(), seed in 0u64..1000,
+    ) {
+        let padding = if same { Padding::Same } else { Padding::uniform(pad) };
+        let win = Window::new(kh, kw).strides(sh, sw).padding(padding);
+        prop_assume!(win.geometry(h, w).is_ok());
+        check(n, c_in, c_out, h, w, win, seed);
+    }
+}
