@@ -1,1 +1,72 @@
+//! Shapes and inputs shared by the benchmarks.
 
+use cnn_core::{Padding, Window};
+use ndarray::{Array, Dimension, ShapeBuilder};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// One convolution layer to benchmark.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvCase {
+    /// Benchmark id, named after the layer: `ref_conv2_n64`.
+    pub name: &'static str,
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Input side (square images).
+    pub side: usize,
+    /// Filters.
+    pub c_out: usize,
+    /// Kernel side.
+    pub k: usize,
+    /// Padding rule.
+    pub padding: Padding,
+}
+
+impl ConvCase {
+    /// The window of this layer.
+    pub fn window(&self) -> Window {
+        Window::square(self.k).padding(self.padding)
+    }
+
+    /// Output side.
+    pub fn out_side(&self) -> usize {
+        self.window().geometry(self.side, self.side).expect("benchmark shapes are valid").oh
+    }
+
+    /// `K = c_in * k * k`, the length of one receptive field.
+    pub fn patch(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    /// Floating-point operations of the forward pass (a multiply-add counts 2).
+    pub fn flops(&self) -> u64 {
+        let p = self.out_side().pow(2);
+        2 * (self.n * self.c_out * p * self.patch()) as u64
+    }
+}
+
+/// The reference network's three conv layers at batch `n`, 3x3 VALID.
+pub fn reference_layers(n: usize) -> [ConvCase; 3] {
+    let case = |name, c_in, side, c_out| ConvCase { name, n, c_in, side, c_out, k: 3, padding: Padding::Valid };
+    match n {
+        1 => [case("ref_conv1_n1", 1, 28, 32), case("ref_conv2_n1", 32, 13, 64), case("ref_conv3_n1", 64, 5, 128)],
+        64 => [case("ref_conv1_n64", 1, 28, 32), case("ref_conv2_n64", 32, 13, 64), case("ref_conv3_n64", 64, 5, 128)],
+        _ => panic!("benchmarks use batch 1 or 64"),
+    }
+}
+
+/// A larger layer where the algorithm matters more: 64 channels at 56x56 → 64 filters, SAME, batch 16.
+pub fn big_layer() -> ConvCase {
+    ConvCase { name: "big_64x56x56_n16", n: 16, c_in: 64, side: 56, c_out: 64, k: 3, padding: Padding::Same }
+}
+
+/// Uniform values in [-1, 1) from a fixed seed.
+pub fn random<Sh: ShapeBuilder>(shape: Sh, seed: u64) -> Array<f32, Sh::Dim>
+where
+    Sh::Dim: Dimension,
+{
+    let mut rng = StdRng::seed_from_u64(seed);
+    Array::from_shape_simple_fn(shape, || rng.gen_range(-1.0..1.0))
+}

@@ -1,1 +1,63 @@
-fn main(){}
+//! `cargo xtask <task>`: the project's commands, with the set-up they need.
+//!
+//! - `cargo xtask test`: installs what is missing, then runs the whole test suite.
+//! - `cargo xtask bench [--quick]`: criterion benchmarks, HTML report and a summary table.
+
+mod bench;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  test               install missing system packages, then run every test
+  bench [--quick]    run the criterion benchmarks; HTML report in target/criterion/report/index.html,
+                     summary in target/criterion/summary.md";
+
+/// Runs `cargo` with `args`, failing if it fails.
+pub fn cargo(args: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.args(args);
+    if let Some(core) = setup::blas_coretype() {
+        eprintln!("xtask: OPENBLAS_CORETYPE={core} (from the CPU's flags; set it yourself to override)");
+        command.env("OPENBLAS_CORETYPE", core);
+    }
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = command.status().map_err(|e| format!("could not run cargo: {e}"))?;
+    status.success().then_some(()).ok_or_else(|| format!("`cargo {}` failed ({status})", args.join(" ")))
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let (task, rest) = args.split_first().ok_or_else(|| USAGE.to_string())?;
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    match task.as_str() {
+        "test" => {
+            setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST])?;
+            let mut args = vec!["test", "--workspace"];
+            args.extend(&rest);
+            cargo(&args)
+        }
+        "bench" => {
+            setup::ensure_packages(&[setup::OPENBLAS])?;
+            bench::run(&rest)
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown task `{other}`\n\n{USAGE}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

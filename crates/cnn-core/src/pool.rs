@@ -9,7 +9,8 @@
 use crate::error::{expect_nonempty, expect_shape, CnnError, Result};
 use crate::threads;
 use crate::window::{Geometry, Window};
-use ndarray::{Array4, ArrayView4, ArrayViewMut2, Zip};
+use ndarray::{Array4, ArrayView4};
+use std::ops::Range;
 use rayon::prelude::*;
 
 /// Output of [`max_pool2d`]: the pooled values and where each came from.
@@ -33,9 +34,9 @@ fn pool_geometry(x: &[usize], win: &Window) -> Result<Geometry> {
     Ok(g)
 }
 
-/// Calls `f(oy, ox, ys, xs)` for every output position with the input rows and columns its
-/// window covers inside the image.
-fn for_each_window(g: &Geometry, mut f: impl FnMut(usize, usize, std::ops::Range<usize>, std::ops::Range<usize>)) {
+/// Calls `f(o, ys, xs)` for every output position `o = oy * ow + ox` with the input rows and
+/// columns its window covers inside the image.
+fn for_each_window(g: &Geometry, mut f: impl FnMut(usize, Range<usize>, Range<usize>)) {
     let span = |o: usize, stride: usize, pad: usize, k: usize, len: usize| {
         let start = (o * stride).saturating_sub(pad);
         let end = (o * stride + k).saturating_sub(pad).min(len);
@@ -44,8 +45,16 @@ fn for_each_window(g: &Geometry, mut f: impl FnMut(usize, usize, std::ops::Range
     for oy in 0..g.oh {
         let ys = span(oy, g.sh, g.pad_top, g.kh, g.h);
         for ox in 0..g.ow {
-            f(oy, ox, ys.clone(), span(ox, g.sw, g.pad_left, g.kw, g.w));
+            f(oy * g.ow + ox, ys.clone(), span(ox, g.sw, g.pad_left, g.kw, g.w));
         }
+    }
+}
+
+/// The planes (one channel of one sample, `h * w` values) of a tensor, as one slice.
+fn planes<'a>(x: &'a ArrayView4<f32>) -> std::borrow::Cow<'a, [f32]> {
+    match x.as_slice() {
+        Some(s) => s.into(),
+        None => x.iter().copied().collect::<Vec<_>>().into(),
     }
 }
 
@@ -67,30 +76,29 @@ fn for_each_window(g: &Geometry, mut f: impl FnMut(usize, usize, std::ops::Range
 /// ```
 pub fn max_pool2d(x: ArrayView4<f32>, win: &Window) -> Result<MaxPool> {
     let g = pool_geometry(x.shape(), win)?;
-    let (n, c, _, _) = x.dim();
+    let (n, c, h, w) = x.dim();
     threads::init();
     let mut y = Array4::zeros((n, c, g.oh, g.ow));
     let mut argmax = Array4::zeros((n, c, g.oh, g.ow));
-    Zip::from(y.outer_iter_mut())
-        .and(argmax.outer_iter_mut())
-        .and(x.outer_iter())
-        .into_par_iter()
-        .for_each(|(mut y_i, mut arg_i, x_i)| {
-            for ((mut y_c, mut arg_c), x_c) in y_i.outer_iter_mut().zip(arg_i.outer_iter_mut()).zip(x_i.outer_iter()) {
-                for_each_window(&g, |oy, ox, ys, xs| {
-                    let (mut best, mut at) = (f32::NEG_INFINITY, (ys.start, xs.start));
-                    for iy in ys {
-                        for ix in xs.clone() {
-                            // strict `>`: the first maximum wins ties (NaN never wins)
-                            if x_c[[iy, ix]] > best {
-                                (best, at) = (x_c[[iy, ix]], (iy, ix));
-                            }
+    let x = planes(&x);
+    let (y_s, arg_s) = (y.as_slice_mut().expect("new array"), argmax.as_slice_mut().expect("new array"));
+    x.par_chunks(h * w)
+        .zip(y_s.par_chunks_mut(g.positions()))
+        .zip(arg_s.par_chunks_mut(g.positions()))
+        .for_each(|((x_c, y_c), arg_c)| {
+            for_each_window(&g, |o, ys, xs| {
+                let (mut best, mut at) = (f32::NEG_INFINITY, ys.start * w + xs.start);
+                for iy in ys {
+                    for i in iy * w + xs.start..iy * w + xs.end {
+                        // strict `>`: the first maximum wins ties (and NaN never wins)
+                        if x_c[i] > best {
+                            (best, at) = (x_c[i], i);
                         }
                     }
-                    y_c[[oy, ox]] = best;
-                    arg_c[[oy, ox]] = (at.0 * g.w + at.1) as u32;
-                });
-            }
+                }
+                y_c[o] = best;
+                arg_c[o] = at as u32;
+            });
         });
     Ok(MaxPool { y, argmax })
 }
@@ -116,14 +124,17 @@ pub fn max_pool2d_backward(dy: ArrayView4<f32>, argmax: ArrayView4<u32>, x_shape
     }
     threads::init();
     let mut dx = Array4::zeros(x_shape);
-    Zip::from(dx.outer_iter_mut())
-        .and(dy.outer_iter())
-        .and(argmax.outer_iter())
-        .into_par_iter()
-        .for_each(|(mut dx_i, dy_i, arg_i)| {
-            for ((dx_c, dy_c), arg_c) in dx_i.outer_iter_mut().zip(dy_i.outer_iter()).zip(arg_i.outer_iter()) {
-                let mut dx_c = dx_c.into_shape_with_order(h * w).expect("dx plane is contiguous");
-                Zip::from(&dy_c).and(&arg_c).for_each(|&d, &at| dx_c[at as usize] += d);
+    let positions = dy.shape()[2] * dy.shape()[3];
+    let (dy, argmax) = (planes(&dy), argmax.as_standard_layout());
+    let argmax = argmax.as_slice().expect("standard layout");
+    dx.as_slice_mut()
+        .expect("new array")
+        .par_chunks_mut(h * w)
+        .zip(dy.par_chunks(positions))
+        .zip(argmax.par_chunks(positions))
+        .for_each(|((dx_c, dy_c), arg_c)| {
+            for (&d, &at) in dy_c.iter().zip(arg_c) {
+                dx_c[at as usize] += d;
             }
         });
     Ok(dx)
@@ -139,16 +150,17 @@ pub fn max_pool2d_backward(dy: ArrayView4<f32>, argmax: ArrayView4<u32>, x_shape
 /// As [`max_pool2d`].
 pub fn avg_pool2d(x: ArrayView4<f32>, win: &Window) -> Result<Array4<f32>> {
     let g = pool_geometry(x.shape(), win)?;
-    let (n, c, _, _) = x.dim();
+    let (n, c, h, w) = x.dim();
     threads::init();
     let mut y = Array4::zeros((n, c, g.oh, g.ow));
-    Zip::from(y.outer_iter_mut()).and(x.outer_iter()).into_par_iter().for_each(|(mut y_i, x_i)| {
-        for (mut y_c, x_c) in y_i.outer_iter_mut().zip(x_i.outer_iter()) {
-            for_each_window(&g, |oy, ox, ys, xs| {
-                let count = (ys.len() * xs.len()) as f32;
-                y_c[[oy, ox]] = x_c.slice(ndarray::s![ys, xs]).sum() / count;
-            });
-        }
+    let x = planes(&x);
+    let y_s = y.as_slice_mut().expect("new array");
+    x.par_chunks(h * w).zip(y_s.par_chunks_mut(g.positions())).for_each(|(x_c, y_c)| {
+        for_each_window(&g, |o, ys, xs| {
+            let count = (ys.len() * xs.len()) as f32;
+            let sum: f32 = ys.map(|iy| x_c[iy * w + xs.start..iy * w + xs.end].iter().sum::<f32>()).sum();
+            y_c[o] = sum / count;
+        });
     });
     Ok(y)
 }
@@ -166,16 +178,18 @@ pub fn avg_pool2d(x: ArrayView4<f32>, win: &Window) -> Result<Array4<f32>> {
 pub fn avg_pool2d_backward(dy: ArrayView4<f32>, x_shape: [usize; 4], win: &Window) -> Result<Array4<f32>> {
     let g = pool_geometry(&x_shape, win)?;
     expect_shape("output gradient dy", &[x_shape[0], x_shape[1], g.oh, g.ow], dy.shape())?;
+    let [_, _, h, w] = x_shape;
     threads::init();
     let mut dx = Array4::zeros(x_shape);
-    Zip::from(dx.outer_iter_mut()).and(dy.outer_iter()).into_par_iter().for_each(|(mut dx_i, dy_i)| {
-        for (mut dx_c, dy_c) in dx_i.outer_iter_mut().zip(dy_i.outer_iter()) {
-            let dx_c: &mut ArrayViewMut2<f32> = &mut dx_c;
-            for_each_window(&g, |oy, ox, ys, xs| {
-                let share = dy_c[[oy, ox]] / (ys.len() * xs.len()) as f32;
-                dx_c.slice_mut(ndarray::s![ys, xs]).mapv_inplace(|d| d + share);
-            });
-        }
+    let dy = planes(&dy);
+    let dx_s = dx.as_slice_mut().expect("new array");
+    dx_s.par_chunks_mut(h * w).zip(dy.par_chunks(g.positions())).for_each(|(dx_c, dy_c)| {
+        for_each_window(&g, |o, ys, xs| {
+            let share = dy_c[o] / (ys.len() * xs.len()) as f32;
+            for iy in ys {
+                dx_c[iy * w + xs.start..iy * w + xs.end].iter_mut().for_each(|d| *d += share);
+            }
+        });
     });
     Ok(dx)
 }

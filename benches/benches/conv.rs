@@ -1,0 +1,188 @@
+//! Convolution: naive loops vs im2col + GEMM, the parts of the im2col path, pooling, threads.
+//!
+//! Ids are `group/implementation/case`, the case named after the real shape
+//! (`conv2d_forward/im2col/ref_conv2_n64` against `conv2d_forward/naive/ref_conv2_n64`).
+//! Throughput is in FLOPs (elements = floating-point operations), so criterion's report shows
+//! GFLOP/s directly.
+
+use cnn_benches::{big_layer, random, reference_layers, ConvCase};
+use cnn_core::{col2im, conv2d, conv2d_backward, im2col, max_pool2d, max_pool2d_backward, reference, threads, Window};
+use cnn_core::{avg_pool2d, avg_pool2d_backward};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, Array4, Axis};
+use rayon::prelude::*;
+use std::hint::black_box;
+
+struct Inputs {
+    x: Array4<f32>,
+    w: Array4<f32>,
+    b: ndarray::Array1<f32>,
+    dy: Array4<f32>,
+}
+
+fn inputs(case: &ConvCase) -> Inputs {
+    let o = case.out_side();
+    Inputs {
+        x: random((case.n, case.c_in, case.side, case.side), 1),
+        w: random((case.c_out, case.c_in, case.k, case.k), 2),
+        b: random(case.c_out, 3),
+        dy: random((case.n, case.c_out, o, o), 4),
+    }
+}
+
+fn cases() -> Vec<ConvCase> {
+    let mut cases = reference_layers(1).to_vec();
+    cases.extend(reference_layers(64));
+    cases.push(big_layer());
+    cases
+}
+
+/// Naive loops are slow: skip the cases where one iteration takes seconds.
+fn naive_is_affordable(case: &ConvCase) -> bool {
+    case.flops() < 400_000_000
+}
+
+fn conv_forward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv2d_forward");
+    group.sample_size(10);
+    for case in cases() {
+        let inp = inputs(&case);
+        let win = case.window();
+        group.throughput(Throughput::Elements(case.flops()));
+        group.bench_function(format!("im2col/{}", case.name), |bench| {
+            bench.iter(|| conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap())
+        });
+        if naive_is_affordable(&case) {
+            group.bench_function(format!("naive/{}", case.name), |bench| {
+                bench.iter(|| reference::conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
+fn conv_forward_backward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv2d_fwd_bwd");
+    group.sample_size(10);
+    for case in cases() {
+        let inp = inputs(&case);
+        let win = case.window();
+        // forward + backward = 3 GEMMs of the forward's size
+        group.throughput(Throughput::Elements(3 * case.flops()));
+        group.bench_function(format!("im2col/{}", case.name), |bench| {
+            bench.iter(|| {
+                let y = conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap();
+                black_box(y);
+                conv2d_backward(inp.x.view(), inp.w.view(), inp.dy.view(), &win).unwrap()
+            })
+        });
+        if naive_is_affordable(&case) {
+            group.bench_function(format!("naive/{}", case.name), |bench| {
+                bench.iter(|| {
+                    let y = reference::conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap();
+                    black_box(y);
+                    reference::conv2d_backward(inp.x.view(), inp.w.view(), inp.dy.view(), &win).unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Where the time of the im2col path goes: the lowering, its adjoint, and the bare GEMMs.
+fn parts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parts");
+    group.sample_size(20);
+    for case in reference_layers(64).into_iter().chain([big_layer()]) {
+        let inp = inputs(&case);
+        let win = case.window();
+        let cols = im2col(inp.x.view(), &win).unwrap();
+        let (k, p) = (case.patch(), case.out_side().pow(2));
+        let w_mat = inp.w.to_shape((case.c_out, k)).unwrap().to_owned();
+        let x_shape = [case.n, case.c_in, case.side, case.side];
+
+        group.throughput(Throughput::Elements((case.n * k * p) as u64));
+        group.bench_function(format!("im2col/{}", case.name), |bench| bench.iter(|| im2col(inp.x.view(), &win).unwrap()));
+        group.bench_function(format!("col2im/{}", case.name), |bench| {
+            bench.iter(|| col2im(cols.view(), x_shape, &win).unwrap())
+        });
+
+        // The GEMMs alone, on an already lowered batch: per sample, in parallel, one BLAS thread each
+        // (what conv2d does) ...
+        group.throughput(Throughput::Elements(case.flops()));
+        let mut y = Array2::<f32>::zeros((case.c_out, case.n * p));
+        threads::init();
+        group.bench_function(format!("gemm_per_sample/{}", case.name), |bench| {
+            bench.iter(|| {
+                y.axis_chunks_iter_mut(Axis(1), p)
+                    .into_par_iter()
+                    .zip(cols.axis_chunks_iter(Axis(1), p))
+                    .for_each(|(mut y_i, cols_i)| general_mat_mul(1.0, &w_mat, &cols_i, 0.0, &mut y_i));
+            })
+        });
+        // ... against one big GEMM over the whole batch with OpenBLAS's own threads.
+        group.bench_function(format!("gemm_whole_batch_blas_mt/{}", case.name), |bench| {
+            threads::set_blas_threads(rayon::current_num_threads());
+            bench.iter(|| general_mat_mul(1.0, &w_mat, &cols, 0.0, &mut y));
+            threads::set_blas_threads(1);
+        });
+        // The alternative design end to end: lower the whole batch, then one multi-threaded GEMM.
+        group.bench_function(format!("conv_whole_batch_blas_mt/{}", case.name), |bench| {
+            threads::set_blas_threads(rayon::current_num_threads());
+            bench.iter(|| {
+                let cols = im2col(inp.x.view(), &win).unwrap();
+                general_mat_mul(1.0, &w_mat, &cols, 0.0, &mut y);
+            });
+            threads::set_blas_threads(1);
+        });
+    }
+    group.finish();
+}
+
+fn pool_case(group: &mut BenchmarkGroup<WallTime>, name: &str, shape: (usize, usize, usize, usize), win: Window) {
+    let x = random(shape, 5);
+    let (n, c, h, w) = shape;
+    let pooled = max_pool2d(x.view(), &win).unwrap();
+    let dy = random(pooled.y.raw_dim(), 6);
+    group.throughput(Throughput::Elements(x.len() as u64));
+    group.bench_function(format!("max_forward/{name}"), |bench| bench.iter(|| max_pool2d(x.view(), &win).unwrap()));
+    group.bench_function(format!("max_backward/{name}"), |bench| {
+        bench.iter(|| max_pool2d_backward(dy.view(), pooled.argmax.view(), [n, c, h, w]).unwrap())
+    });
+    group.bench_function(format!("avg_forward/{name}"), |bench| bench.iter(|| avg_pool2d(x.view(), &win).unwrap()));
+    group.bench_function(format!("avg_backward/{name}"), |bench| {
+        bench.iter(|| avg_pool2d_backward(dy.view(), [n, c, h, w], &win).unwrap())
+    });
+}
+
+fn pooling(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pool2d");
+    group.sample_size(20);
+    // the reference network's first pool: (64, 32, 26, 26) → (64, 32, 13, 13)
+    pool_case(&mut group, "ref_pool1_2x2s2_n64", (64, 32, 26, 26), Window::square(2).stride(2));
+    pool_case(&mut group, "overlap_3x3s2_n64", (64, 32, 26, 26), Window::square(3).stride(2));
+    group.finish();
+}
+
+/// The 2-core speedup: the same conv with rayon on one thread against the default pool.
+fn thread_scaling(c: &mut Criterion) {
+    let mut group = c.benchmark_group("threads");
+    group.sample_size(10);
+    let case = reference_layers(64)[1];
+    let inp = inputs(&case);
+    let win = case.window();
+    group.throughput(Throughput::Elements(case.flops()));
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    group.bench_function(format!("rayon_1/{}", case.name), |bench| {
+        bench.iter(|| one.install(|| conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap()))
+    });
+    group.bench_function(format!("rayon_default/{}", case.name), |bench| {
+        bench.iter(|| conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, conv_forward, conv_forward_backward, parts, pooling, thread_scaling);
+criterion_main!(benches);

@@ -1,0 +1,167 @@
+//! `cargo xtask bench`: run criterion, then summarise its results in one table.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// One benchmark result, read back from criterion's output directory.
+struct Measurement {
+    /// `group/implementation/case`, e.g. `conv2d_forward/im2col/ref_conv2_n64`.
+    id: String,
+    /// Median time of one iteration, nanoseconds.
+    median_ns: f64,
+    /// Elements (FLOPs for convolutions) per iteration, if set.
+    elements: Option<f64>,
+}
+
+impl Measurement {
+    /// Elements per second in billions (GFLOP/s for convolutions).
+    fn giga_per_s(&self) -> Option<f64> {
+        self.elements.map(|e| e / self.median_ns)
+    }
+}
+
+pub fn run(args: &[&str]) -> Result<(), String> {
+    let quick = args.contains(&"--quick");
+    if let Some(other) = args.iter().find(|a| **a != "--quick") {
+        return Err(format!("unknown option `{other}` for bench (only --quick)"));
+    }
+    let started = SystemTime::now();
+    let mut cargo_args = vec!["bench", "-p", "cnn-benches", "--"];
+    if quick {
+        cargo_args.push("--quick");
+    }
+    crate::cargo(&cargo_args)?;
+
+    let root = target_dir().join("criterion");
+    let results = collect(&root, started)?;
+    let summary = summarise(&results, quick);
+    println!("\n{summary}");
+    let path = root.join("summary.md");
+    write_atomic(&path, &summary)?;
+    println!("summary: {}\nHTML report: {}", path.display(), root.join("report/index.html").display());
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").join("target")
+    })
+}
+
+/// Every `new/` result under `root` written since `since` (older ones are from other runs).
+fn collect(root: &Path, since: SystemTime) -> Result<Vec<Measurement>, String> {
+    let mut found = vec![];
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.ends_with("new/estimates.json") {
+                let fresh = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since);
+                if fresh {
+                    found.push(read_measurement(path.parent().expect("new/ has a parent"))?);
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+fn read_json(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))
+}
+
+fn read_measurement(new_dir: &Path) -> Result<Measurement, String> {
+    let bench = read_json(&new_dir.join("benchmark.json"))?;
+    let estimates = read_json(&new_dir.join("estimates.json"))?;
+    let id = bench["full_id"].as_str().ok_or_else(|| format!("no full_id in {}", new_dir.display()))?;
+    let median_ns = estimates["median"]["point_estimate"]
+        .as_f64()
+        .ok_or_else(|| format!("no median in {}", new_dir.display()))?;
+    let elements = bench["throughput"]["Elements"].as_f64();
+    Ok(Measurement { id: id.to_string(), median_ns, elements })
+}
+
+fn time(ns: f64) -> String {
+    match ns {
+        ns if ns >= 1e9 => format!("{:.2} s", ns / 1e9),
+        ns if ns >= 1e6 => format!("{:.2} ms", ns / 1e6),
+        ns if ns >= 1e3 => format!("{:.1} µs", ns / 1e3),
+        ns => format!("{ns:.0} ns"),
+    }
+}
+
+fn opt(value: Option<f64>, fmt: impl Fn(f64) -> String) -> String {
+    value.map(fmt).unwrap_or_else(|| "–".into())
+}
+
+/// The Markdown summary: one comparison row per convolution case, then every measurement.
+fn summarise(results: &[Measurement], quick: bool) -> String {
+    let by_id: BTreeMap<&str, &Measurement> = results.iter().map(|m| (m.id.as_str(), m)).collect();
+    let get = |id: String| by_id.get(id.as_str()).copied();
+    let mut out = String::new();
+    let mode = if quick { "criterion --quick" } else { "criterion" };
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
+    let _ = writeln!(out, "# Benchmark summary ({mode}; medians; RAYON_NUM_THREADS={threads})\n");
+
+    let _ = writeln!(out, "## Convolution: naive loops vs im2col + GEMM (vs low rank)\n");
+    let _ = writeln!(
+        out,
+        "| pass | case | naive | im2col | GFLOP/s | % of bare GEMM | im2col vs naive | low rank (rank: time, vs im2col) |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
+    for group in ["conv2d_forward", "conv2d_fwd_bwd"] {
+        let prefix = format!("{group}/im2col/");
+        for m in results.iter().filter(|m| m.id.starts_with(&prefix)) {
+            let case = &m.id[prefix.len()..];
+            let naive = get(format!("{group}/naive/{case}"));
+            // the best of the two ways to run the bare GEMMs of the same shape
+            let gemm = ["gemm_per_sample", "gemm_whole_batch_blas_mt"]
+                .iter()
+                .filter_map(|g| get(format!("parts/{g}/{case}")).and_then(Measurement::giga_per_s))
+                .fold(None, |best: Option<f64>, r| Some(best.map_or(r, |b| b.max(r))));
+            let share = (group == "conv2d_forward").then_some(()).and(gemm).zip(m.giga_per_s()).map(|(g, r)| r / g);
+            let lowrank: Vec<String> = results
+                .iter()
+                .filter(|l| l.id.starts_with(&format!("{group}/lowrank_")) && l.id.ends_with(&format!("/{case}")))
+                .map(|l| {
+                    let rank = l.id.split('/').nth(1).unwrap_or("").trim_start_matches("lowrank_");
+                    format!("{rank}: {} ({:.2}x)", time(l.median_ns), m.median_ns / l.median_ns)
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {case} | {} | {} | {} | {} | {} | {} |",
+                if group == "conv2d_forward" { "forward" } else { "fwd+bwd" },
+                opt(naive.map(|n| n.median_ns), time),
+                time(m.median_ns),
+                opt(m.giga_per_s(), |g| format!("{g:.1}")),
+                opt(share, |s| format!("{:.0}%", 100.0 * s)),
+                opt(naive.map(|n| n.median_ns / m.median_ns), |s| format!("{s:.1}x")),
+                if lowrank.is_empty() { "–".into() } else { lowrank.join(", ") },
+            );
+        }
+    }
+
+    let _ = writeln!(out, "\n## All measurements\n");
+    let _ = writeln!(out, "| benchmark | median | throughput (G elements or GFLOP /s) |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    for m in results {
+        let _ = writeln!(out, "| {} | {} | {} |", m.id, time(m.median_ns), opt(m.giga_per_s(), |g| format!("{g:.2}")));
+    }
+    out
+}
+
+/// Writes `text` to a temporary file beside `path`, then renames it over `path`.
+fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()))
+}

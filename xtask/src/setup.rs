@@ -1,0 +1,80 @@
+//! System packages the workspace needs, installed when possible, explained when not.
+
+use std::process::Command;
+
+/// OpenBLAS (BLAS + LAPACK) that `openblas-src` and `ndarray-linalg` link against.
+pub const OPENBLAS: &str = "libopenblas-dev";
+/// Fashion-MNIST as IDX files under `/usr/share/datasets/fashion-mnist/`.
+pub const FASHION_MNIST: &str = "dataset-fashion-mnist";
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn has_apt() -> bool {
+    Command::new("apt-get").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// Makes sure the Debian packages are installed: installs them with apt-get when running as
+/// root, and otherwise stops with the exact command to run.
+pub fn ensure_packages(packages: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !(is_root() && has_apt()) {
+        return Err(format!(
+            "missing system packages: {list}\nInstall them with:\n    sudo apt-get update && sudo apt-get install -y {list}"
+        ));
+    }
+    eprintln!("xtask: installing missing system packages with apt-get: {list}");
+    let run = |args: &[&str]| -> Result<(), String> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("could not run apt-get: {e}"))?;
+        status.success().then_some(()).ok_or_else(|| format!("`apt-get {}` failed ({status})", args.join(" ")))
+    };
+    run(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    run(&install)?;
+    eprintln!("xtask: installed {list}");
+    Ok(())
+}
+
+/// The `OPENBLAS_CORETYPE` to hand to child processes, unless the user chose one.
+///
+/// Debian 12's OpenBLAS 0.3.21 does not recognise recent CPUs and falls back to generic SSE3
+/// kernels about 5x slower; naming the kernel family from the CPU's flags avoids that. (The
+/// same rule as `cnn_core::threads::suggested_coretype`, which this BLAS-free crate cannot call.)
+pub fn blas_coretype() -> Option<&'static str> {
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+            return Some("SkylakeX");
+        }
+        if has!("avx2") && has!("fma") {
+            return Some("Haswell");
+        }
+    }
+    None
+}
