@@ -1,0 +1,187 @@
+//! Data: the IDX format of MNIST and Fashion-MNIST (plain or gzip), data sets and batches.
+//!
+//! An IDX file is a header — two zero bytes, a type byte (`0x08` = unsigned byte), the number
+//! of dimensions — then each dimension as a big-endian `u32`, then the values, row-major.
+
+use crate::error::{NnError, Result};
+use flate2::read::GzDecoder;
+use ndarray::{s, Array4, ArrayD, Axis};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Where the Debian package `dataset-fashion-mnist` installs Fashion-MNIST.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// An IDX array of unsigned bytes: its dimensions and values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idx {
+    /// Dimensions, e.g. `[60000, 28, 28]`.
+    pub dims: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<u8>,
+}
+
+fn data_error(path: &Path, reason: String) -> NnError {
+    NnError::Data { path: path.to_path_buf(), reason }
+}
+
+/// Reads an IDX file of unsigned bytes, gzip-compressed or not.
+///
+/// # Errors
+/// A file that cannot be read, a bad magic number, a type other than unsigned byte, a
+/// truncated header, data shorter or longer than the dimensions say. A header that claims more
+/// data than the file holds is refused without allocating that much.
+pub fn read_idx(path: &Path) -> Result<Idx> {
+    let file = std::fs::File::open(path).map_err(|e| NnError::io(path, e))?;
+    let mut head = [0u8; 2];
+    let mut raw = std::io::BufReader::new(file);
+    let peeked = raw.read(&mut head).map_err(|e| NnError::io(path, e))?;
+    let chained = std::io::Cursor::new(head[..peeked].to_vec()).chain(raw);
+    let mut reader: Box<dyn Read> = if head == [0x1f, 0x8b] { Box::new(GzDecoder::new(chained)) } else { Box::new(chained) };
+
+    let mut magic = [0u8; 4];
+    reader.read_exact(&mut magic).map_err(|_| data_error(path, "file too short for the IDX magic number (4 bytes at offset 0)".into()))?;
+    if magic[..2] != [0, 0] {
+        return Err(data_error(path, format!("bad IDX magic number {magic:02x?} at offset 0 (expected 00 00 08 <dims>)")));
+    }
+    if magic[2] != 0x08 {
+        return Err(data_error(path, format!("IDX type 0x{:02x} at offset 2 is not unsigned byte (0x08)", magic[2])));
+    }
+    let ndims = magic[3] as usize;
+    if ndims == 0 {
+        return Err(data_error(path, "IDX header at offset 3 declares zero dimensions".into()));
+    }
+    let mut dims = Vec::with_capacity(ndims);
+    for d in 0..ndims {
+        let mut b = [0u8; 4];
+        reader
+            .read_exact(&mut b)
+            .map_err(|_| data_error(path, format!("header truncated: dimension {d} missing at offset {}", 4 + 4 * d)))?;
+        dims.push(u32::from_be_bytes(b) as usize);
+    }
+    let header_len = 4 + 4 * ndims;
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| data_error(path, format!("dimensions {dims:?} overflow")))?;
+    // Read at most one byte more than promised: memory grows with the data actually there.
+    let mut data = Vec::new();
+    reader
+        .take(expected as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| data_error(path, format!("reading data at offset {header_len}: {e}")))?;
+    if data.len() < expected {
+        return Err(data_error(
+            path,
+            format!("header (dims {dims:?}) promises {expected} bytes of data from offset {header_len}, the file holds {}", data.len()),
+        ));
+    }
+    if data.len() > expected {
+        return Err(data_error(path, format!("trailing data after the {expected} bytes that dims {dims:?} describe (offset {})", header_len + expected)));
+    }
+    Ok(Idx { dims, data })
+}
+
+/// Images and labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// `[n, 1, h, w]`, pixels scaled to `[0, 1]` (or standardised).
+    pub images: Array4<f32>,
+    /// `n` class labels.
+    pub labels: Vec<u8>,
+}
+
+impl Dataset {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// No samples.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Reads an images file and a labels file, checking that they agree.
+    ///
+    /// # Errors
+    /// Any [`read_idx`] fault, images that are not `[n, h, w]`, labels that are not `[n]`,
+    /// different counts.
+    pub fn from_idx(images: &Path, labels: &Path) -> Result<Dataset> {
+        let img = read_idx(images)?;
+        let lab = read_idx(labels)?;
+        let [n, h, w] = img.dims[..] else {
+            return Err(data_error(images, format!("images must have 3 dimensions (n, h, w), header says {:?}", img.dims)));
+        };
+        let [m] = lab.dims[..] else {
+            return Err(data_error(labels, format!("labels must have 1 dimension, header says {:?}", lab.dims)));
+        };
+        if n != m {
+            return Err(data_error(labels, format!("{m} labels for {n} images in {}", images.display())));
+        }
+        let pixels = img.data.iter().map(|&p| p as f32 / 255.0).collect();
+        let images = Array4::from_shape_vec((n, 1, h, w), pixels).expect("size checked by read_idx");
+        Ok(Dataset { images, labels: lab.data })
+    }
+
+    /// The standard MNIST layout: `train-images-idx3-ubyte[.gz]` and the three others in `dir`.
+    /// Returns `(train, test)`.
+    ///
+    /// # Errors
+    /// A missing file (naming the paths tried) or any [`Dataset::from_idx`] fault.
+    pub fn load_mnist_dir(dir: &Path) -> Result<(Dataset, Dataset)> {
+        let find = |stem: &str| -> Result<PathBuf> {
+            let plain = dir.join(stem);
+            let gz = dir.join(format!("{stem}.gz"));
+            [plain.clone(), gz.clone()].into_iter().find(|p| p.exists()).ok_or_else(|| {
+                data_error(&plain, format!("not found (nor {}); expected the four MNIST-format files here", gz.display()))
+            })
+        };
+        let train = Dataset::from_idx(&find("train-images-idx3-ubyte")?, &find("train-labels-idx1-ubyte")?)?;
+        let test = Dataset::from_idx(&find("t10k-images-idx3-ubyte")?, &find("t10k-labels-idx1-ubyte")?)?;
+        Ok((train, test))
+    }
+
+    /// The first `n` samples (all if fewer).
+    pub fn take(&self, n: usize) -> Dataset {
+        let n = n.min(self.len());
+        Dataset { images: self.images.slice(s![..n, .., .., ..]).to_owned(), labels: self.labels[..n].to_vec() }
+    }
+
+    /// Splits off the last `n` samples (for validation): `(rest, last n)`.
+    pub fn split_off(&self, n: usize) -> (Dataset, Dataset) {
+        let k = self.len() - n.min(self.len());
+        let head = Dataset { images: self.images.slice(s![..k, .., .., ..]).to_owned(), labels: self.labels[..k].to_vec() };
+        let tail = Dataset { images: self.images.slice(s![k.., .., .., ..]).to_owned(), labels: self.labels[k..].to_vec() };
+        (head, tail)
+    }
+
+    /// Mean and standard deviation of all pixels.
+    pub fn pixel_stats(&self) -> (f32, f32) {
+        let mean = self.images.mean().unwrap_or(0.0);
+        let var = self.images.mapv(|p| (p - mean) * (p - mean)).mean().unwrap_or(0.0);
+        (mean, var.sqrt())
+    }
+
+    /// Standardises pixels: `(p - mean) / std` (use the training set's statistics for all sets).
+    pub fn standardise(&mut self, mean: f32, std: f32) {
+        let std = if std > 0.0 { std } else { 1.0 };
+        self.images.mapv_inplace(|p| (p - mean) / std);
+    }
+
+    /// Sample indices in a seeded random order.
+    pub fn shuffled(&self, seed: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        order
+    }
+
+    /// The samples at `indices`, as a batch: images `[b, 1, h, w]` and labels.
+    pub fn batch(&self, indices: &[usize]) -> (ArrayD<f32>, Vec<u8>) {
+        let images = self.images.select(Axis(0), indices).into_dyn();
+        (images, indices.iter().map(|&i| self.labels[i]).collect())
+    }
+}

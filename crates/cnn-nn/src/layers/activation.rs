@@ -1,0 +1,170 @@
+//! Element-wise activations and softmax. No parameters; shapes unchanged.
+
+use crate::layer::{Describe, Init, Layer};
+use ndarray::{ArrayD, Axis, Zip};
+
+/// An element-wise function and its derivative, written from the cached input or output.
+macro_rules! elementwise {
+    ($(#[$doc:meta])* $name:ident, $label:literal, relu_family = $relu:literal,
+     forward: |$x:ident| $f:expr, backward: |$xb:ident, $y:ident| $df:expr) => {
+        $(#[$doc])*
+        #[derive(Default)]
+        pub struct $name {
+            cache: Option<(ArrayD<f32>, ArrayD<f32>)>,
+        }
+
+        impl $name {
+            /// The activation.
+            pub fn new() -> Self {
+                Self::default()
+            }
+        }
+
+        impl Layer for $name {
+            fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, String> {
+                Ok(input.to_vec())
+            }
+
+            fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+                let y = x.mapv(|$x| $f);
+                if train {
+                    self.cache = Some((x, y.clone()));
+                }
+                y
+            }
+
+            fn backward(&mut self, mut dy: ArrayD<f32>) -> ArrayD<f32> {
+                let (x, y) = self.cache.take().expect(concat!($label, "::backward needs a training forward first"));
+                Zip::from(&mut dy).and(&x).and(&y).for_each(|d, &$xb, &$y| *d *= $df);
+                dy
+            }
+
+            fn describe(&self) -> Describe {
+                Describe { name: $label.into(), is_activation: true, ..Describe::default() }
+            }
+
+            fn relu_family(&self) -> bool {
+                $relu
+            }
+        }
+    };
+}
+
+elementwise!(
+    /// `max(0, x)`; the gradient is 1 where `x > 0`, else 0.
+    ReLU, "ReLU", relu_family = true,
+    forward: |x| x.max(0.0),
+    backward: |x, _y| if x > 0.0 { 1.0 } else { 0.0 }
+);
+
+elementwise!(
+    /// `1 / (1 + e^-x)`; the gradient is `y (1 - y)`.
+    Sigmoid, "Sigmoid", relu_family = false,
+    forward: |x| 1.0 / (1.0 + (-x).exp()),
+    backward: |_x, y| y * (1.0 - y)
+);
+
+elementwise!(
+    /// `tanh x`; the gradient is `1 - y²`.
+    Tanh, "Tanh", relu_family = false,
+    forward: |x| x.tanh(),
+    backward: |_x, y| 1.0 - y * y
+);
+
+/// `x` for `x > 0`, else `slope · x`.
+pub struct LeakyReLU {
+    slope: f32,
+    x: Option<ArrayD<f32>>,
+}
+
+impl LeakyReLU {
+    /// With the given negative slope (0.01 is usual).
+    pub fn new(slope: f32) -> Self {
+        LeakyReLU { slope, x: None }
+    }
+}
+
+impl Layer for LeakyReLU {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, String> {
+        Ok(input.to_vec())
+    }
+
+    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+        let slope = self.slope;
+        let y = x.mapv(|v| if v > 0.0 { v } else { slope * v });
+        self.x = train.then_some(x);
+        y
+    }
+
+    fn backward(&mut self, mut dy: ArrayD<f32>) -> ArrayD<f32> {
+        let x = self.x.take().expect("LeakyReLU::backward needs a training forward first");
+        let slope = self.slope;
+        Zip::from(&mut dy).and(&x).for_each(|d, &v| *d *= if v > 0.0 { 1.0 } else { slope });
+        dy
+    }
+
+    fn describe(&self) -> Describe {
+        Describe { name: format!("LeakyReLU({})", self.slope), is_activation: true, ..Describe::default() }
+    }
+
+    fn relu_family(&self) -> bool {
+        true
+    }
+}
+
+/// Softmax over the last axis: `y_i = e^{x_i - max x} / Σ_j e^{x_j - max x}`.
+///
+/// As the last layer of a classifier it turns logits into probabilities for
+/// [`crate::Sequential::predict`]; training skips it and uses the fused, numerically stable
+/// [`crate::loss::softmax_cross_entropy`] on the logits instead.
+#[derive(Default)]
+pub struct Softmax {
+    y: Option<ArrayD<f32>>,
+}
+
+impl Softmax {
+    /// The layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Softmax of each row of a `[n, classes]` array, in place, shifted by the row maximum.
+pub fn softmax_rows(x: &mut ArrayD<f32>) {
+    let last = Axis(x.ndim() - 1);
+    for mut row in x.lanes_mut(last) {
+        let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        row.mapv_inplace(|v| (v - max).exp());
+        let sum = row.sum();
+        row.mapv_inplace(|v| v / sum);
+    }
+}
+
+impl Layer for Softmax {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, String> {
+        Ok(input.to_vec())
+    }
+
+    fn forward(&mut self, mut x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+        softmax_rows(&mut x);
+        if train {
+            self.y = Some(x.clone());
+        }
+        x
+    }
+
+    /// `dx = y ⊙ (dy − Σ dy ⊙ y)` along the last axis.
+    fn backward(&mut self, mut dy: ArrayD<f32>) -> ArrayD<f32> {
+        let y = self.y.take().expect("Softmax::backward needs a training forward first");
+        let last = Axis(dy.ndim() - 1);
+        for (mut d, y) in dy.lanes_mut(last).into_iter().zip(y.lanes(last)) {
+            let dot = d.dot(&y);
+            Zip::from(&mut d).and(&y).for_each(|d, &y| *d = y * (*d - dot));
+        }
+        dy
+    }
+
+    fn describe(&self) -> Describe {
+        Describe { name: "Softmax".into(), is_activation: true, ..Describe::default() }
+    }
+}

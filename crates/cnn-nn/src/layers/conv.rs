@@ -1,0 +1,213 @@
+//! Convolution layers: `Conv2d` and `Conv1d`, calling cnn-core's im2col kernels.
+
+use crate::layer::{Describe, Init, Layer, Param};
+use cnn_core::{conv1d, conv1d_backward, conv2d, conv2d_backward, Padding, Padding1d, Window, Window1d};
+use ndarray::{ArrayD, Ix3, Ix4};
+
+fn padding_name(p: Padding) -> String {
+    match p {
+        Padding::Valid => "Valid".into(),
+        Padding::Same => "Same".into(),
+        Padding::Explicit { top, bottom, left, right } => format!("({top},{bottom},{left},{right})"),
+    }
+}
+
+/// 2-D convolution: `filters` filters of `kh x kw` kernels over all input channels, plus bias.
+///
+/// ```
+/// use cnn_nn::layers::Conv2d;
+/// use cnn_core::Padding;
+/// let conv = Conv2d::new(32, 3).stride(1).padding(Padding::Valid);
+/// ```
+///
+/// # Shapes
+/// - input `[n, c_in, h, w]` → output `[n, filters, oh, ow]`
+/// - weight `[filters, c_in, kh, kw]`, bias `[filters]`
+pub struct Conv2d {
+    filters: usize,
+    window: Window,
+    use_bias: bool,
+    params: Vec<Param>,
+    x: Option<ndarray::Array4<f32>>,
+}
+
+impl Conv2d {
+    /// `filters` square `k x k` filters, stride 1, VALID, with bias. Input channels are inferred.
+    pub fn new(filters: usize, k: usize) -> Self {
+        Conv2d { filters, window: Window::square(k), use_bias: true, params: vec![], x: None }
+    }
+
+    /// A non-square kernel.
+    pub fn kernel(self, kh: usize, kw: usize) -> Self {
+        Conv2d { window: Window { kh, kw, ..self.window }, ..self }
+    }
+
+    /// The same stride on both axes.
+    pub fn stride(self, s: usize) -> Self {
+        Conv2d { window: self.window.stride(s), ..self }
+    }
+
+    /// Vertical and horizontal strides.
+    pub fn strides(self, sh: usize, sw: usize) -> Self {
+        Conv2d { window: self.window.strides(sh, sw), ..self }
+    }
+
+    /// The padding rule.
+    pub fn padding(self, padding: Padding) -> Self {
+        Conv2d { window: self.window.padding(padding), ..self }
+    }
+
+    /// Without a bias term.
+    pub fn no_bias(self) -> Self {
+        Conv2d { use_bias: false, ..self }
+    }
+
+    /// The window (kernel, stride, padding).
+    pub fn window(&self) -> &Window {
+        &self.window
+    }
+}
+
+impl Layer for Conv2d {
+    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, String> {
+        let [c_in, h, w] = input else {
+            return Err("Conv2d needs (channels, height, width) per sample".into());
+        };
+        if self.filters == 0 {
+            return Err("Conv2d needs at least one filter".into());
+        }
+        let g = self.window.geometry(*h, *w).map_err(|e| e.to_string())?;
+        let (kh, kw) = (self.window.kh, self.window.kw);
+        let weight = init.weights(&[self.filters, *c_in, kh, kw], c_in * kh * kw, self.filters * kh * kw);
+        self.params = vec![Param::new("weight", weight)];
+        if self.use_bias {
+            self.params.push(Param::new("bias", ArrayD::zeros(vec![self.filters])));
+        }
+        Ok(vec![self.filters, g.oh, g.ow])
+    }
+
+    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+        let x = x.into_dimensionality::<Ix4>().expect("Conv2d input is [n, c, h, w]");
+        let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
+        let b = self.params.get(1).map(|b| b.value.view().into_dimensionality().expect("bias is 1-D"));
+        let y = conv2d(x.view(), w, b, &self.window).expect("Conv2d: shapes were checked at build");
+        self.x = train.then_some(x);
+        y.into_dyn()
+    }
+
+    fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
+        let x = self.x.take().expect("Conv2d::backward needs a training forward first");
+        let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
+        let dy = dy.into_dimensionality::<Ix4>().expect("Conv2d dy is [n, c, oh, ow]");
+        let g = conv2d_backward(x.view(), w, dy.view(), &self.window).expect("Conv2d: shapes were checked at build");
+        self.params[0].grad = g.dw.into_dyn();
+        if let Some(bias) = self.params.get_mut(1) {
+            bias.grad = g.db.into_dyn();
+        }
+        g.dx.into_dyn()
+    }
+
+    fn params(&self) -> Vec<&Param> {
+        self.params.iter().collect()
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.params.iter_mut().collect()
+    }
+
+    fn describe(&self) -> Describe {
+        let w = &self.window;
+        let name = if (w.kh, w.sh) == (w.kw, w.sw) {
+            format!("Conv2d(f={},s={})", w.kh, w.sh)
+        } else {
+            format!("Conv2d(f={}x{},s={}x{})", w.kh, w.kw, w.sh, w.sw)
+        };
+        Describe { name, filters: Some(self.filters), padding: Some(padding_name(w.padding)), is_activation: false }
+    }
+}
+
+/// 1-D convolution over `[n, c, l]` signals, through the same im2col machinery as 2-D.
+///
+/// # Shapes
+/// - input `[n, c_in, l]` → output `[n, filters, ol]`
+/// - weight `[filters, c_in, k]`, bias `[filters]`
+pub struct Conv1d {
+    filters: usize,
+    window: Window1d,
+    params: Vec<Param>,
+    x: Option<ndarray::Array3<f32>>,
+}
+
+impl Conv1d {
+    /// `filters` filters of length `k`, stride 1, VALID, with bias.
+    pub fn new(filters: usize, k: usize) -> Self {
+        Conv1d { filters, window: Window1d::new(k), params: vec![], x: None }
+    }
+
+    /// The stride.
+    pub fn stride(self, s: usize) -> Self {
+        Conv1d { window: self.window.stride(s), ..self }
+    }
+
+    /// The padding rule.
+    pub fn padding(self, padding: Padding1d) -> Self {
+        Conv1d { window: self.window.padding(padding), ..self }
+    }
+}
+
+impl Layer for Conv1d {
+    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, String> {
+        let [c_in, l] = input else {
+            return Err("Conv1d needs (channels, length) per sample".into());
+        };
+        if self.filters == 0 {
+            return Err("Conv1d needs at least one filter".into());
+        }
+        let ol = self.window.output_len(*l).map_err(|e| e.to_string())?;
+        let k = self.window.k;
+        let weight = init.weights(&[self.filters, *c_in, k], c_in * k, self.filters * k);
+        self.params = vec![Param::new("weight", weight), Param::new("bias", ArrayD::zeros(vec![self.filters]))];
+        Ok(vec![self.filters, ol])
+    }
+
+    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+        let x = x.into_dimensionality::<Ix3>().expect("Conv1d input is [n, c, l]");
+        let w = self.params[0].value.view().into_dimensionality::<Ix3>().expect("weight is 3-D");
+        let b = self.params[1].value.view().into_dimensionality().expect("bias is 1-D");
+        let y = conv1d(x.view(), w, Some(b), &self.window).expect("Conv1d: shapes were checked at build");
+        self.x = train.then_some(x);
+        y.into_dyn()
+    }
+
+    fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
+        let x = self.x.take().expect("Conv1d::backward needs a training forward first");
+        let w = self.params[0].value.view().into_dimensionality::<Ix3>().expect("weight is 3-D");
+        let dy = dy.into_dimensionality::<Ix3>().expect("Conv1d dy is [n, c, ol]");
+        let g = conv1d_backward(x.view(), w, dy.view(), &self.window).expect("Conv1d: shapes were checked at build");
+        self.params[0].grad = g.dw.into_dyn();
+        self.params[1].grad = g.db.into_dyn();
+        g.dx.into_dyn()
+    }
+
+    fn params(&self) -> Vec<&Param> {
+        self.params.iter().collect()
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.params.iter_mut().collect()
+    }
+
+    fn describe(&self) -> Describe {
+        let pad = match self.window.padding {
+            Padding1d::Valid => "Valid".to_string(),
+            Padding1d::Same => "Same".to_string(),
+            Padding1d::Explicit { left, right } => format!("({left},{right})"),
+        };
+        Describe {
+            name: format!("Conv1d(f={},s={})", self.window.k, self.window.stride),
+            filters: Some(self.filters),
+            padding: Some(pad),
+            is_activation: false,
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! `Dense`: a fully connected layer, `y = x · Wᵀ + b`.
+
+use crate::layer::{Describe, Init, Layer, Param};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayD, Axis, Ix2};
+
+/// Fully connected layer: every output is a weighted sum of every input, plus a bias.
+///
+/// # Shapes
+/// - input `[n, in]` → output `[n, units]`
+/// - weight `[units, in]` (PyTorch's layout), bias `[units]`
+///
+/// ```text
+/// y  = x · Wᵀ + b      [n, units]
+/// dW = dyᵀ · x         [units, in]
+/// db = Σ_n dy          [units]
+/// dx = dy · W          [n, in]
+/// ```
+pub struct Dense {
+    units: usize,
+    params: Vec<Param>,
+    x: Option<Array2<f32>>,
+}
+
+impl Dense {
+    /// A layer with `units` outputs; the input size is inferred.
+    pub fn new(units: usize) -> Self {
+        Dense { units, params: vec![], x: None }
+    }
+
+    fn weight(&self) -> ndarray::ArrayView2<'_, f32> {
+        self.params[0].value.view().into_dimensionality::<Ix2>().expect("weight is 2-D")
+    }
+}
+
+impl Layer for Dense {
+    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, String> {
+        let [fan_in] = input else {
+            return Err("Dense needs a flat input per sample; add Flatten before it".into());
+        };
+        if self.units == 0 {
+            return Err("Dense needs at least one unit".into());
+        }
+        let weight = init.weights(&[self.units, *fan_in], *fan_in, self.units);
+        self.params = vec![Param::new("weight", weight), Param::new("bias", ArrayD::zeros(vec![self.units]))];
+        Ok(vec![self.units])
+    }
+
+    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+        let x = x.into_dimensionality::<Ix2>().expect("Dense input is [n, in]");
+        let b = self.params[1].value.view().into_dimensionality::<ndarray::Ix1>().expect("bias is 1-D");
+        // y [n, units] = b (broadcast) + x [n, in] · Wᵀ [in, units]
+        let mut y = b.broadcast((x.nrows(), self.units)).expect("bias broadcasts").to_owned();
+        general_mat_mul(1.0, &x, &self.weight().t(), 1.0, &mut y);
+        self.x = train.then_some(x);
+        y.into_dyn()
+    }
+
+    fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
+        let x = self.x.take().expect("Dense::backward needs a training forward first");
+        let dy = dy.into_dimensionality::<Ix2>().expect("Dense dy is [n, units]");
+        self.params[0].grad = dy.t().dot(&x).into_dyn(); // [units, in]
+        self.params[1].grad = dy.sum_axis(Axis(0)).into_dyn();
+        dy.dot(&self.weight()).into_dyn() // [n, in]
+    }
+
+    fn params(&self) -> Vec<&Param> {
+        self.params.iter().collect()
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.params.iter_mut().collect()
+    }
+
+    fn describe(&self) -> Describe {
+        Describe { name: "Dense".into(), ..Describe::default() }
+    }
+}

@@ -1,0 +1,13 @@
+//! The layers: each file holds a family, each layer a forward/backward pair.
+
+mod activation;
+mod conv;
+mod dense;
+mod pool;
+mod shape;
+
+pub use activation::{softmax_rows, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh};
+pub use conv::{Conv1d, Conv2d};
+pub use dense::Dense;
+pub use pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};
+pub use shape::{Dropout, Flatten};

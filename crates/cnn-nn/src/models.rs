@@ -1,0 +1,30 @@
+//! Ready-made models.
+
+use crate::layers::{Conv2d, Dense, Flatten, MaxPool2d, ReLU, Softmax};
+use crate::sequential::Sequential;
+use cnn_core::Padding;
+
+/// The course material's reference network for 28x28 grey images and 10 classes:
+///
+/// Conv(3x3, 32, VALID) → ReLU → MaxPool(2,2) → Conv(64) → ReLU → MaxPool → Conv(128) → ReLU →
+/// MaxPool → Flatten → Dense(64) → ReLU → Dense(10) → Softmax
+pub fn reference_cnn(seed: u64) -> Sequential {
+    Sequential::builder(&[1, 28, 28])
+        .add(Conv2d::new(32, 3).padding(Padding::Valid))
+        .add(ReLU::new())
+        .add(MaxPool2d::new(2))
+        .add(Conv2d::new(64, 3))
+        .add(ReLU::new())
+        .add(MaxPool2d::new(2))
+        .add(Conv2d::new(128, 3))
+        .add(ReLU::new())
+        .add(MaxPool2d::new(2))
+        .add(Flatten::new())
+        .add(Dense::new(64))
+        .add(ReLU::new())
+        .add(Dense::new(10))
+        .add(Softmax::new())
+        .seed(seed)
+        .build()
+        .expect("the reference network's shapes fit")
+}

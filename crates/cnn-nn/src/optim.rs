@@ -1,0 +1,175 @@
+//! Optimisers (SGD with momentum and weight decay, Adam) and learning-rate schedules.
+
+use crate::layer::Param;
+use ndarray::{ArrayD, Zip};
+
+/// Updates parameters from their gradients.
+pub trait Optimizer {
+    /// One update of every parameter (the slice is in the model's fixed order).
+    fn step(&mut self, params: &mut [&mut Param]);
+    /// The current learning rate.
+    fn lr(&self) -> f32;
+    /// Sets the learning rate (schedules call this between epochs).
+    fn set_lr(&mut self, lr: f32);
+}
+
+/// Velocity or moment buffers, one per parameter, created on first use.
+fn buffers(state: &mut Vec<ArrayD<f32>>, params: &[&mut Param]) {
+    if state.len() != params.len() {
+        *state = params.iter().map(|p| ArrayD::zeros(p.value.raw_dim())).collect();
+    }
+}
+
+/// Stochastic gradient descent with momentum and (L2) weight decay, as PyTorch defines it:
+///
+/// ```text
+/// g = grad + weight_decay · w
+/// v = momentum · v + g
+/// w = w − lr · v
+/// ```
+pub struct Sgd {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum (0 for plain SGD).
+    pub momentum: f32,
+    /// L2 weight decay.
+    pub weight_decay: f32,
+    velocity: Vec<ArrayD<f32>>,
+}
+
+impl Sgd {
+    /// SGD with the given learning rate, momentum and weight decay.
+    pub fn new(lr: f32, momentum: f32, weight_decay: f32) -> Self {
+        Sgd { lr, momentum, weight_decay, velocity: vec![] }
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, params: &mut [&mut Param]) {
+        buffers(&mut self.velocity, params);
+        let (lr, momentum, decay) = (self.lr, self.momentum, self.weight_decay);
+        for (p, v) in params.iter_mut().zip(&mut self.velocity) {
+            Zip::from(&mut p.value).and(&p.grad).and(v).for_each(|w, &g, v| {
+                *v = momentum * *v + g + decay * *w;
+                *w -= lr * *v;
+            });
+        }
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}
+
+/// Adam (Kingma & Ba), with bias correction:
+///
+/// ```text
+/// m = β1·m + (1−β1)·g        v = β2·v + (1−β2)·g²
+/// w = w − lr · (m / (1−β1ᵗ)) / (sqrt(v / (1−β2ᵗ)) + ε)
+/// ```
+pub struct Adam {
+    /// Learning rate.
+    pub lr: f32,
+    /// Decay of the first moment.
+    pub beta1: f32,
+    /// Decay of the second moment.
+    pub beta2: f32,
+    /// Added to the denominator.
+    pub eps: f32,
+    t: i32,
+    m: Vec<ArrayD<f32>>,
+    v: Vec<ArrayD<f32>>,
+}
+
+impl Adam {
+    /// Adam with the usual betas (0.9, 0.999) and ε = 1e-8.
+    pub fn new(lr: f32) -> Self {
+        Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 0, m: vec![], v: vec![] }
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, params: &mut [&mut Param]) {
+        buffers(&mut self.m, params);
+        buffers(&mut self.v, params);
+        self.t += 1;
+        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+        // bias corrections folded into the step and ε: the same as lr · m̂ / (sqrt(v̂) + ε)
+        let correction2 = (1.0 - b2.powi(self.t)).sqrt();
+        let step = self.lr * correction2 / (1.0 - b1.powi(self.t));
+        let eps = eps * correction2;
+        for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
+            Zip::from(&mut p.value).and(&p.grad).and(m).and(v).for_each(|w, &g, m, v| {
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                *w -= step * *m / (v.sqrt() + eps);
+            });
+        }
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}
+
+/// Step decay: the learning rate is multiplied by `gamma` every `every` epochs.
+#[derive(Clone, Copy, Debug)]
+pub struct StepDecay {
+    /// Initial learning rate.
+    pub initial: f32,
+    /// Epochs between decays.
+    pub every: usize,
+    /// Factor applied at each decay.
+    pub gamma: f32,
+}
+
+impl StepDecay {
+    /// The learning rate for `epoch` (0-based).
+    pub fn lr(&self, epoch: usize) -> f32 {
+        self.initial * self.gamma.powi((epoch / self.every.max(1)) as i32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::arr1;
+
+    fn param(w: f32, g: f32) -> Param {
+        Param { name: "weight", value: arr1(&[w]).into_dyn(), grad: arr1(&[g]).into_dyn() }
+    }
+
+    #[test]
+    fn sgd_momentum_and_decay_by_hand() {
+        let mut p = param(1.0, 0.5);
+        let mut sgd = Sgd::new(0.1, 0.9, 0.01);
+        sgd.step(&mut [&mut p]);
+        // v = 0.5 + 0.01 = 0.51; w = 1 - 0.051 = 0.949
+        assert!((p.value[[0]] - 0.949).abs() < 1e-6);
+        sgd.step(&mut [&mut p]);
+        // v = 0.9*0.51 + 0.5 + 0.00949 = 0.96849; w = 0.949 - 0.096849
+        assert!((p.value[[0]] - (0.949 - 0.096849)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn adam_first_step_is_lr_times_sign() {
+        // after bias correction, the first step is lr · g / |g| (up to ε)
+        let mut p = param(1.0, -3.0);
+        Adam::new(0.01).step(&mut [&mut p]);
+        assert!((p.value[[0]] - 1.01).abs() < 1e-6, "{}", p.value[[0]]);
+    }
+
+    #[test]
+    fn step_decay() {
+        let s = StepDecay { initial: 1.0, every: 2, gamma: 0.5 };
+        assert_eq!([s.lr(0), s.lr(1), s.lr(2), s.lr(5)], [1.0, 1.0, 0.5, 0.25]);
+    }
+}

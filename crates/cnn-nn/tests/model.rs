@@ -1,0 +1,195 @@
+//! Sequential: summary, build errors, learning, determinism, checkpoints.
+
+use cnn_core::Padding;
+use cnn_nn::data::Dataset;
+use cnn_nn::layers::*;
+use cnn_nn::models::reference_cnn;
+use cnn_nn::optim::{Adam, Sgd};
+use cnn_nn::train::{evaluate, fit, FitConfig};
+use cnn_nn::{checkpoint, NnError, Sequential};
+use ndarray::{Array4, ArrayD};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[test]
+fn reference_summary_is_the_material_table() {
+    let expected = "\
+Layer             Number of Filters  Padding  Activation Shape  Activation Size  Parameters
+-------------------------------------------------------------------------------------------
+Input                                         (28,28,1)                     784           0
+Conv2d(f=3,s=1)   32                 Valid    (26,26,32)                 21,632         320
+MaxPool(f=2,s=2)                              (13,13,32)                  5,408           0
+Conv2d(f=3,s=1)   64                 Valid    (11,11,64)                  7,744      18,496
+MaxPool(f=2,s=2)                              (5,5,64)                    1,600           0
+Conv2d(f=3,s=1)   128                Valid    (3,3,128)                   1,152      73,856
+MaxPool(f=2,s=2)                              (1,1,128)                     128           0
+Flatten                                       (128)                         128           0
+Dense                                         (64)                           64       8,256
+Softmax                                       (10)                           10         650
+-------------------------------------------------------------------------------------------
+Total parameters: 101,578
+Activations: ReLU after Conv2d(f=3,s=1), ReLU after Conv2d(f=3,s=1), ReLU after Conv2d(f=3,s=1), ReLU after Dense
+";
+    assert_eq!(reference_cnn(0).summary(), expected);
+}
+
+#[test]
+fn impossible_stacks_are_refused_at_build() {
+    let e = Sequential::builder(&[1, 28, 28]).add(Conv2d::new(8, 3)).add(Dense::new(10)).build().err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        "layer 1 (Dense) cannot take input of shape [8, 26, 26]: Dense needs a flat input per sample; add Flatten before it"
+    );
+    let e = Sequential::builder(&[1, 4, 4]).add(MaxPool2d::new(2)).add(Conv2d::new(2, 3)).build().err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        "layer 1 (Conv2d(f=3,s=1)) cannot take input of shape [1, 2, 2]: kernel 3x3 is larger than the padded input 2x2 (input 2x2)"
+    );
+    let e = Sequential::builder(&[5]).add(Conv2d::new(2, 3)).build().err().unwrap();
+    assert!(matches!(e, NnError::Build { index: 0, .. }), "{e}");
+}
+
+#[test]
+fn wrong_input_shape_is_an_error() {
+    let mut model = reference_cnn(0);
+    let e = model.predict(ArrayD::zeros(vec![2, 1, 27, 28])).unwrap_err();
+    assert_eq!(e.to_string(), "model input (0 = any batch size): expected shape [0, 1, 28, 28], got [2, 1, 27, 28]");
+    let e = model.loss_and_gradients(ArrayD::zeros(vec![2, 1, 28, 28]), &[1, 2, 3]).unwrap_err();
+    assert_eq!(e.to_string(), "labels: expected shape [2], got [3]");
+    let e = model.loss_and_gradients(ArrayD::zeros(vec![1, 1, 28, 28]), &[10]).unwrap_err();
+    assert_eq!(e.to_string(), "label 10 at index 0 is outside 0..10");
+}
+
+#[test]
+fn predict_gives_probabilities() {
+    let mut model = reference_cnn(1);
+    let p = model.predict(ArrayD::from_elem(vec![3, 1, 28, 28], 0.5)).unwrap();
+    assert_eq!(p.shape(), &[3, 10]);
+    for row in p.rows() {
+        assert!((row.sum() - 1.0).abs() < 1e-5);
+    }
+}
+
+/// Four classes of 8x8 images: a bright bar in one of four places, plus noise.
+fn toy_data(n: usize, seed: u64) -> Dataset {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
+    let mut images = Array4::from_shape_simple_fn((n, 1, 8, 8), || rng.gen_range(0.0f32..0.3));
+    for (i, &l) in labels.iter().enumerate() {
+        for t in 0..8 {
+            let (y, x) = match l {
+                0 => (1, t),
+                1 => (6, t),
+                2 => (t, 1),
+                _ => (t, 6),
+            };
+            images[[i, 0, y, x]] += 0.7;
+        }
+    }
+    Dataset { images, labels }
+}
+
+fn small_model(seed: u64) -> Sequential {
+    Sequential::builder(&[1, 8, 8])
+        .add(Conv2d::new(6, 3).padding(Padding::Same))
+        .add(ReLU::new())
+        .add(MaxPool2d::new(2))
+        .add(Flatten::new())
+        .add(Dense::new(16))
+        .add(ReLU::new())
+        .add(Dense::new(4))
+        .seed(seed)
+        .build()
+        .unwrap()
+}
+
+fn quiet(epochs: usize, batch_size: usize) -> FitConfig {
+    FitConfig { epochs, batch_size, seed: 5, progress: false, ..FitConfig::default() }
+}
+
+#[test]
+fn small_model_overfits_a_tiny_data_set() {
+    let data = toy_data(32, 1);
+    let mut model = small_model(2);
+    let history = fit(&mut model, &mut Adam::new(0.01), &data, None, None, &quiet(60, 8), |_, _| Ok(())).unwrap();
+    assert!(history.last().unwrap().train_loss < history[0].train_loss / 10.0);
+    assert_eq!(evaluate(&mut model, &data, 16).unwrap().accuracy, 1.0);
+}
+
+#[test]
+fn sgd_with_momentum_learns_too() {
+    let data = toy_data(64, 3);
+    let mut model = small_model(4);
+    fit(&mut model, &mut Sgd::new(0.05, 0.9, 1e-4), &data, None, None, &quiet(30, 16), |_, _| Ok(())).unwrap();
+    assert!(evaluate(&mut model, &toy_data(64, 99), 64).unwrap().accuracy > 0.9);
+}
+
+#[test]
+fn same_seed_same_weights_for_any_thread_count() {
+    let data = toy_data(40, 5);
+    let train = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut model = small_model(6);
+            fit(&mut model, &mut Adam::new(0.01), &data, None, None, &quiet(3, 8), |_, _| Ok(())).unwrap();
+            model.named_params().into_iter().map(|(n, p)| (n, p.value.clone())).collect::<Vec<_>>()
+        })
+    };
+    let one = train(1);
+    assert_eq!(train(1), one);
+    assert_eq!(train(2), one);
+    assert_eq!(train(3), one);
+    // and a different seed gives different weights
+    let other = small_model(7).named_params()[0].1.value.clone();
+    assert_ne!(other, small_model(6).named_params()[0].1.value);
+}
+
+#[test]
+fn diverging_training_stops_with_an_error() {
+    let data = toy_data(16, 8);
+    let mut model = small_model(9);
+    let e = fit(&mut model, &mut Sgd::new(1e30, 0.0, 0.0), &data, None, None, &quiet(5, 8), |_, _| Ok(())).unwrap_err();
+    assert!(matches!(e, NnError::Diverged { .. }), "{e}");
+}
+
+#[test]
+fn checkpoint_round_trip_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let model = reference_cnn(11);
+    let meta = [("epoch".to_string(), "3".to_string())].into_iter().collect();
+    checkpoint::save(&model, &path, Some(meta)).unwrap();
+    assert!(!dir.path().join("model.safetensors.tmp").exists(), "no temporary file left behind");
+    let mut loaded = reference_cnn(12);
+    assert_ne!(loaded.named_params()[0].1.value, model.named_params()[0].1.value);
+    let meta = checkpoint::load(&mut loaded, &path).unwrap();
+    assert_eq!(meta["epoch"], "3");
+    for ((na, a), (nb, b)) in model.named_params().iter().zip(loaded.named_params()) {
+        assert_eq!((na, &a.value), (&nb, &b.value));
+    }
+}
+
+#[test]
+fn mismatched_checkpoint_is_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.safetensors");
+    checkpoint::save(&small_model(1), &path, None).unwrap();
+    let mut other = Sequential::builder(&[1, 8, 8])
+        .add(Conv2d::new(8, 3).padding(Padding::Same))
+        .add(ReLU::new())
+        .add(MaxPool2d::new(2))
+        .add(Flatten::new())
+        .add(Dense::new(16))
+        .add(ReLU::new())
+        .add(Dense::new(4))
+        .build()
+        .unwrap();
+    let before = other.named_params()[0].1.value.clone();
+    let e = checkpoint::load(&mut other, &path).unwrap_err();
+    assert!(e.to_string().ends_with("tensor `0.weight` has shape [6, 1, 3, 3], the model expects [8, 1, 3, 3]"), "{e}");
+    assert_eq!(other.named_params()[0].1.value, before, "nothing changed");
+    let e = checkpoint::load(&mut reference_cnn(0), &path).unwrap_err();
+    assert!(e.to_string().contains("tensor `0.weight`"), "{e}");
+    std::fs::write(&path, b"garbage").unwrap();
+    assert!(checkpoint::load(&mut small_model(1), &path).unwrap_err().to_string().contains("not a safetensors file"));
+}
