@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask test`: installs what is missing, then runs the whole test suite.
 //! - `cargo xtask bench [--quick]`: criterion benchmarks, HTML report and a summary table.
+//! - `cargo xtask train [...]`: trains the reference network, writes weights, metrics, pictures.
 
 mod bench;
 mod setup;
@@ -13,7 +14,10 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   test               install missing system packages, then run every test
   bench [--quick]    run the criterion benchmarks; HTML report in target/criterion/report/index.html,
-                     summary in target/criterion/summary.md";
+                     summary in target/criterion/summary.md
+  train [options]    train the reference network on Fashion-MNIST (release build); options:
+                     --data DIR --epochs N --batch N --lr X --optimizer adam|sgd --seed N --out DIR
+                     --resume FILE --val N --limit N --lr-step N --lr-gamma X  (see `cargo xtask train --help`)";
 
 /// Runs `cargo` with `args`, failing if it fails.
 pub fn cargo(args: &[&str]) -> Result<(), String> {
@@ -42,6 +46,12 @@ fn run(args: &[String]) -> Result<(), String> {
         "bench" => {
             setup::ensure_packages(&[setup::OPENBLAS])?;
             bench::run(&rest)
+        }
+        "train" => {
+            setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST, setup::FONT])?;
+            let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-nn", "--bin", "cnn-train", "--"];
+            args.extend(&rest);
+            cargo(&args)
         }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

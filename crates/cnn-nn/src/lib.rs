@@ -22,3 +22,4 @@ pub mod optim;
 pub mod data;
 pub mod checkpoint;
 pub mod train;
+pub mod plots;

@@ -152,6 +152,20 @@ impl Sequential {
         Ok(self.layers[..k].iter_mut().fold(x, |x, layer| layer.forward(x, false)))
     }
 
+    /// The output of every layer, in evaluation mode (for looking at feature maps).
+    ///
+    /// # Errors
+    /// An input of the wrong shape.
+    pub fn activations(&mut self, x: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        self.check_input(&x)?;
+        let mut outputs: Vec<ArrayD<f32>> = vec![];
+        for layer in &mut self.layers {
+            let input = outputs.last().cloned().unwrap_or_else(|| x.clone());
+            outputs.push(layer.forward(input, false));
+        }
+        Ok(outputs)
+    }
+
     /// The model's output in evaluation mode (probabilities, when it ends with Softmax).
     ///
     /// # Errors

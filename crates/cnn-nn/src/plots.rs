@@ -1,0 +1,157 @@
+//! Pictures of a model: training curves, first-layer filters, feature maps.
+//!
+//! Every picture is drawn to a temporary file and renamed into place, so an interrupted run
+//! never leaves a half-written PNG.
+
+use crate::error::{NnError, Result};
+use crate::train::EpochMetrics;
+use image::{GrayImage, Luma};
+use ndarray::{ArrayView2, ArrayView3};
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// The font the curves are labelled with (Debian package `fonts-dejavu-core`).
+pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+fn plot_error(path: &Path, e: impl std::fmt::Display) -> NnError {
+    NnError::Data { path: path.to_path_buf(), reason: format!("drawing failed: {e}") }
+}
+
+/// `dir/name.tmp.png` for `dir/name.png`: keeps the extension image formats are chosen by.
+fn tmp_path(path: &Path) -> PathBuf {
+    path.with_extension("tmp.png")
+}
+
+fn finish(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(tmp, path).map_err(|e| NnError::io(path, e))
+}
+
+fn register_font() -> Result<()> {
+    static REGISTER: Once = Once::new();
+    let bytes = std::fs::read(FONT).map_err(|e| NnError::Data {
+        path: FONT.into(),
+        reason: format!("{e}; the curves need this font: apt-get install fonts-dejavu-core"),
+    })?;
+    REGISTER.call_once(|| {
+        let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        // a TrueType file we just read: registration only fails on unparsable fonts
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, leaked);
+    });
+    Ok(())
+}
+
+/// Loss and accuracy per epoch: two panels, train/validation/test.
+///
+/// # Errors
+/// A missing font, a file that cannot be written.
+pub fn training_curves(history: &[EpochMetrics], path: &Path) -> Result<()> {
+    register_font()?;
+    let tmp = tmp_path(path);
+    {
+        let root = BitMapBackend::new(&tmp, (1000, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
+        let (left, right) = root.split_horizontally(500);
+        let epochs = history.len().max(1) as f32;
+        let x_range = 0.5f32..epochs + 0.5;
+
+        let max_loss = history.iter().map(|m| m.train_loss).fold(0.1f32, f32::max) * 1.1;
+        let mut chart = ChartBuilder::on(&left)
+            .caption("training loss", ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(x_range.clone(), 0f32..max_loss)
+            .map_err(|e| plot_error(path, e))?;
+        chart.configure_mesh().x_desc("epoch").y_desc("cross-entropy").draw().map_err(|e| plot_error(path, e))?;
+        chart
+            .draw_series(LineSeries::new(history.iter().map(|m| (m.epoch as f32, m.train_loss)), &RED).point_size(3))
+            .map_err(|e| plot_error(path, e))?
+            .label("train")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], RED));
+        chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|e| plot_error(path, e))?;
+
+        let accs = history.iter().flat_map(|m| [Some(m.train_acc), m.val_acc, m.test_acc]).flatten();
+        let min_acc = accs.fold(1.0f32, f32::min).min(0.95) * 100.0 - 2.0;
+        let mut chart = ChartBuilder::on(&right)
+            .caption("accuracy", ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(x_range, min_acc.max(0.0)..100f32)
+            .map_err(|e| plot_error(path, e))?;
+        chart.configure_mesh().x_desc("epoch").y_desc("%").draw().map_err(|e| plot_error(path, e))?;
+        let series: [(&str, RGBColor, fn(&EpochMetrics) -> Option<f32>); 3] = [
+            ("train", RED, |m| Some(m.train_acc)),
+            ("validation", BLUE, |m| m.val_acc),
+            ("test", GREEN, |m| m.test_acc),
+        ];
+        for (label, color, get) in series {
+            let points: Vec<(f32, f32)> = history.iter().filter_map(|m| get(m).map(|a| (m.epoch as f32, 100.0 * a))).collect();
+            if points.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(points, &color).point_size(3))
+                .map_err(|e| plot_error(path, e))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE)
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| plot_error(path, e))?;
+        root.present().map_err(|e| plot_error(path, e))?;
+    }
+    finish(&tmp, path)
+}
+
+/// Tiles of grey images in a grid, each scaled to `[0, 255]` on its own and enlarged `zoom` times.
+fn tile_grid(tiles: &[ArrayView2<f32>], columns: usize, zoom: u32) -> GrayImage {
+    let (h, w) = tiles.first().map_or((1, 1), |t| t.dim());
+    let rows = tiles.len().div_ceil(columns);
+    let (th, tw, gap) = (h as u32 * zoom, w as u32 * zoom, 2);
+    let mut img = GrayImage::from_pixel(columns as u32 * (tw + gap) + gap, rows as u32 * (th + gap) + gap, Luma([255]));
+    for (i, tile) in tiles.iter().enumerate() {
+        let (lo, hi) = tile.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
+        let (x0, y0) = (gap + (i % columns) as u32 * (tw + gap), gap + (i / columns) as u32 * (th + gap));
+        for y in 0..th {
+            for x in 0..tw {
+                let v = tile[[(y / zoom) as usize, (x / zoom) as usize]];
+                img.put_pixel(x0 + x, y0 + y, Luma([((v - lo) * scale) as u8]));
+            }
+        }
+    }
+    img
+}
+
+fn save_png(img: &GrayImage, path: &Path) -> Result<()> {
+    let tmp = tmp_path(path);
+    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| plot_error(path, e))?;
+    finish(&tmp, path)
+}
+
+/// The first layer's filters, one tile per kernel (`[c_out, c_in, kh, kw]` → `c_out · c_in` tiles).
+///
+/// # Errors
+/// A file that cannot be written.
+pub fn filters(weight: ndarray::ArrayView4<f32>, path: &Path) -> Result<()> {
+    let (c_out, c_in, _, _) = weight.dim();
+    let tiles: Vec<ArrayView2<f32>> =
+        (0..c_out).flat_map(|f| (0..c_in).map(move |c| (f, c))).map(|(f, c)| weight.slice_move(ndarray::s![f, c, .., ..])).collect();
+    save_png(&tile_grid(&tiles, 8, 24), path)
+}
+
+/// Feature maps of one sample, one tile per channel (`[c, h, w]`), enlarged to about 80 pixels.
+///
+/// # Errors
+/// A file that cannot be written.
+pub fn feature_maps(maps: ArrayView3<f32>, path: &Path) -> Result<()> {
+    let tiles: Vec<ArrayView2<f32>> = maps.outer_iter().collect();
+    let zoom = (80 / maps.dim().1.max(1)).max(1) as u32;
+    save_png(&tile_grid(&tiles, 8, zoom), path)
+}
