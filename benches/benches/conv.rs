@@ -8,6 +8,9 @@
 use cnn_benches::{big_layer, random, reference_layers, ConvCase};
 use cnn_core::{col2im, conv2d, conv2d_backward, im2col, max_pool2d, max_pool2d_backward, reference, threads, Window};
 use cnn_core::{avg_pool2d, avg_pool2d_backward};
+#[global_allocator]
+static GLOBAL: cnn_benches::MiMalloc = cnn_benches::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use criterion::measurement::WallTime;
 use ndarray::linalg::general_mat_mul;

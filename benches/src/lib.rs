@@ -1,5 +1,10 @@
 //! Shapes and inputs shared by the benchmarks.
 
+// Convolution outputs and activations are megabytes each; glibc's malloc maps and unmaps them
+// on every call (page faults, TLB shootdowns across cores). mimalloc keeps them. The training
+// binary uses it too, so the benches measure what training sees.
+pub use mimalloc::MiMalloc;
+
 use cnn_core::{Padding, Window};
 use ndarray::{Array, Dimension, ShapeBuilder};
 use rand::rngs::StdRng;

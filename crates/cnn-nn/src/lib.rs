@@ -22,4 +22,5 @@ pub mod optim;
 pub mod data;
 pub mod checkpoint;
 pub mod train;
+#[cfg(feature = "plots")]
 pub mod plots;

@@ -2,6 +2,12 @@
 //! the weights, the metrics, and pictures of what it learned. Run it with `cargo xtask train`.
 
 use clap::{Parser, ValueEnum};
+
+// Every batch allocates megabytes of activations; glibc's malloc maps and unmaps them each
+// time (page faults and TLB shootdowns cost ~40% of a step here), mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cnn_nn::data::{Dataset, FASHION_MNIST_DIR};
 use cnn_nn::models::reference_cnn;
 use cnn_nn::optim::{Adam, Optimizer, Sgd, StepDecay};

@@ -3,14 +3,15 @@
 use crate::layer::{Describe, Init, Layer};
 use ndarray::{ArrayD, Axis, Zip};
 
-/// An element-wise function and its derivative, written from the cached input or output.
+/// An element-wise function and its derivative, written in terms of the output `y` (so only
+/// the output is cached).
 macro_rules! elementwise {
     ($(#[$doc:meta])* $name:ident, $label:literal, relu_family = $relu:literal,
-     forward: |$x:ident| $f:expr, backward: |$xb:ident, $y:ident| $df:expr) => {
+     forward: |$x:ident| $f:expr, backward: |$y:ident| $df:expr) => {
         $(#[$doc])*
         #[derive(Default)]
         pub struct $name {
-            cache: Option<(ArrayD<f32>, ArrayD<f32>)>,
+            y: Option<ArrayD<f32>>,
         }
 
         impl $name {
@@ -25,17 +26,17 @@ macro_rules! elementwise {
                 Ok(input.to_vec())
             }
 
-            fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
-                let y = x.mapv(|$x| $f);
+            fn forward(&mut self, mut x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+                x.mapv_inplace(|$x| $f);
                 if train {
-                    self.cache = Some((x, y.clone()));
+                    self.y = Some(x.clone());
                 }
-                y
+                x
             }
 
             fn backward(&mut self, mut dy: ArrayD<f32>) -> ArrayD<f32> {
-                let (x, y) = self.cache.take().expect(concat!($label, "::backward needs a training forward first"));
-                Zip::from(&mut dy).and(&x).and(&y).for_each(|d, &$xb, &$y| *d *= $df);
+                let y = self.y.take().expect(concat!($label, "::backward needs a training forward first"));
+                Zip::from(&mut dy).and(&y).for_each(|d, &$y| *d *= $df);
                 dy
             }
 
@@ -51,24 +52,24 @@ macro_rules! elementwise {
 }
 
 elementwise!(
-    /// `max(0, x)`; the gradient is 1 where `x > 0`, else 0.
+    /// `max(0, x)`; the gradient is 1 where `x > 0` (where `y > 0`), else 0.
     ReLU, "ReLU", relu_family = true,
     forward: |x| x.max(0.0),
-    backward: |x, _y| if x > 0.0 { 1.0 } else { 0.0 }
+    backward: |y| if y > 0.0 { 1.0 } else { 0.0 }
 );
 
 elementwise!(
     /// `1 / (1 + e^-x)`; the gradient is `y (1 - y)`.
     Sigmoid, "Sigmoid", relu_family = false,
     forward: |x| 1.0 / (1.0 + (-x).exp()),
-    backward: |_x, y| y * (1.0 - y)
+    backward: |y| y * (1.0 - y)
 );
 
 elementwise!(
     /// `tanh x`; the gradient is `1 - y²`.
     Tanh, "Tanh", relu_family = false,
     forward: |x| x.tanh(),
-    backward: |_x, y| 1.0 - y * y
+    backward: |y| 1.0 - y * y
 );
 
 /// `x` for `x > 0`, else `slope · x`.

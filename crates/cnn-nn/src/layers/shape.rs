@@ -25,7 +25,7 @@ impl Layer for Flatten {
 
     fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
         let shape = x.shape().to_vec();
-        let flat = x.as_standard_layout().into_owned();
+        let flat = if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() };
         let y = flat.into_shape_with_order(IxDyn(&[shape[0], shape[1..].iter().product()])).expect("contiguous");
         self.shape = train.then_some(shape);
         y
@@ -33,7 +33,8 @@ impl Layer for Flatten {
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let shape = self.shape.take().expect("Flatten::backward needs a training forward first");
-        dy.as_standard_layout().into_owned().into_shape_with_order(IxDyn(&shape)).expect("same size")
+        let dy = if dy.is_standard_layout() { dy } else { dy.as_standard_layout().into_owned() };
+        dy.into_shape_with_order(IxDyn(&shape)).expect("same size")
     }
 
     fn describe(&self) -> Describe {
