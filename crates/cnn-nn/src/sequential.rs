@@ -99,6 +99,11 @@ impl Sequential {
         &self.layers
     }
 
+    /// The layers, mutably (to call them one by one).
+    pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer>] {
+        &mut self.layers
+    }
+
     /// Per-sample output shape of each layer.
     pub fn shapes(&self) -> &[Vec<usize>] {
         &self.shapes
