@@ -133,7 +133,7 @@ pub fn conv2d_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f3
     let dy = dy.as_standard_layout();
     threads::init();
 
-    let mut dx = Array4::zeros((n, c_in, h, wd));
+    let mut dx = threads::par_zeros(ndarray::Dim([n, c_in, h, wd]));
     let partials: Vec<(Array2<f32>, Array1<f32>)> = dx
         .axis_chunks_iter_mut(Axis(0), BACKWARD_GROUP)
         .into_par_iter()

@@ -10,6 +10,7 @@ use crate::error::{expect_nonempty, expect_shape, CnnError, Result};
 use crate::threads;
 use crate::window::{Geometry, Window};
 use ndarray::{Array4, ArrayView4};
+use std::hint::select_unpredictable;
 use std::ops::Range;
 use rayon::prelude::*;
 
@@ -34,20 +35,32 @@ fn pool_geometry(x: &[usize], win: &Window) -> Result<Geometry> {
     Ok(g)
 }
 
-/// Calls `f(o, ys, xs)` for every output position `o = oy * ow + ox` with the input rows and
-/// columns its window covers inside the image.
-fn for_each_window(g: &Geometry, mut f: impl FnMut(usize, Range<usize>, Range<usize>)) {
-    let span = |o: usize, stride: usize, pad: usize, k: usize, len: usize| {
-        let start = (o * stride).saturating_sub(pad);
-        let end = (o * stride + k).saturating_sub(pad).min(len);
-        start..end
-    };
-    for oy in 0..g.oh {
-        let ys = span(oy, g.sh, g.pad_top, g.kh, g.h);
-        for ox in 0..g.ow {
-            f(oy * g.ow + ox, ys.clone(), span(ox, g.sw, g.pad_left, g.kw, g.w));
+
+/// Walks the windows tap by tap over whole output rows, as im2col does: for every tap
+/// `(ky, kx)` and output row `oy`, calls `f(oy, iy, ix0, xs)` where the outputs `ox` in `xs`
+/// read the input row `iy` at columns `ix0, ix0 + sw, ...` (only pixels inside the image).
+///
+/// Taps come in window order (`ky`, then `kx`) for every output, so "the first maximum" is
+/// well defined, and the caller's innermost loop runs along a row: long and branch-free.
+fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usize, Range<usize>)) {
+    let cols: Vec<Range<usize>> = (0..g.kw).map(|kx| g.cols_inside(kx)).collect();
+    for ky in 0..g.kh {
+        for oy in g.rows_inside(ky) {
+            let iy = oy * g.sh + ky - g.pad_top;
+            for (kx, xs) in cols.iter().enumerate().filter(|(_, xs)| !xs.is_empty()) {
+                f(oy, iy, xs.start * g.sw + kx - g.pad_left, xs.clone());
+            }
         }
     }
+}
+
+/// Number of image pixels (padding excluded) under each output's window.
+fn window_sizes(g: &Geometry) -> Vec<f32> {
+    let mut count = vec![0.0f32; g.positions()];
+    for_each_tap_row(g, |oy, _, _, xs| {
+        count[oy * g.ow + xs.start..oy * g.ow + xs.end].iter_mut().for_each(|c| *c += 1.0);
+    });
+    count
 }
 
 /// The planes (one channel of one sample, `h * w` values) of a tensor, as one slice.
@@ -86,18 +99,28 @@ pub fn max_pool2d(x: ArrayView4<f32>, win: &Window) -> Result<MaxPool> {
         .zip(y_s.par_chunks_mut(g.positions()))
         .zip(arg_s.par_chunks_mut(g.positions()))
         .for_each(|((x_c, y_c), arg_c)| {
-            for_each_window(&g, |o, ys, xs| {
-                let (mut best, mut at) = (f32::NEG_INFINITY, ys.start * w + xs.start);
-                for iy in ys {
-                    for i in iy * w + xs.start..iy * w + xs.end {
-                        // strict `>`: the first maximum wins ties (and NaN never wins)
-                        if x_c[i] > best {
-                            (best, at) = (x_c[i], i);
-                        }
-                    }
+            // start from the first image pixel of each window, so that a window of -inf
+            // (or NaN) values still points inside it
+            y_c.fill(f32::NEG_INFINITY);
+            for (oy, ats) in arg_c.chunks_mut(g.ow).enumerate() {
+                let iy = (oy * g.sh).saturating_sub(g.pad_top);
+                for (ox, at) in ats.iter_mut().enumerate() {
+                    *at = (iy * w + (ox * g.sw).saturating_sub(g.pad_left)) as u32;
                 }
-                y_c[o] = best;
-                arg_c[o] = at as u32;
+            }
+            for_each_tap_row(&g, |oy, iy, ix0, xs| {
+                let row = &x_c[iy * w..(iy + 1) * w];
+                let out = oy * g.ow + xs.start..oy * g.ow + xs.end;
+                let (best, at) = (&mut y_c[out.clone()], &mut arg_c[out]);
+                for (j, (best, at)) in best.iter_mut().zip(at).enumerate() {
+                    let ix = ix0 + j * g.sw;
+                    let v = row[ix];
+                    // strict `>`: the first maximum wins ties (NaN never wins). A select, not
+                    // a branch: on real data the winner is unpredictable.
+                    let better = v > *best;
+                    *best = select_unpredictable(better, v, *best);
+                    *at = select_unpredictable(better, (iy * w + ix) as u32, *at);
+                }
             });
         });
     Ok(MaxPool { y, argmax })
@@ -123,7 +146,7 @@ pub fn max_pool2d_backward(dy: ArrayView4<f32>, argmax: ArrayView4<u32>, x_shape
         return Err(CnnError::BadArgmax { index, h, w });
     }
     threads::init();
-    let mut dx = Array4::zeros(x_shape);
+    let mut dx = threads::par_zeros(ndarray::Dim(x_shape));
     let positions = dy.shape()[2] * dy.shape()[3];
     let (dy, argmax) = (planes(&dy), argmax.as_standard_layout());
     let argmax = argmax.as_slice().expect("standard layout");
@@ -155,12 +178,14 @@ pub fn avg_pool2d(x: ArrayView4<f32>, win: &Window) -> Result<Array4<f32>> {
     let mut y = Array4::zeros((n, c, g.oh, g.ow));
     let x = planes(&x);
     let y_s = y.as_slice_mut().expect("new array");
+    let count = window_sizes(&g);
     x.par_chunks(h * w).zip(y_s.par_chunks_mut(g.positions())).for_each(|(x_c, y_c)| {
-        for_each_window(&g, |o, ys, xs| {
-            let count = (ys.len() * xs.len()) as f32;
-            let sum: f32 = ys.map(|iy| x_c[iy * w + xs.start..iy * w + xs.end].iter().sum::<f32>()).sum();
-            y_c[o] = sum / count;
+        for_each_tap_row(&g, |oy, iy, ix0, xs| {
+            let row = &x_c[iy * w..(iy + 1) * w];
+            let sums = &mut y_c[oy * g.ow + xs.start..oy * g.ow + xs.end];
+            sums.iter_mut().zip(row[ix0..].iter().step_by(g.sw)).for_each(|(s, &v)| *s += v);
         });
+        y_c.iter_mut().zip(&count).for_each(|(y, n)| *y /= n);
     });
     Ok(y)
 }
@@ -180,15 +205,16 @@ pub fn avg_pool2d_backward(dy: ArrayView4<f32>, x_shape: [usize; 4], win: &Windo
     expect_shape("output gradient dy", &[x_shape[0], x_shape[1], g.oh, g.ow], dy.shape())?;
     let [_, _, h, w] = x_shape;
     threads::init();
-    let mut dx = Array4::zeros(x_shape);
+    let mut dx = threads::par_zeros(ndarray::Dim(x_shape));
     let dy = planes(&dy);
     let dx_s = dx.as_slice_mut().expect("new array");
+    let count = window_sizes(&g);
     dx_s.par_chunks_mut(h * w).zip(dy.par_chunks(g.positions())).for_each(|(dx_c, dy_c)| {
-        for_each_window(&g, |o, ys, xs| {
-            let share = dy_c[o] / (ys.len() * xs.len()) as f32;
-            for iy in ys {
-                dx_c[iy * w + xs.start..iy * w + xs.end].iter_mut().for_each(|d| *d += share);
-            }
+        let share: Vec<f32> = dy_c.iter().zip(&count).map(|(d, n)| d / n).collect();
+        for_each_tap_row(&g, |oy, iy, ix0, xs| {
+            let row = &mut dx_c[iy * w..(iy + 1) * w];
+            let shares = &share[oy * g.ow + xs.start..oy * g.ow + xs.end];
+            row[ix0..].iter_mut().step_by(g.sw).zip(shares).for_each(|(d, &s)| *d += s);
         });
     });
     Ok(dx)

@@ -87,3 +87,12 @@ pub fn blas_threads() -> usize {
 pub fn rayon_threads() -> usize {
     rayon::current_num_threads()
 }
+
+/// A zero-filled array, written by all of rayon's threads (a fresh multi-megabyte buffer
+/// is otherwise zeroed by one core while the other waits).
+pub fn par_zeros<D: ndarray::Dimension>(shape: D) -> ndarray::Array<f32, D> {
+    use rayon::prelude::*;
+    let mut data = Vec::with_capacity(shape.size());
+    data.par_extend(rayon::iter::repeat_n(0.0f32, shape.size()));
+    ndarray::Array::from_shape_vec(shape, data).expect("the vector has the shape's size")
+}

@@ -2,6 +2,19 @@
 
 use crate::layer::{Describe, Init, Layer};
 use ndarray::{ArrayD, Axis, Zip};
+use rayon::prelude::*;
+
+/// A copy made by all of rayon's threads (activations are megabytes).
+fn par_clone(x: &ArrayD<f32>) -> ArrayD<f32> {
+    match x.as_slice() {
+        Some(src) => {
+            let mut data = Vec::with_capacity(src.len());
+            data.par_extend(src.par_iter().copied());
+            ArrayD::from_shape_vec(x.raw_dim(), data).expect("same size")
+        }
+        None => x.clone(),
+    }
+}
 
 /// An element-wise function and its derivative, written in terms of the output `y` (so only
 /// the output is cached).
@@ -27,16 +40,16 @@ macro_rules! elementwise {
             }
 
             fn forward(&mut self, mut x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
-                x.mapv_inplace(|$x| $f);
+                x.par_mapv_inplace(|$x| $f);
                 if train {
-                    self.y = Some(x.clone());
+                    self.y = Some(par_clone(&x));
                 }
                 x
             }
 
             fn backward(&mut self, mut dy: ArrayD<f32>) -> ArrayD<f32> {
                 let y = self.y.take().expect(concat!($label, "::backward needs a training forward first"));
-                Zip::from(&mut dy).and(&y).for_each(|d, &$y| *d *= $df);
+                Zip::from(&mut dy).and(&y).par_for_each(|d, &$y| *d *= $df);
                 dy
             }
 
