@@ -81,6 +81,9 @@ pub enum CnnError {
         /// Input width.
         w: usize,
     },
+    /// A linear-algebra routine (LAPACK) failed.
+    #[error("linear algebra failed: {0}")]
+    Linalg(String),
 }
 
 /// `Result` with [`CnnError`].

@@ -9,6 +9,8 @@
 //! - [`conv2d`] / [`conv2d_backward`]: forward and backward by im2col and BLAS GEMMs, in
 //!   parallel over the batch; [`conv1d`] / [`conv1d_backward`] through the same code.
 //! - [`max_pool2d`], [`avg_pool2d`] and their backward passes.
+//! - [`lowrank`]: truncated-SVD factorisation of a filter bank, and convolution with the
+//!   two thin factors.
 //! - [`reference`]: the naive nested loops everything is checked against.
 //! - [`threads`]: why rayon owns the cores and BLAS runs single-threaded.
 //!
@@ -24,6 +26,7 @@ mod conv;
 mod conv1d;
 mod error;
 mod im2col;
+pub mod lowrank;
 mod pool;
 pub mod reference;
 pub mod threads;
