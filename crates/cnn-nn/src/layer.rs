@@ -64,7 +64,7 @@ pub struct Describe {
 /// [`Layer::forward`] / [`Layer::backward`]. A layer caches in `forward` what its `backward`
 /// needs; `backward` takes the gradient of the output, stores the parameters' gradients and
 /// returns the gradient of the input.
-pub trait Layer: Send {
+pub trait Layer: std::any::Any + Send {
     /// Checks the per-sample input shape, creates the parameters (from `init`) and returns the
     /// per-sample output shape. The error says why the shape does not fit.
     fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, String>;

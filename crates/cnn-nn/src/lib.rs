@@ -21,6 +21,7 @@ pub use summary::{material_shape, thousands};
 pub mod optim;
 pub mod data;
 pub mod checkpoint;
+pub mod compress;
 pub mod train;
 #[cfg(feature = "plots")]
 pub mod plots;

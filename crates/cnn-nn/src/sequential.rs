@@ -104,6 +104,28 @@ impl Sequential {
         &mut self.layers
     }
 
+    /// Replaces layer `index` by `layer`, which must take the same input and give the same
+    /// output shape (a low-rank version of a convolution, say). The new layer keeps the
+    /// parameters it has; one without parameters yet is initialised with seed 0.
+    ///
+    /// # Errors
+    /// A missing index, or a layer that does not fit between its neighbours.
+    pub fn replace_layer(&mut self, index: usize, mut layer: Box<dyn Layer>) -> Result<()> {
+        let name = layer.describe().name;
+        let input = if index == 0 { self.input.clone() } else { self.shapes[index - 1].clone() };
+        let expected = self.shapes.get(index).cloned().ok_or_else(|| NnError::Config(format!("no layer {index} to replace")))?;
+        let mut rng = StdRng::seed_from_u64(0);
+        let relu_follows = self.layers.get(index + 1).is_some_and(|l| l.relu_family());
+        let output = layer
+            .build(&input, &mut Init { rng: &mut rng, relu_follows })
+            .map_err(|reason| NnError::Build { index, layer: name.clone(), input: input.clone(), reason })?;
+        if output != expected {
+            return Err(NnError::Build { index, layer: name, input, reason: format!("gives {output:?}, the next layer needs {expected:?}") });
+        }
+        self.layers[index] = layer;
+        Ok(())
+    }
+
     /// Per-sample output shape of each layer.
     pub fn shapes(&self) -> &[Vec<usize>] {
         &self.shapes

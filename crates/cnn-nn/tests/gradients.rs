@@ -70,6 +70,7 @@ fn conv_layers() {
     check_layer(Conv2d::new(3, 3).stride(2).padding(Padding::Same), &[2, 2, 7, 6], 2);
     check_layer(Conv2d::new(2, 2).kernel(2, 3).strides(1, 2).no_bias(), &[1, 2, 5, 7], 3);
     check_layer(Conv1d::new(3, 3).stride(2).padding(Padding1d::Same), &[2, 2, 9], 4);
+    check_layer(LowRankConv2d::new(5, 2, Window::square(3).padding(Padding::Same)), &[2, 3, 6, 6], 18);
 }
 
 #[test]

@@ -4,7 +4,8 @@ use crate::layer::{Describe, Init, Layer, Param};
 use cnn_core::{conv1d, conv1d_backward, conv2d, conv2d_backward, Padding, Padding1d, Window, Window1d};
 use ndarray::{ArrayD, Ix3, Ix4};
 
-fn padding_name(p: Padding) -> String {
+/// How the summary writes a padding rule.
+pub(crate) fn padding_name(p: Padding) -> String {
     match p {
         Padding::Valid => "Valid".into(),
         Padding::Same => "Same".into(),
@@ -65,6 +66,16 @@ impl Conv2d {
     /// The window (kernel, stride, padding).
     pub fn window(&self) -> &Window {
         &self.window
+    }
+
+    /// The filters, `[filters, c_in, kh, kw]` (after `build`).
+    pub fn weight(&self) -> Option<&ArrayD<f32>> {
+        self.params.first().map(|p| &p.value)
+    }
+
+    /// The bias, `[filters]`, if the layer has one (after `build`).
+    pub fn bias(&self) -> Option<&ArrayD<f32>> {
+        self.params.get(1).map(|p| &p.value)
     }
 }
 

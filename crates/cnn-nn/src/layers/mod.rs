@@ -3,11 +3,13 @@
 mod activation;
 mod conv;
 mod dense;
+mod lowrank;
 mod pool;
 mod shape;
 
 pub use activation::{softmax_rows, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh};
 pub use conv::{Conv1d, Conv2d};
 pub use dense::Dense;
+pub use lowrank::LowRankConv2d;
 pub use pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};
 pub use shape::{Dropout, Flatten};
