@@ -3,6 +3,7 @@
 //! - `cargo xtask test`: installs what is missing, then runs the whole test suite.
 //! - `cargo xtask bench [--quick]`: criterion benchmarks, HTML report and a summary table.
 //! - `cargo xtask train [...]`: trains the reference network, writes weights, metrics, pictures.
+//! - `cargo xtask lowrank [...]`: the low-rank speed/accuracy trade-off table.
 
 mod bench;
 mod setup;
@@ -17,7 +18,10 @@ tasks:
                      summary in target/criterion/summary.md
   train [options]    train the reference network on Fashion-MNIST (release build); options:
                      --data DIR --epochs N --batch N --lr X --optimizer adam|sgd --seed N --out DIR
-                     --resume FILE --val N --limit N --lr-step N --lr-gamma X  (see `cargo xtask train --help`)";
+                     --resume FILE --val N --limit N --lr-step N --lr-gamma X  (see `cargo xtask train --help`)
+  lowrank [options]  factorise the trained network's convolutions by truncated SVD at several ranks:
+                     ranks, FLOPs, measured speed-up, accuracy before/after one epoch of fine-tuning;
+                     --model FILE (else trains one first) --data DIR --out DIR (see --help)";
 
 /// Runs `cargo` with `args`, failing if it fails.
 pub fn cargo(args: &[&str]) -> Result<(), String> {
@@ -50,6 +54,12 @@ fn run(args: &[String]) -> Result<(), String> {
         "train" => {
             setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST, setup::FONT])?;
             let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-nn", "--bin", "cnn-train", "--"];
+            args.extend(&rest);
+            cargo(&args)
+        }
+        "lowrank" => {
+            setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST, setup::FONT])?;
+            let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-nn", "--bin", "cnn-lowrank", "--"];
             args.extend(&rest);
             cargo(&args)
         }

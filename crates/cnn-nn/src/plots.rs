@@ -155,3 +155,59 @@ pub fn feature_maps(maps: ArrayView3<f32>, path: &Path) -> Result<()> {
     let zoom = (80 / maps.dim().1.max(1)).max(1) as u32;
     save_png(&tile_grid(&tiles, 8, zoom), path)
 }
+
+/// One point of the low-rank trade-off: a setting, its measured speed-up and its accuracy.
+pub struct TradeoffPoint {
+    /// Name of the setting.
+    pub label: String,
+    /// Measured speed-up of the factorised layers.
+    pub speedup: f64,
+    /// Test accuracy after fine-tuning, in percent.
+    pub accuracy: f64,
+}
+
+/// Accuracy against speed-up, one labelled point per setting, with the original model's
+/// accuracy as a horizontal line.
+///
+/// # Errors
+/// A missing font, a file that cannot be written.
+pub fn lowrank_tradeoff(points: &[TradeoffPoint], original_accuracy: f64, path: &Path) -> Result<()> {
+    register_font()?;
+    let tmp = tmp_path(path);
+    {
+        let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
+        let max_x = points.iter().map(|p| p.speedup).fold(2.5f64, f64::max) * 1.1;
+        let accs = points.iter().map(|p| p.accuracy).chain([original_accuracy]);
+        let (lo, hi) = accs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), a| (lo.min(a), hi.max(a)));
+        let mut chart = ChartBuilder::on(&root)
+            .caption("low-rank convolution: accuracy vs measured speed-up", ("sans-serif", 20))
+            .margin(20)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.5f64..max_x, (lo - 1.0)..(hi + 1.0))
+            .map_err(|e| plot_error(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc("speed-up of the factorised conv layers (x)")
+            .y_desc("test accuracy after fine-tuning (%)")
+            .draw()
+            .map_err(|e| plot_error(path, e))?;
+        chart
+            .draw_series(LineSeries::new([(0.5, original_accuracy), (max_x, original_accuracy)], &BLACK))
+            .map_err(|e| plot_error(path, e))?
+            .label("original model")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK));
+        for p in points {
+            chart
+                .draw_series([Circle::new((p.speedup, p.accuracy), 5, BLUE.filled())])
+                .map_err(|e| plot_error(path, e))?;
+            chart
+                .draw_series([Text::new(p.label.clone(), (p.speedup, p.accuracy), ("sans-serif", 13))])
+                .map_err(|e| plot_error(path, e))?;
+        }
+        chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|e| plot_error(path, e))?;
+        root.present().map_err(|e| plot_error(path, e))?;
+    }
+    finish(&tmp, path)
+}
