@@ -7,6 +7,7 @@
 
 use cnn_benches::{big_layer, random, reference_layers, ConvCase};
 use cnn_core::{col2im, conv2d, conv2d_backward, im2col, max_pool2d, max_pool2d_backward, reference, threads, Window};
+use cnn_core::lowrank::{lowrank_conv2d, lowrank_conv2d_backward, svd_filters, LowRankFilters, RankPolicy};
 use cnn_core::{avg_pool2d, avg_pool2d_backward};
 #[global_allocator]
 static GLOBAL: cnn_benches::MiMalloc = cnn_benches::MiMalloc;
@@ -62,8 +63,28 @@ fn conv_forward(c: &mut Criterion) {
                 bench.iter(|| reference::conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap())
             });
         }
+        for (label, factors, flops) in low_rank(&case, &inp) {
+            group.throughput(Throughput::Elements(flops));
+            group.bench_function(format!("{label}/{}", case.name), |bench| {
+                bench.iter(|| lowrank_conv2d(inp.x.view(), factors.mix.view(), factors.basis.view(), Some(inp.b.view()), &win).unwrap())
+            });
+        }
     }
     group.finish();
+}
+
+/// The filters factorised at the ranks that cut the FLOPs about 2x and 4x, with their labels
+/// (`lowrank_2x_r26`) and forward FLOPs.
+fn low_rank(case: &ConvCase, inp: &Inputs) -> Vec<(String, LowRankFilters, u64)> {
+    let svd = svd_filters(inp.w.view()).unwrap();
+    [2.0, 4.0]
+        .into_iter()
+        .map(|factor| {
+            let rank = svd.rank_for(RankPolicy::FlopReduction(factor));
+            let flops = 2 * (case.n * case.out_side().pow(2) * rank * (case.c_out + case.patch())) as u64;
+            (format!("lowrank_{factor}x_r{rank}"), svd.truncate(rank), flops)
+        })
+        .collect()
 }
 
 fn conv_forward_backward(c: &mut Criterion) {
@@ -87,6 +108,16 @@ fn conv_forward_backward(c: &mut Criterion) {
                     let y = reference::conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap();
                     black_box(y);
                     reference::conv2d_backward(inp.x.view(), inp.w.view(), inp.dy.view(), &win).unwrap()
+                })
+            });
+        }
+        for (label, f, flops) in low_rank(&case, &inp) {
+            group.throughput(Throughput::Elements(3 * flops));
+            group.bench_function(format!("{label}/{}", case.name), |bench| {
+                bench.iter(|| {
+                    let y = lowrank_conv2d(inp.x.view(), f.mix.view(), f.basis.view(), Some(inp.b.view()), &win).unwrap();
+                    black_box(y);
+                    lowrank_conv2d_backward(inp.x.view(), f.mix.view(), f.basis.view(), inp.dy.view(), &win).unwrap()
                 })
             });
         }

@@ -6,10 +6,11 @@
 //! y = w_mat · cols + b         [c_out, oh*ow] = the sample's output, already NCHW
 //! ```
 //!
-//! The batch is split over rayon, one sample per task, each with its own lowered matrix and a
-//! single-threaded GEMM (see [`crate::threads`]). On this 2-core machine that beat one big
-//! multi-threaded GEMM over the whole batch's lowered matrix: a sample's matrix stays in cache
-//! between the lowering and the product (the benches measure both).
+//! The batch is split over rayon in small groups of samples ([`group_size`]: one sample for
+//! large images, a few for small ones, so every GEMM is wide enough), each group with its own
+//! lowered matrix and a single-threaded GEMM (see [`crate::threads`]). On this 2-core machine
+//! that beat one big multi-threaded GEMM over the whole batch's lowered matrix: a group's
+//! matrix stays in cache between the lowering and the product (the benches measure both).
 //!
 //! Backward, with the same lowering:
 //! ```text
@@ -24,12 +25,8 @@ use crate::im2col::{col2im_sample, im2col_sample};
 use crate::threads;
 use crate::window::{Geometry, Window};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Zip};
+use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
-
-/// Samples per backward task. Fixed (not derived from the thread count) so that the partial
-/// weight gradients are summed in the same order whatever `RAYON_NUM_THREADS` is.
-const BACKWARD_GROUP: usize = 4;
 
 /// Gradients of a convolution with respect to its input, filters and bias.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,68 +55,115 @@ pub(crate) fn conv_geometry(x: &[usize], w: &[usize], b: Option<usize>, win: &Wi
     win.geometry(x[2], x[3])
 }
 
-/// Runs `product(cols, y_i)` for every sample in parallel: `cols` is the sample's lowered
-/// input (`[c_in*kh*kw, oh*ow]`) and `y_i` its output (`[c_out, oh*ow]`), already filled with
-/// the bias (or zeros). The scaffold shared by the full-rank and low-rank convolutions.
+/// Samples lowered side by side into one matrix per task. Images with few output positions
+/// (the reference network's conv3: 3x3) make GEMMs too thin for BLAS one sample at a time, so
+/// up to 16 go together (about 256 columns); from 64 positions on, one sample per task was
+/// faster here (OpenBLAS's small-matrix kernels, and a lowered matrix that stays in L2).
+/// Measured with `cargo xtask bench`: conv3 forward+backward at batch 64 went from 6.9 to
+/// 3.1 ms, conv2 got slower when grouped. It depends on the shape only, never on the number of
+/// threads, so partial gradients are always summed in the same order.
+pub(crate) fn group_size(positions: usize) -> usize {
+    if positions >= 64 {
+        1
+    } else {
+        256usize.div_ceil(positions).min(16)
+    }
+}
+
+/// Lowers the samples of `x` side by side into `cols` (`[K, samples·oh·ow]`).
+fn lower_group(x: ArrayView4<f32>, g: &Geometry, cols: &mut ArrayViewMut2<f32>) {
+    let p = g.positions();
+    for (i, x_i) in x.outer_iter().enumerate() {
+        im2col_sample(x_i, g, cols.slice_mut(s![.., i * p..(i + 1) * p]));
+    }
+}
+
+/// Runs `product(cols, y)` for every group of samples in parallel: `cols` is the group's
+/// lowered input (`[c_in·kh·kw, samples·oh·ow]`) and `y` its output (`[c_out, samples·oh·ow]`),
+/// already holding the bias if there is one (use beta = 0 otherwise). The scaffold shared by the full-rank and low-rank
+/// convolutions.
 pub(crate) fn lowered_forward(
     x: ArrayView4<f32>,
     g: &Geometry,
     c_out: usize,
     b: Option<ArrayView1<f32>>,
-    product: impl Fn(&Array2<f32>, &mut ArrayViewMut2<f32>) + Sync,
+    product: impl Fn(&ArrayView2<f32>, &mut ArrayViewMut2<f32>) + Sync,
 ) -> Array4<f32> {
     let (n, c_in, _, _) = x.dim();
     let (k, p) = (c_in * g.kh * g.kw, g.positions());
+    let group = group_size(p);
     threads::init();
     let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
-    y.axis_iter_mut(Axis(0)).into_par_iter().zip(x.axis_iter(Axis(0))).for_each_init(
-        || Array2::zeros((k, p)),
-        |cols, (y_i, x_i)| {
-            im2col_sample(x_i, g, cols.view_mut());
-            let mut y_i = y_i.into_shape_with_order((c_out, p)).expect("y sample is contiguous");
-            if let Some(b) = b {
-                Zip::from(y_i.rows_mut()).and(&b).for_each(|mut row, &bias| row.fill(bias));
+    y.axis_chunks_iter_mut(Axis(0), group).into_par_iter().zip(x.axis_chunks_iter(Axis(0), group)).for_each_init(
+        || (Array2::zeros((k, group * p)), Array2::zeros((c_out, group * p))),
+        |(cols, out), (mut y_group, x_group)| {
+            let m = x_group.dim().0 * p;
+            let mut cols = cols.slice_mut(s![.., ..m]);
+            lower_group(x_group, g, &mut cols);
+            let run = |out: &mut ArrayViewMut2<f32>| {
+                if let Some(b) = b {
+                    Zip::from(out.rows_mut()).and(&b).for_each(|mut row, &bias| row.fill(bias));
+                }
+                product(&cols.view(), out);
+            };
+            if y_group.dim().0 == 1 {
+                // one sample: the product lands in its output directly
+                run(&mut y_group.view_mut().into_shape_with_order((c_out, p)).expect("y sample is contiguous"));
+            } else {
+                // several: side by side, then each sample's block goes to its place in NCHW
+                let mut out = out.slice_mut(s![.., ..m]);
+                run(&mut out);
+                for (i, y_i) in y_group.outer_iter_mut().enumerate() {
+                    let mut y_i = y_i.into_shape_with_order((c_out, p)).expect("y sample is contiguous");
+                    y_i.assign(&out.slice(s![.., i * p..(i + 1) * p]));
+                }
             }
-            product(cols, &mut y_i);
         },
     );
     y
 }
 
-/// Runs `step(partial, cols, dy_i, dcols)` for every sample, in parallel over fixed groups of
-/// [`BACKWARD_GROUP`] samples, then col2im's `dcols` into the sample's `dx`. Returns `dx` and
-/// the groups' partial results **in batch order**, so that summing them is deterministic
-/// whatever the number of threads.
+/// Runs `step(partial, cols, dy, dcols)` for every group of samples ([`group_size`]) in
+/// parallel — `cols` and `dy` (`[c_out, samples·oh·ow]`) side by side as in the forward — then
+/// col2im's `dcols` into the samples' `dx`. Returns `dx` and the groups' partial results **in
+/// batch order**, so that summing them is deterministic whatever the number of threads.
 pub(crate) fn lowered_backward<T: Send>(
     x: ArrayView4<f32>,
     dy: ArrayView4<f32>,
     g: &Geometry,
     init: impl Fn() -> T + Sync,
-    step: impl Fn(&mut T, &Array2<f32>, ArrayView2<f32>, &mut Array2<f32>) + Sync,
+    step: impl Fn(&mut T, &ArrayView2<f32>, &ArrayView2<f32>, &mut ArrayViewMut2<f32>) + Sync,
 ) -> (Array4<f32>, Vec<T>) {
     let (n, c_in, h, w) = x.dim();
     let c_out = dy.dim().1;
     let (k, p) = (c_in * g.kh * g.kw, g.positions());
+    let group = group_size(p);
     let dy = dy.as_standard_layout();
     threads::init();
     let mut dx = threads::par_zeros(ndarray::Dim([n, c_in, h, w]));
     let partials = dx
-        .axis_chunks_iter_mut(Axis(0), BACKWARD_GROUP)
+        .axis_chunks_iter_mut(Axis(0), group)
         .into_par_iter()
-        .zip(x.axis_chunks_iter(Axis(0), BACKWARD_GROUP))
-        .zip(dy.axis_chunks_iter(Axis(0), BACKWARD_GROUP))
-        .map(|((mut dx_group, x_group), dy_group)| {
-            let mut partial = init();
-            let mut cols = Array2::zeros((k, p));
-            let mut dcols = Array2::zeros((k, p));
-            for ((dx_i, x_i), dy_i) in dx_group.outer_iter_mut().zip(x_group.outer_iter()).zip(dy_group.outer_iter()) {
-                let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
-                im2col_sample(x_i, g, cols.view_mut());
-                step(&mut partial, &cols, dy_i, &mut dcols);
-                col2im_sample(dcols.view(), g, dx_i);
-            }
-            partial
-        })
+        .zip(x.axis_chunks_iter(Axis(0), group))
+        .zip(dy.axis_chunks_iter(Axis(0), group))
+        .map_init(
+            || (Array2::zeros((k, group * p)), Array2::zeros((c_out, group * p)), Array2::zeros((k, group * p))),
+            |(cols, dy_mat, dcols), ((mut dx_group, x_group), dy_group)| {
+                let m = x_group.dim().0 * p;
+                let (mut cols, mut dy_mat, mut dcols) = (cols.slice_mut(s![.., ..m]), dy_mat.slice_mut(s![.., ..m]), dcols.slice_mut(s![.., ..m]));
+                lower_group(x_group, g, &mut cols);
+                for (i, dy_i) in dy_group.outer_iter().enumerate() {
+                    let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
+                    dy_mat.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i);
+                }
+                let mut partial = init();
+                step(&mut partial, &cols.view(), &dy_mat.view(), &mut dcols);
+                for (i, dx_i) in dx_group.outer_iter_mut().enumerate() {
+                    col2im_sample(dcols.slice(s![.., i * p..(i + 1) * p]), g, dx_i);
+                }
+                partial
+            },
+        )
         .collect();
     (dx, partials)
 }
@@ -151,9 +195,9 @@ pub fn conv2d(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>
     let (c_out, c_in, kh, kw) = w.dim();
     let w_mat = w.to_shape((c_out, c_in * kh * kw)).expect("filters reshape to [c_out, c_in*kh*kw]");
     let beta = if b.is_some() { 1.0 } else { 0.0 };
-    Ok(lowered_forward(x, &g, c_out, b, |cols, y_i| {
-        // y_i [c_out, oh*ow] = w_mat [c_out, k] · cols [k, oh*ow] (+ the bias already in y_i)
-        general_mat_mul(1.0, &w_mat, cols, beta, y_i);
+    Ok(lowered_forward(x, &g, c_out, b, |cols, y| {
+        // y [c_out, m] = w_mat [c_out, k] · cols [k, m] (+ the bias already in y); m = samples·oh·ow
+        general_mat_mul(1.0, &w_mat, cols, beta, y);
     }))
 }
 
@@ -181,12 +225,12 @@ pub fn conv2d_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f3
         dy,
         &g,
         || (Array2::zeros((c_out, k)), Array1::zeros(c_out)),
-        |(dw, db), cols, dy_i, dcols| {
-            // dw [c_out, k] += dy_i [c_out, oh*ow] · colsᵀ [oh*ow, k]
-            general_mat_mul(1.0, &dy_i, &cols.t(), 1.0, dw);
-            // dcols [k, oh*ow] = w_matᵀ [k, c_out] · dy_i [c_out, oh*ow]
-            general_mat_mul(1.0, &w_mat.t(), &dy_i, 0.0, dcols);
-            *db += &dy_i.sum_axis(Axis(1));
+        |(dw, db), cols, dy, dcols| {
+            // dw [c_out, k] = dy [c_out, m] · colsᵀ [m, k]       (m = samples·oh·ow)
+            general_mat_mul(1.0, dy, &cols.t(), 0.0, dw);
+            // dcols [k, m] = w_matᵀ [k, c_out] · dy [c_out, m]
+            general_mat_mul(1.0, &w_mat.t(), dy, 0.0, dcols);
+            *db = dy.sum_axis(Axis(1));
         },
     );
     // Sum the groups' partial gradients in batch order: deterministic for any thread count.

@@ -192,11 +192,11 @@ pub fn lowrank_conv2d(
     let (k, c_in, kh, kw) = basis.dim();
     let b_mat = basis.to_shape((k, c_in * kh * kw)).expect("basis reshape");
     let beta = if b.is_some() { 1.0 } else { 0.0 };
-    Ok(lowered_forward(x, &g, c_out, b, |cols, y_i| {
-        // t [k, oh*ow] = basis [k, K] · cols [K, oh*ow]     (k thin filters)
+    Ok(lowered_forward(x, &g, c_out, b, |cols, y| {
+        // t [k, m] = basis [k, K] · cols [K, m]     (k thin filters; m = samples·oh·ow)
         let t = b_mat.dot(cols);
-        // y_i [c_out, oh*ow] = mix [c_out, k] · t           (a 1x1 convolution)
-        general_mat_mul(1.0, &mix, &t, beta, y_i);
+        // y [c_out, m] = mix [c_out, k] · t           (a 1x1 convolution)
+        general_mat_mul(1.0, &mix, &t, beta, y);
     }))
 }
 
@@ -229,13 +229,13 @@ pub fn lowrank_conv2d_backward(
         dy,
         &g,
         || (Array2::zeros((c_out, k)), Array2::zeros((k, patch)), Array1::zeros(c_out)),
-        |(dmix, dbasis, db), cols, dy_i, dcols| {
-            let t = b_mat.dot(cols); // [k, oh*ow]
-            general_mat_mul(1.0, &dy_i, &t.t(), 1.0, dmix); // [c_out, k]
-            let dt = mix.t().dot(&dy_i); // [k, oh*ow]
-            general_mat_mul(1.0, &dt, &cols.t(), 1.0, dbasis); // [k, K]
-            general_mat_mul(1.0, &b_mat.t(), &dt, 0.0, dcols); // [K, oh*ow]
-            *db += &dy_i.sum_axis(Axis(1));
+        |(dmix, dbasis, db), cols, dy, dcols| {
+            let t = b_mat.dot(cols); // [k, m]   (m = samples·oh·ow)
+            general_mat_mul(1.0, dy, &t.t(), 0.0, dmix); // [c_out, k]
+            let dt = mix.t().dot(dy); // [k, m]
+            general_mat_mul(1.0, &dt, &cols.t(), 0.0, dbasis); // [k, K]
+            general_mat_mul(1.0, &b_mat.t(), &dt, 0.0, dcols); // [K, m]
+            *db = dy.sum_axis(Axis(1));
         },
     );
     let mut dmix = Array2::zeros((c_out, k));

@@ -154,7 +154,7 @@ fn run(args: Args) -> Result<()> {
     let mut csv = vec![header.to_string()];
     let mut points = vec![];
     println!(
-        "{:<20} {:<22} {:>6} {:>8} {:>16} {:>9} {:>9} {:>9} {:>7}",
+        "{:<20} {:<28} {:>6} {:>8} {:>16} {:>9} {:>9} {:>9} {:>7}",
         "setting", "ranks", "FLOPs", "speedup", "conv ms full/low", "before", "no ft", "ft", "drop"
     );
     for setting in settings(&convs) {
@@ -186,7 +186,7 @@ fn run(args: Args) -> Result<()> {
         let acc_ft = evaluate(&mut low, &test, 256)?.accuracy as f64 * 100.0;
         let ranks = ranks.join(";");
         println!(
-            "{:<20} {:<22} {:>5.0}% {:>7.2}x {:>7.2} / {:<6.2} {:>8.2}% {:>8.2}% {:>8.2}% {:>+7.2}",
+            "{:<20} {:<28} {:>5.0}% {:>7.2}x {:>7.2} / {:<6.2} {:>8.2}% {:>8.2}% {:>8.2}% {:>+7.2}",
             setting.name, ranks, 100.0 * flop_ratio, speedup, full_ms, low_ms, acc_before, acc_no_ft, acc_ft, acc_before - acc_ft
         );
         csv.push(format!(
@@ -198,7 +198,10 @@ fn run(args: Args) -> Result<()> {
         let path = args.out.join(format!("{}.safetensors", setting.name.replace([' ', '/', '+', '.'], "_")));
         checkpoint::save(&low, &path, None)?;
     }
-    csv.push(format!(",original fine-tuned 1 epoch,1,1,,,{acc_before:.2},{acc_before:.2},{acc_original_ft:.2},{:.2}", acc_before - acc_original_ft));
+    csv.push(format!(
+        "original fine-tuned 1 epoch,full,1,1,,,{acc_before:.2},{acc_before:.2},{acc_original_ft:.2},{:.2}",
+        acc_before - acc_original_ft
+    ));
 
     let csv_path = args.out.join("lowrank.csv");
     let tmp = csv_path.with_extension("csv.tmp");
