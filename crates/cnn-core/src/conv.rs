@@ -123,10 +123,17 @@ pub(crate) fn lowered_forward(
     y
 }
 
-/// Runs `step(partial, cols, dy, dcols)` for every group of samples ([`group_size`]) in
-/// parallel — `cols` and `dy` (`[c_out, samples·oh·ow]`) side by side as in the forward — then
-/// col2im's `dcols` into the samples' `dx`. Returns `dx` and the groups' partial results **in
-/// batch order**, so that summing them is deterministic whatever the number of threads.
+/// Samples per backward task: whole groups, at least 4 samples, so that a batch of 64 makes
+/// a few partial gradients (not 64) to allocate and add up.
+fn backward_chunk(group: usize) -> usize {
+    group * 4usize.div_ceil(group)
+}
+
+/// Runs `step(partial, cols, dy, dcols)` for every group of samples ([`group_size`]) —
+/// `cols` and `dy` (`[c_out, samples·oh·ow]`) side by side as in the forward — then col2im's
+/// `dcols` into the samples' `dx`. Tasks of [`backward_chunk`] samples run in parallel, each
+/// accumulating into its own `partial`; the partials come back **in batch order**, so that
+/// summing them is deterministic whatever the number of threads.
 pub(crate) fn lowered_backward<T: Send>(
     x: ArrayView4<f32>,
     dy: ArrayView4<f32>,
@@ -138,28 +145,33 @@ pub(crate) fn lowered_backward<T: Send>(
     let c_out = dy.dim().1;
     let (k, p) = (c_in * g.kh * g.kw, g.positions());
     let group = group_size(p);
+    let chunk = backward_chunk(group);
     let dy = dy.as_standard_layout();
     threads::init();
     let mut dx = threads::par_zeros(ndarray::Dim([n, c_in, h, w]));
     let partials = dx
-        .axis_chunks_iter_mut(Axis(0), group)
+        .axis_chunks_iter_mut(Axis(0), chunk)
         .into_par_iter()
-        .zip(x.axis_chunks_iter(Axis(0), group))
-        .zip(dy.axis_chunks_iter(Axis(0), group))
+        .zip(x.axis_chunks_iter(Axis(0), chunk))
+        .zip(dy.axis_chunks_iter(Axis(0), chunk))
         .map_init(
             || (Array2::zeros((k, group * p)), Array2::zeros((c_out, group * p)), Array2::zeros((k, group * p))),
-            |(cols, dy_mat, dcols), ((mut dx_group, x_group), dy_group)| {
-                let m = x_group.dim().0 * p;
-                let (mut cols, mut dy_mat, mut dcols) = (cols.slice_mut(s![.., ..m]), dy_mat.slice_mut(s![.., ..m]), dcols.slice_mut(s![.., ..m]));
-                lower_group(x_group, g, &mut cols);
-                for (i, dy_i) in dy_group.outer_iter().enumerate() {
-                    let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
-                    dy_mat.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i);
-                }
+            |(cols, dy_mat, dcols), ((mut dx_chunk, x_chunk), dy_chunk)| {
                 let mut partial = init();
-                step(&mut partial, &cols.view(), &dy_mat.view(), &mut dcols);
-                for (i, dx_i) in dx_group.outer_iter_mut().enumerate() {
-                    col2im_sample(dcols.slice(s![.., i * p..(i + 1) * p]), g, dx_i);
+                let groups = dx_chunk.axis_chunks_iter_mut(Axis(0), group).zip(x_chunk.axis_chunks_iter(Axis(0), group));
+                for ((mut dx_group, x_group), dy_group) in groups.zip(dy_chunk.axis_chunks_iter(Axis(0), group)) {
+                    let m = x_group.dim().0 * p;
+                    let mut cols = cols.slice_mut(s![.., ..m]);
+                    let (mut dy_mat, mut dcols) = (dy_mat.slice_mut(s![.., ..m]), dcols.slice_mut(s![.., ..m]));
+                    lower_group(x_group, g, &mut cols);
+                    for (i, dy_i) in dy_group.outer_iter().enumerate() {
+                        let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
+                        dy_mat.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i);
+                    }
+                    step(&mut partial, &cols.view(), &dy_mat.view(), &mut dcols);
+                    for (i, dx_i) in dx_group.outer_iter_mut().enumerate() {
+                        col2im_sample(dcols.slice(s![.., i * p..(i + 1) * p]), g, dx_i);
+                    }
                 }
                 partial
             },
@@ -226,11 +238,11 @@ pub fn conv2d_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f3
         &g,
         || (Array2::zeros((c_out, k)), Array1::zeros(c_out)),
         |(dw, db), cols, dy, dcols| {
-            // dw [c_out, k] = dy [c_out, m] · colsᵀ [m, k]       (m = samples·oh·ow)
-            general_mat_mul(1.0, dy, &cols.t(), 0.0, dw);
+            // dw [c_out, k] += dy [c_out, m] · colsᵀ [m, k]       (m = samples·oh·ow)
+            general_mat_mul(1.0, dy, &cols.t(), 1.0, dw);
             // dcols [k, m] = w_matᵀ [k, c_out] · dy [c_out, m]
             general_mat_mul(1.0, &w_mat.t(), dy, 0.0, dcols);
-            *db = dy.sum_axis(Axis(1));
+            *db += &dy.sum_axis(Axis(1));
         },
     );
     // Sum the groups' partial gradients in batch order: deterministic for any thread count.

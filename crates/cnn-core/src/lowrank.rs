@@ -231,11 +231,11 @@ pub fn lowrank_conv2d_backward(
         || (Array2::zeros((c_out, k)), Array2::zeros((k, patch)), Array1::zeros(c_out)),
         |(dmix, dbasis, db), cols, dy, dcols| {
             let t = b_mat.dot(cols); // [k, m]   (m = samples·oh·ow)
-            general_mat_mul(1.0, dy, &t.t(), 0.0, dmix); // [c_out, k]
+            general_mat_mul(1.0, dy, &t.t(), 1.0, dmix); // [c_out, k] +=
             let dt = mix.t().dot(dy); // [k, m]
-            general_mat_mul(1.0, &dt, &cols.t(), 0.0, dbasis); // [k, K]
+            general_mat_mul(1.0, &dt, &cols.t(), 1.0, dbasis); // [k, K] +=
             general_mat_mul(1.0, &b_mat.t(), &dt, 0.0, dcols); // [K, m]
-            *db = dy.sum_axis(Axis(1));
+            *db += &dy.sum_axis(Axis(1));
         },
     );
     let mut dmix = Array2::zeros((c_out, k));
