@@ -98,6 +98,16 @@ fn time(ns: f64) -> String {
     }
 }
 
+/// A rate per second with an SI prefix: `102.5 G`, `2.68 k`.
+fn rate(per_second: f64) -> String {
+    match per_second {
+        r if r >= 1e9 => format!("{:.1} G", r / 1e9),
+        r if r >= 1e6 => format!("{:.1} M", r / 1e6),
+        r if r >= 1e3 => format!("{:.2} k", r / 1e3),
+        r => format!("{r:.0}"),
+    }
+}
+
 fn opt(value: Option<f64>, fmt: impl Fn(f64) -> String) -> String {
     value.map(fmt).unwrap_or_else(|| "–".into())
 }
@@ -151,10 +161,10 @@ fn summarise(results: &[Measurement], quick: bool) -> String {
     }
 
     let _ = writeln!(out, "\n## All measurements\n");
-    let _ = writeln!(out, "| benchmark | median | throughput (G elements or GFLOP /s) |");
+    let _ = writeln!(out, "| benchmark | median | throughput per second (FLOPs for convolutions, elements for im2col/col2im/pooling, images for train_step) |");
     let _ = writeln!(out, "|---|---:|---:|");
     for m in results {
-        let _ = writeln!(out, "| {} | {} | {} |", m.id, time(m.median_ns), opt(m.giga_per_s(), |g| format!("{g:.2}")));
+        let _ = writeln!(out, "| {} | {} | {} |", m.id, time(m.median_ns), opt(m.giga_per_s(), |g| rate(g * 1e9)));
     }
     out
 }
