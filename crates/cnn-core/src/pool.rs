@@ -54,6 +54,21 @@ fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usize, Range<u
     }
 }
 
+/// One tap of the windows along a run of outputs: `best[j] = max(best[j], row[j·sw])`,
+/// remembering in `at` the winner's index `base + j·sw`. Strict `>`: the first maximum wins
+/// ties and NaN never wins. Selects, not branches: on real data the winner is unpredictable.
+#[inline(always)]
+fn max_tap(row: &[f32], base: u32, best: &mut [f32], at: &mut [u32], sw: usize) {
+    let Some(last) = best.len().checked_sub(1) else { return };
+    assert!(last * sw < row.len() && at.len() == best.len(), "max_tap: run outside the row");
+    for (j, (b, a)) in best.iter_mut().zip(at.iter_mut()).enumerate() {
+        let v = row[j * sw];
+        let better = v > *b;
+        *b = select_unpredictable(better, v, *b);
+        *a = select_unpredictable(better, base + (j * sw) as u32, *a);
+    }
+}
+
 /// Number of image pixels (padding excluded) under each output's window.
 fn window_sizes(g: &Geometry) -> Vec<f32> {
     let mut count = vec![0.0f32; g.positions()];
@@ -109,17 +124,15 @@ pub fn max_pool2d(x: ArrayView4<f32>, win: &Window) -> Result<MaxPool> {
                 }
             }
             for_each_tap_row(&g, |oy, iy, ix0, xs| {
-                let row = &x_c[iy * w..(iy + 1) * w];
+                let row = &x_c[iy * w + ix0..(iy + 1) * w];
                 let out = oy * g.ow + xs.start..oy * g.ow + xs.end;
                 let (best, at) = (&mut y_c[out.clone()], &mut arg_c[out]);
-                for (j, (best, at)) in best.iter_mut().zip(at).enumerate() {
-                    let ix = ix0 + j * g.sw;
-                    let v = row[ix];
-                    // strict `>`: the first maximum wins ties (NaN never wins). A select, not
-                    // a branch: on real data the winner is unpredictable.
-                    let better = v > *best;
-                    *best = select_unpredictable(better, v, *best);
-                    *at = select_unpredictable(better, (iy * w + ix) as u32, *at);
+                let base = (iy * w + ix0) as u32;
+                // the common strides as constants, so the compiler vectorises the run
+                match g.sw {
+                    1 => max_tap(row, base, best, at, 1),
+                    2 => max_tap(row, base, best, at, 2),
+                    sw => max_tap(row, base, best, at, sw),
                 }
             });
         });
