@@ -95,25 +95,26 @@ pub(crate) fn im2col_sample(x: ArrayView3<f32>, g: &Geometry, mut cols: ArrayVie
                 let mut row = cols.row_mut((ci * g.kh + ky) * g.kw + kx);
                 let row = row.as_slice_mut().expect("cols rows are contiguous");
                 let xs = g.cols_inside(kx);
-                for oy in 0..g.oh {
+                // output rows whose input row is padding: zeros, in two blocks
+                row[..rows.start * ow].fill(0.0);
+                row[rows.end * ow..].fill(0.0);
+                for oy in rows.clone() {
                     let out = &mut row[oy * ow..(oy + 1) * ow];
-                    if !rows.contains(&oy) {
-                        out.fill(0.0);
-                        continue;
+                    // padding columns at either end (only with padding)
+                    if xs.start > 0 || xs.end < ow {
+                        out[..xs.start].fill(0.0);
+                        out[xs.end..].fill(0.0);
                     }
-                    let iy = oy * g.sh + ky - g.pad_top;
-                    let src = &plane[iy * w..(iy + 1) * w];
-                    out[..xs.start].fill(0.0);
-                    out[xs.end..].fill(0.0);
                     if xs.is_empty() {
                         continue;
                     }
-                    let ix0 = xs.start * g.sw + kx - g.pad_left;
+                    let iy = oy * g.sh + ky - g.pad_top;
+                    let ix0 = iy * w + xs.start * g.sw + kx - g.pad_left;
                     let out = &mut out[xs.clone()];
                     if g.sw == 1 {
-                        out.copy_from_slice(&src[ix0..ix0 + out.len()]);
+                        out.copy_from_slice(&plane[ix0..ix0 + out.len()]);
                     } else {
-                        for (o, s) in out.iter_mut().zip(src[ix0..].iter().step_by(g.sw)) {
+                        for (o, s) in out.iter_mut().zip(plane[ix0..].iter().step_by(g.sw)) {
                             *o = *s;
                         }
                     }
