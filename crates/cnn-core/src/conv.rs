@@ -164,11 +164,17 @@ pub(crate) fn lowered_backward<T: Send>(
                     let mut cols = cols.slice_mut(s![.., ..m]);
                     let (mut dy_mat, mut dcols) = (dy_mat.slice_mut(s![.., ..m]), dcols.slice_mut(s![.., ..m]));
                     lower_group(x_group, g, &mut cols);
-                    for (i, dy_i) in dy_group.outer_iter().enumerate() {
-                        let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
-                        dy_mat.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i);
-                    }
-                    step(&mut partial, &cols.view(), &dy_mat.view(), &mut dcols);
+                    // one sample: its dy is the block already; several: side by side
+                    let dy_block = if x_group.dim().0 == 1 {
+                        dy_group.index_axis(Axis(0), 0).into_shape_with_order((c_out, p)).expect("dy sample is contiguous")
+                    } else {
+                        for (i, dy_i) in dy_group.outer_iter().enumerate() {
+                            let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
+                            dy_mat.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i);
+                        }
+                        dy_mat.view()
+                    };
+                    step(&mut partial, &cols.view(), &dy_block, &mut dcols);
                     for (i, dx_i) in dx_group.outer_iter_mut().enumerate() {
                         col2im_sample(dcols.slice(s![.., i * p..(i + 1) * p]), g, dx_i);
                     }
