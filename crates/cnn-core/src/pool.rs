@@ -59,10 +59,8 @@ fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usize, Range<u
 /// ties and NaN never wins. Selects, not branches: on real data the winner is unpredictable.
 #[inline(always)]
 fn max_tap(row: &[f32], base: u32, best: &mut [f32], at: &mut [u32], sw: usize) {
-    let Some(last) = best.len().checked_sub(1) else { return };
-    assert!(last * sw < row.len() && at.len() == best.len(), "max_tap: run outside the row");
-    for (j, (b, a)) in best.iter_mut().zip(at.iter_mut()).enumerate() {
-        let v = row[j * sw];
+    let taps = row.chunks(sw).map(|c| c[0]);
+    for (j, ((b, a), v)) in best.iter_mut().zip(at.iter_mut()).zip(taps).enumerate() {
         let better = v > *b;
         *b = select_unpredictable(better, v, *b);
         *a = select_unpredictable(better, base + (j * sw) as u32, *a);
