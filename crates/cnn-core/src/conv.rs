@@ -1,4 +1,5 @@
-//! 2-D convolution by im2col: the whole layer is one matrix product per sample.
+//! 2-D convolution by im2col: the whole layer is one matrix product per sample (or per small
+//! group of samples).
 //!
 //! ```text
 //! w_mat: [c_out, c_in*kh*kw]   one row per filter: its c_in kernels, flattened
@@ -186,7 +187,7 @@ pub(crate) fn lowered_backward<T: Send>(
     (dx, partials)
 }
 
-/// Convolution forward: `y = w ⊛ x + b`, by im2col and one GEMM per sample.
+/// Convolution forward: `y = w ⊛ x + b`, by im2col and one GEMM per sample (or small group).
 ///
 /// # Shapes
 /// - `x`: `[n, c_in, h, w]`
