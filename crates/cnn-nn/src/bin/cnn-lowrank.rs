@@ -42,7 +42,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Timing rounds per layer (interleaved full / low rank; the median is kept).
-    #[arg(long, default_value_t = 41)]
+    #[arg(long, default_value_t = 61)]
     rounds: usize,
     /// Output directory.
     #[arg(long, default_value = "out/lowrank")]
@@ -59,6 +59,7 @@ fn settings(convs: &[usize]) -> Vec<Setting> {
     let (conv2, conv3) = (convs[1], convs[2]);
     let all = |p: RankPolicy| convs.iter().map(|&i| (i, p)).collect::<Vec<_>>();
     vec![
+        Setting { name: "conv2 r6".into(), plan: vec![(conv2, RankPolicy::Fixed(6))] },
         Setting { name: "conv2 r8".into(), plan: vec![(conv2, RankPolicy::Fixed(8))] },
         Setting { name: "conv2 r16".into(), plan: vec![(conv2, RankPolicy::Fixed(16))] },
         Setting { name: "conv3 r24".into(), plan: vec![(conv3, RankPolicy::Fixed(24))] },
