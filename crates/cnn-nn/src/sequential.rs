@@ -143,7 +143,7 @@ impl Sequential {
     /// Layers that produce the logits: all but a final [`crate::layers::Softmax`].
     fn logit_layers(&self) -> usize {
         match self.layers.last() {
-            Some(last) if last.describe().name == "Softmax" => self.layers.len() - 1,
+            Some(last) if (last.as_ref() as &dyn std::any::Any).is::<crate::layers::Softmax>() => self.layers.len() - 1,
             _ => self.layers.len(),
         }
     }
@@ -185,10 +185,11 @@ impl Sequential {
     /// An input of the wrong shape.
     pub fn activations(&mut self, x: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         self.check_input(&x)?;
-        let mut outputs: Vec<ArrayD<f32>> = vec![];
+        let mut outputs = Vec::with_capacity(self.layers.len());
+        let mut a = x;
         for layer in &mut self.layers {
-            let input = outputs.last().cloned().unwrap_or_else(|| x.clone());
-            outputs.push(layer.forward(input, false));
+            a = layer.forward(a, false);
+            outputs.push(a.clone());
         }
         Ok(outputs)
     }
