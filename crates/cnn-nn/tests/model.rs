@@ -90,8 +90,13 @@ fn toy_data(n: usize, seed: u64) -> Dataset {
 }
 
 fn small_model(seed: u64) -> Sequential {
+    small_model_with(6, seed)
+}
+
+/// The small model with `filters` filters in its convolution.
+fn small_model_with(filters: usize, seed: u64) -> Sequential {
     Sequential::builder(&[1, 8, 8])
-        .add(Conv2d::new(6, 3).padding(Padding::Same))
+        .add(Conv2d::new(filters, 3).padding(Padding::Same))
         .add(ReLU::new())
         .add(MaxPool2d::new(2))
         .add(Flatten::new())
@@ -174,16 +179,7 @@ fn mismatched_checkpoint_is_refused_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small.safetensors");
     checkpoint::save(&small_model(1), &path, None).unwrap();
-    let mut other = Sequential::builder(&[1, 8, 8])
-        .add(Conv2d::new(8, 3).padding(Padding::Same))
-        .add(ReLU::new())
-        .add(MaxPool2d::new(2))
-        .add(Flatten::new())
-        .add(Dense::new(16))
-        .add(ReLU::new())
-        .add(Dense::new(4))
-        .build()
-        .unwrap();
+    let mut other = small_model_with(8, 0);
     let before = other.named_params()[0].1.value.clone();
     let e = checkpoint::load(&mut other, &path).unwrap_err();
     assert!(e.to_string().ends_with("tensor `0.weight` has shape [6, 1, 3, 3], the model expects [8, 1, 3, 3]"), "{e}");
