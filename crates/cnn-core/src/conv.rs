@@ -96,7 +96,8 @@ pub(crate) fn lowered_forward(
     threads::init();
     let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
     y.axis_chunks_iter_mut(Axis(0), group).into_par_iter().zip(x.axis_chunks_iter(Axis(0), group)).for_each_init(
-        || (Array2::zeros((k, group * p)), Array2::zeros((c_out, group * p))),
+        // the side-by-side output buffer is only used by groups of several samples
+        || (Array2::zeros((k, group * p)), Array2::zeros((c_out, if group > 1 { group * p } else { 0 }))),
         |(cols, out), (mut y_group, x_group)| {
             let m = x_group.dim().0 * p;
             let mut cols = cols.slice_mut(s![.., ..m]);
@@ -156,14 +157,14 @@ pub(crate) fn lowered_backward<T: Send>(
         .zip(x.axis_chunks_iter(Axis(0), chunk))
         .zip(dy.axis_chunks_iter(Axis(0), chunk))
         .map_init(
-            || (Array2::zeros((k, group * p)), Array2::zeros((c_out, group * p)), Array2::zeros((k, group * p))),
+            || (Array2::zeros((k, group * p)), Array2::zeros((c_out, if group > 1 { group * p } else { 0 })), Array2::zeros((k, group * p))),
             |(cols, dy_mat, dcols), ((mut dx_chunk, x_chunk), dy_chunk)| {
                 let mut partial = init();
                 let groups = dx_chunk.axis_chunks_iter_mut(Axis(0), group).zip(x_chunk.axis_chunks_iter(Axis(0), group));
                 for ((mut dx_group, x_group), dy_group) in groups.zip(dy_chunk.axis_chunks_iter(Axis(0), group)) {
                     let m = x_group.dim().0 * p;
                     let mut cols = cols.slice_mut(s![.., ..m]);
-                    let (mut dy_mat, mut dcols) = (dy_mat.slice_mut(s![.., ..m]), dcols.slice_mut(s![.., ..m]));
+                    let mut dcols = dcols.slice_mut(s![.., ..m]);
                     lower_group(x_group, g, &mut cols);
                     // one sample: its dy is the block already; several: side by side
                     let dy_block = if x_group.dim().0 == 1 {
@@ -173,7 +174,7 @@ pub(crate) fn lowered_backward<T: Send>(
                             let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
                             dy_mat.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i);
                         }
-                        dy_mat.view()
+                        dy_mat.slice(s![.., ..m])
                     };
                     step(&mut partial, &cols.view(), &dy_block, &mut dcols);
                     for (i, dx_i) in dx_group.outer_iter_mut().enumerate() {
