@@ -36,5 +36,5 @@ pub use conv::{conv2d, conv2d_backward, Conv2dGrads};
 pub use conv1d::{conv1d, conv1d_backward, Conv1dGrads, Padding1d, Window1d};
 pub use error::{CnnError, Result};
 pub use im2col::{col2im, im2col};
-pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, MaxPool};
+pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, pool_geometry, MaxPool};
 pub use window::{Geometry, Padding, Window};

@@ -23,9 +23,13 @@ pub struct MaxPool {
     pub argmax: Array4<u32>,
 }
 
-/// Places a pooling window on an input of shape `x`, refusing padding as wide as the window
-/// (a window could then cover padding only).
-fn pool_geometry(x: &[usize], win: &Window) -> Result<Geometry> {
+/// Places a pooling window on an input of shape `x` (`[n, c, h, w]`), refusing padding as
+/// wide as the window (a window could then cover padding only). The checks every pooling
+/// function makes, for callers that need the output size first.
+///
+/// # Errors
+/// An empty input, a window that does not fit, padding as wide as the window.
+pub fn pool_geometry(x: &[usize], win: &Window) -> Result<Geometry> {
     expect_nonempty("input", x)?;
     let g = win.geometry(x[2], x[3])?;
     let pad = [g.pad_top, g.pad_bottom, g.pad_left, g.pad_right];

@@ -57,7 +57,7 @@ impl Sequential {
             let params = layer.params().iter().map(|p| p.value.len()).sum();
             if d.is_activation && rows.len() > 1 {
                 let row = rows.last_mut().expect("there is a row before");
-                if d.name == "Softmax" {
+                if (layer.as_ref() as &dyn std::any::Any).is::<crate::layers::Softmax>() {
                     row.layer = d.name;
                 } else {
                     activations.push(format!("{} after {}", d.name, row.layer));

@@ -6,6 +6,7 @@ use clap::Parser;
 use cnn_core::lowrank::RankPolicy;
 use cnn_nn::compress::{conv_layers, factorise, Decision};
 use cnn_nn::data::{Dataset, FASHION_MNIST_DIR};
+use cnn_nn::layers::{Conv2d, LowRankConv2d};
 use cnn_nn::models::reference_cnn;
 use cnn_nn::optim::Adam;
 use cnn_nn::plots::{lowrank_tradeoff, TradeoffPoint};
@@ -95,8 +96,8 @@ fn conv_macs(model: &Sequential) -> f64 {
     let mut macs = 0.0;
     for (layer, shape) in model.layers().iter().zip(model.shapes()) {
         let params: usize = layer.params().iter().filter(|p| p.name != "bias").map(|p| p.value.len()).sum();
-        let name = layer.describe().name;
-        if name.starts_with("Conv2d") || name.starts_with("LowRankConv2d") {
+        let any = layer.as_ref() as &dyn std::any::Any;
+        if any.is::<Conv2d>() || any.is::<LowRankConv2d>() {
             // weights touched once per output position
             macs += (params * shape[1] * shape[2]) as f64;
         }

@@ -128,11 +128,7 @@ impl Layer for Conv2d {
 
     fn describe(&self) -> Describe {
         let w = &self.window;
-        let name = if (w.kh, w.sh) == (w.kw, w.sw) {
-            format!("Conv2d(f={},s={})", w.kh, w.sh)
-        } else {
-            format!("Conv2d(f={}x{},s={}x{})", w.kh, w.kw, w.sh, w.sw)
-        };
+        let name = format!("Conv2d({})", super::window_label(w));
         Describe { name, filters: Some(self.filters), padding: Some(padding_name(w.padding)), is_activation: false }
     }
 }

@@ -109,7 +109,7 @@ impl Layer for LowRankConv2d {
     fn describe(&self) -> Describe {
         let w = &self.window;
         Describe {
-            name: format!("LowRankConv2d(f={},s={},r={})", w.kh, w.sh, self.rank),
+            name: format!("LowRankConv2d({},r={})", super::window_label(w), self.rank),
             filters: Some(self.filters),
             padding: Some(padding_name(w.padding)),
             is_activation: false,

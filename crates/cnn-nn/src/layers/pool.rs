@@ -1,26 +1,16 @@
 //! Pooling layers: no parameters, the channel count unchanged.
 
 use crate::layer::{Describe, Init, Layer};
-use cnn_core::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, Window};
+use super::window_label;
+use cnn_core::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, pool_geometry, Window};
 use ndarray::{Array4, ArrayD, Axis, Ix4};
 
 fn pool_build(window: &Window, input: &[usize], what: &str) -> Result<Vec<usize>, String> {
     let [c, h, w] = input else {
         return Err(format!("{what} needs (channels, height, width) per sample"));
     };
-    // The same checks as the kernel's, on a one-sample shape.
-    let probe = Array4::<f32>::zeros((1, 1, *h, *w));
-    max_pool2d(probe.view(), window).map_err(|e| e.to_string())?;
-    let g = window.geometry(*h, *w).map_err(|e| e.to_string())?;
+    let g = pool_geometry(&[1, *c, *h, *w], window).map_err(|e| e.to_string())?;
     Ok(vec![*c, g.oh, g.ow])
-}
-
-fn pool_name(kind: &str, w: &Window) -> String {
-    if (w.kh, w.sh) == (w.kw, w.sw) {
-        format!("{kind}(f={},s={})", w.kh, w.sh)
-    } else {
-        format!("{kind}(f={}x{},s={}x{})", w.kh, w.kw, w.sh, w.sw)
-    }
 }
 
 /// Max pooling: the largest value of each window; the backward routes the gradient to it.
@@ -64,7 +54,7 @@ impl Layer for MaxPool2d {
     }
 
     fn describe(&self) -> Describe {
-        Describe { name: pool_name("MaxPool", &self.window), ..Describe::default() }
+        Describe { name: format!("MaxPool({})", window_label(&self.window)), ..Describe::default() }
     }
 }
 
@@ -108,7 +98,7 @@ impl Layer for AvgPool2d {
     }
 
     fn describe(&self) -> Describe {
-        Describe { name: pool_name("AvgPool", &self.window), ..Describe::default() }
+        Describe { name: format!("AvgPool({})", window_label(&self.window)), ..Describe::default() }
     }
 }
 
