@@ -80,7 +80,7 @@ fn low_rank(case: &ConvCase, inp: &Inputs) -> Vec<(String, LowRankFilters, u64)>
     [2.0, 4.0]
         .into_iter()
         .map(|factor| {
-            let rank = svd.rank_for(RankPolicy::FlopReduction(factor));
+            let rank = svd.rank_for(RankPolicy::FlopReduction(factor)).expect("a valid factor");
             let flops = 2 * (case.n * case.out_side().pow(2) * rank * (case.c_out + case.patch())) as u64;
             (format!("lowrank_{factor}x_r{rank}"), svd.truncate(rank), flops)
         })
@@ -183,7 +183,7 @@ fn pool_case(group: &mut BenchmarkGroup<WallTime>, name: &str, shape: (usize, us
     group.throughput(Throughput::Elements(x.len() as u64));
     group.bench_function(format!("max_forward/{name}"), |bench| bench.iter(|| max_pool2d(x.view(), &win).unwrap()));
     group.bench_function(format!("max_backward/{name}"), |bench| {
-        bench.iter(|| max_pool2d_backward(dy.view(), pooled.argmax.view(), [n, c, h, w]).unwrap())
+        bench.iter(|| max_pool2d_backward(dy.view(), pooled.argmax.view(), [n, c, h, w], &win).unwrap())
     });
     group.bench_function(format!("avg_forward/{name}"), |bench| bench.iter(|| avg_pool2d(x.view(), &win).unwrap()));
     group.bench_function(format!("avg_backward/{name}"), |bench| {

@@ -21,40 +21,15 @@
 //! db    = Σ_samples, positions dy
 //! ```
 
-use crate::error::{expect_nonempty, expect_shape, CnnError, Result};
+use crate::error::{expect_allocatable, expect_shape, Result};
 use crate::im2col::{col2im_sample, im2col_sample};
+use crate::operands::Conv2dGrads;
+use crate::operands::conv_geometry;
 use crate::threads;
 use crate::window::{Geometry, Window};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
-
-/// Gradients of a convolution with respect to its input, filters and bias.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Conv2dGrads {
-    /// Gradient of the input, `[n, c_in, h, w]`.
-    pub dx: Array4<f32>,
-    /// Gradient of the filters, `[c_out, c_in, kh, kw]`.
-    pub dw: Array4<f32>,
-    /// Gradient of the bias, `[c_out]`.
-    pub db: Array1<f32>,
-}
-
-/// Checks a convolution's operands and places its window on the input.
-///
-/// The window's kernel size must be the filters' `(kh, kw)`.
-pub(crate) fn conv_geometry(x: &[usize], w: &[usize], b: Option<usize>, win: &Window) -> Result<Geometry> {
-    expect_nonempty("input", x)?;
-    expect_nonempty("filters", w)?;
-    if x[1] != w[1] {
-        return Err(CnnError::ChannelMismatch { input: x.to_vec(), filters: w.to_vec() });
-    }
-    expect_shape("filter kernel (kh, kw) vs window", &[win.kh, win.kw], &w[2..])?;
-    if let Some(len) = b {
-        expect_shape("bias", &[w[0]], &[len])?;
-    }
-    win.geometry(x[2], x[3])
-}
 
 /// Samples lowered side by side into one matrix per task. Images with few output positions
 /// (the reference network's conv3: 3x3) make GEMMs too thin for BLAS one sample at a time, so
@@ -89,10 +64,13 @@ pub(crate) fn lowered_forward(
     c_out: usize,
     b: Option<ArrayView1<f32>>,
     product: impl Fn(&ArrayView2<f32>, &mut ArrayViewMut2<f32>) + Sync,
-) -> Array4<f32> {
+) -> Result<Array4<f32>> {
     let (n, c_in, _, _) = x.dim();
     let (k, p) = (c_in * g.kh * g.kw, g.positions());
     let group = group_size(p);
+    // sizes were checked by conv_geometry; the memory is asked for before any work
+    expect_allocatable("lowered matrix", k * group * p)?;
+    expect_allocatable("output", n * c_out * p)?;
     threads::init();
     let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
     y.axis_chunks_iter_mut(Axis(0), group).into_par_iter().zip(x.axis_chunks_iter(Axis(0), group)).for_each_init(
@@ -122,7 +100,7 @@ pub(crate) fn lowered_forward(
             }
         },
     );
-    y
+    Ok(y)
 }
 
 /// Samples per backward task: whole groups, at least 4 samples, so that a batch of 64 makes
@@ -142,12 +120,14 @@ pub(crate) fn lowered_backward<T: Send>(
     g: &Geometry,
     init: impl Fn() -> T + Sync,
     step: impl Fn(&mut T, &ArrayView2<f32>, &ArrayView2<f32>, &mut ArrayViewMut2<f32>) + Sync,
-) -> (Array4<f32>, Vec<T>) {
+) -> Result<(Array4<f32>, Vec<T>)> {
     let (n, c_in, h, w) = x.dim();
     let c_out = dy.dim().1;
     let (k, p) = (c_in * g.kh * g.kw, g.positions());
     let group = group_size(p);
     let chunk = backward_chunk(group);
+    expect_allocatable("lowered matrix and its gradient", 2 * k * group * p)?;
+    expect_allocatable("input gradient", x.len())?;
     let dy = dy.as_standard_layout();
     threads::init();
     let mut dx = threads::par_zeros(ndarray::Dim([n, c_in, h, w]));
@@ -185,7 +165,7 @@ pub(crate) fn lowered_backward<T: Send>(
             },
         )
         .collect();
-    (dx, partials)
+    Ok((dx, partials))
 }
 
 /// Convolution forward: `y = w ⊛ x + b`, by im2col and one GEMM per sample (or small group).
@@ -215,10 +195,10 @@ pub fn conv2d(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>
     let (c_out, c_in, kh, kw) = w.dim();
     let w_mat = w.to_shape((c_out, c_in * kh * kw)).expect("filters reshape to [c_out, c_in*kh*kw]");
     let beta = if b.is_some() { 1.0 } else { 0.0 };
-    Ok(lowered_forward(x, &g, c_out, b, |cols, y| {
+    lowered_forward(x, &g, c_out, b, |cols, y| {
         // y [c_out, m] = w_mat [c_out, k] · cols [k, m] (+ the bias already in y); m = samples·oh·ow
         general_mat_mul(1.0, &w_mat, cols, beta, y);
-    }))
+    })
 }
 
 /// Convolution backward: gradients of the input, the filters and the bias, given `dy`.
@@ -252,7 +232,7 @@ pub fn conv2d_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f3
             general_mat_mul(1.0, &w_mat.t(), dy, 0.0, dcols);
             *db += &dy.sum_axis(Axis(1));
         },
-    );
+    )?;
     // Sum the groups' partial gradients in batch order: deterministic for any thread count.
     let mut dw = Array2::zeros((c_out, k));
     let mut db = Array1::zeros(c_out);

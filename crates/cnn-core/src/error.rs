@@ -1,7 +1,9 @@
 //! The one error type of cnn-core: every check on user input ends here, with the shapes in the message.
 
+use ndarray::IntoDimension;
+
 /// What was wrong with the tensors or the window handed to a cnn-core function.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CnnError {
     /// A stride of zero would never move the window.
     #[error("stride must be at least 1, got {sh}x{sw}")]
@@ -81,6 +83,32 @@ pub enum CnnError {
         /// Input width.
         w: usize,
     },
+    /// Sizes so large that they overflow, or a buffer larger than the memory that can be had.
+    #[error("{what} is too large: {detail}")]
+    TooLarge {
+        /// Which tensor or size.
+        what: &'static str,
+        /// The numbers involved.
+        detail: String,
+    },
+    /// A tensor holds NaN or an infinity where finite values are needed.
+    #[error("{what} holds a non-finite value ({value}) at index {index:?}")]
+    NonFinite {
+        /// Which tensor.
+        what: &'static str,
+        /// The first offending value.
+        value: f32,
+        /// Where it is.
+        index: Vec<usize>,
+    },
+    /// A parameter outside its valid range (a rank policy, say).
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// Which parameter.
+        what: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A linear-algebra routine (LAPACK) failed.
     #[error("linear algebra failed: {0}")]
     Linalg(String),
@@ -105,4 +133,29 @@ pub(crate) fn expect_nonempty(what: &'static str, shape: &[usize]) -> Result<()>
     } else {
         Ok(())
     }
+}
+
+/// Fails with [`CnnError::NonFinite`] at the first NaN or infinity of `x`.
+pub(crate) fn expect_finite<D: ndarray::Dimension>(what: &'static str, x: &ndarray::ArrayView<f32, D>) -> Result<()> {
+    match x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        Some((index, &value)) => Err(CnnError::NonFinite { what, value, index: index.into_dimension().slice().to_vec() }),
+        None => Ok(()),
+    }
+}
+
+/// The product of `sizes`, or [`CnnError::TooLarge`] if it overflows.
+pub(crate) fn checked_size(what: &'static str, sizes: &[usize]) -> Result<usize> {
+    sizes
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| CnnError::TooLarge { what, detail: format!("{sizes:?} overflows") })
+}
+
+/// Fails with [`CnnError::TooLarge`] when `len` values of `f32` cannot be allocated: asked
+/// before the work starts, instead of the abort of a failed allocation in the middle of it.
+pub(crate) fn expect_allocatable(what: &'static str, len: usize) -> Result<()> {
+    Vec::<f32>::new().try_reserve_exact(len).map_err(|_| CnnError::TooLarge {
+        what,
+        detail: format!("{len} values ({} MiB) cannot be allocated", len.saturating_mul(4) >> 20),
+    })
 }

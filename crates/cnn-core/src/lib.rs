@@ -26,13 +26,15 @@ mod conv;
 mod conv1d;
 mod error;
 mod im2col;
+mod operands;
 pub mod lowrank;
 mod pool;
 pub mod reference;
 pub mod threads;
 mod window;
 
-pub use conv::{conv2d, conv2d_backward, Conv2dGrads};
+pub use conv::{conv2d, conv2d_backward};
+pub use operands::Conv2dGrads;
 pub use conv1d::{conv1d, conv1d_backward, Conv1dGrads, Padding1d, Window1d};
 pub use error::{CnnError, Result};
 pub use im2col::{col2im, im2col};

@@ -13,8 +13,9 @@
 //! Per output position the cost drops from `c_out·K` to `k·(c_out + K)` multiply-adds, so a
 //! rank only pays below `c_out·K / (c_out + K)`.
 
-use crate::conv::{conv_geometry, lowered_backward, lowered_forward};
-use crate::error::{expect_shape, CnnError, Result};
+use crate::conv::{lowered_backward, lowered_forward};
+use crate::operands::conv_geometry;
+use crate::error::{expect_finite, expect_shape, CnnError, Result};
 use crate::window::Window;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Axis};
@@ -23,13 +24,33 @@ use ndarray_linalg::SVD;
 /// How to choose the rank of a factorisation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RankPolicy {
-    /// Exactly this rank (clamped to the full rank).
+    /// Exactly this rank, at least 1 (clamped to the full rank).
     Fixed(usize),
-    /// The smallest rank that keeps this fraction (0..=1) of the spectrum's energy, the sum of
-    /// the squared singular values.
+    /// The smallest rank that keeps this fraction (in `(0, 1]`) of the spectrum's energy, the
+    /// sum of the squared singular values.
     Energy(f64),
-    /// The largest rank whose multiply-adds are at most `1 / factor` of the full layer's.
+    /// The largest rank whose multiply-adds are at most `1 / factor` of the full layer's
+    /// (`factor` finite and at least 1).
     FlopReduction(f64),
+}
+
+impl RankPolicy {
+    /// Checks the policy's number.
+    ///
+    /// # Errors
+    /// [`CnnError::Invalid`] for `Fixed(0)`, an energy outside `(0, 1]` (NaN included), or a
+    /// reduction factor that is not a finite number of at least 1.
+    pub fn validate(&self) -> Result<()> {
+        let reason = match *self {
+            RankPolicy::Fixed(0) => Some("a rank of 0 keeps nothing; use at least 1".to_string()),
+            RankPolicy::Energy(e) if !(e > 0.0 && e <= 1.0) => Some(format!("energy fraction must be in (0, 1], got {e}")),
+            RankPolicy::FlopReduction(f) if !(f.is_finite() && f >= 1.0) => {
+                Some(format!("FLOP reduction factor must be a finite number >= 1, got {f}"))
+            }
+            _ => None,
+        };
+        reason.map_or(Ok(()), |reason| Err(CnnError::Invalid { what: "rank policy", reason }))
+    }
 }
 
 /// The singular value decomposition of a filter bank's lowered matrix.
@@ -84,10 +105,12 @@ pub fn max_useful_rank(c_out: usize, patch: usize) -> usize {
 /// Decomposes `w` (`[c_out, c_in, kh, kw]`), in f64.
 ///
 /// # Errors
-/// An empty filter bank, or LAPACK failing to converge.
+/// An empty filter bank, a NaN or infinite weight (LAPACK would loop or fail on it), or
+/// LAPACK failing to converge.
 pub fn svd_filters(w: ArrayView4<f32>) -> Result<FilterSvd> {
     let (c_out, c_in, kh, kw) = w.dim();
     crate::error::expect_nonempty("filters", w.shape())?;
+    expect_finite("filters", &w)?;
     let w_mat = w.to_shape((c_out, c_in * kh * kw)).expect("filters reshape").mapv(f64::from);
     let (u, s, vt) = w_mat.svd(true, true).map_err(|e| CnnError::Linalg(e.to_string()))?;
     let r = s.len();
@@ -103,7 +126,11 @@ impl FilterSvd {
     }
 
     /// The rank `policy` picks (at least 1, at most the full rank).
-    pub fn rank_for(&self, policy: RankPolicy) -> usize {
+    ///
+    /// # Errors
+    /// A policy that [`RankPolicy::validate`] refuses.
+    pub fn rank_for(&self, policy: RankPolicy) -> Result<usize> {
+        policy.validate()?;
         let [c_out, c_in, kh, kw] = self.shape;
         let rank = match policy {
             RankPolicy::Fixed(k) => k,
@@ -125,7 +152,7 @@ impl FilterSvd {
                 ((c_out * patch) as f64 / (factor * (c_out + patch) as f64)).floor() as usize
             }
         };
-        rank.clamp(1, self.full_rank())
+        Ok(rank.clamp(1, self.full_rank()))
     }
 
     /// Frobenius norm of `W − W_k`, from the discarded singular values: `sqrt(Σ_{i≥k} s_i²)`.
@@ -192,12 +219,12 @@ pub fn lowrank_conv2d(
     let (k, c_in, kh, kw) = basis.dim();
     let b_mat = basis.to_shape((k, c_in * kh * kw)).expect("basis reshape");
     let beta = if b.is_some() { 1.0 } else { 0.0 };
-    Ok(lowered_forward(x, &g, c_out, b, |cols, y| {
+    lowered_forward(x, &g, c_out, b, |cols, y| {
         // t [k, m] = basis [k, K] · cols [K, m]     (k thin filters; m = samples·oh·ow)
         let t = b_mat.dot(cols);
         // y [c_out, m] = mix [c_out, k] · t           (a 1x1 convolution)
         general_mat_mul(1.0, &mix, &t, beta, y);
-    }))
+    })
 }
 
 /// Low-rank convolution backward.
@@ -237,7 +264,7 @@ pub fn lowrank_conv2d_backward(
             general_mat_mul(1.0, &b_mat.t(), &dt, 0.0, dcols); // [K, m]
             *db += &dy.sum_axis(Axis(1));
         },
-    );
+    )?;
     let mut dmix = Array2::zeros((c_out, k));
     let mut dbasis = Array2::zeros((k, patch));
     let mut db = Array1::zeros(c_out);

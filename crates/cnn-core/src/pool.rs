@@ -3,10 +3,11 @@
 //!
 //! Max pooling remembers which input won each window (`argmax`, the index `y * w + x` in the
 //! channel's plane; the first one on ties) and its backward routes each gradient there —
-//! overlapping windows add. Average pooling divides by the number of input pixels inside the
+//! overlapping windows add. A NaN in a window wins it, as in PyTorch: NaN propagates instead
+//! of being silently dropped. Average pooling divides by the number of input pixels inside the
 //! window (padding is not counted, as in TensorFlow's SAME).
 
-use crate::error::{expect_nonempty, expect_shape, CnnError, Result};
+use crate::error::{checked_size, expect_allocatable, expect_nonempty, expect_shape, CnnError, Result};
 use crate::threads;
 use crate::window::{Geometry, Window};
 use ndarray::{Array4, ArrayView4};
@@ -30,8 +31,11 @@ pub struct MaxPool {
 /// # Errors
 /// An empty input, a window that does not fit, padding as wide as the window.
 pub fn pool_geometry(x: &[usize], win: &Window) -> Result<Geometry> {
+    expect_shape("pooling input rank (n, c, h, w)", &[4], &[x.len()])?;
     expect_nonempty("input", x)?;
+    checked_size("input", x)?;
     let g = win.geometry(x[2], x[3])?;
+    expect_allocatable("pooled output", checked_size("pooled output", &[x[0], x[1], g.oh, g.ow])?)?;
     let pad = [g.pad_top, g.pad_bottom, g.pad_left, g.pad_right];
     if g.pad_top.max(g.pad_bottom) >= g.kh || g.pad_left.max(g.pad_right) >= g.kw {
         return Err(CnnError::PoolPaddingTooLarge { pad, kh: g.kh, kw: g.kw });
@@ -60,12 +64,13 @@ fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usize, Range<u
 
 /// One tap of the windows along a run of outputs: `best[j] = max(best[j], row[j·sw])`,
 /// remembering in `at` the winner's index `base + j·sw`. Strict `>`: the first maximum wins
-/// ties and NaN never wins. Selects, not branches: on real data the winner is unpredictable.
+/// ties; a NaN always wins (and then stays, since nothing compares greater than NaN), so NaN
+/// propagates as in PyTorch. Selects, not branches: on real data the winner is unpredictable.
 #[inline(always)]
 fn max_tap(row: &[f32], base: u32, best: &mut [f32], at: &mut [u32], sw: usize) {
     let taps = row.chunks(sw).map(|c| c[0]);
     for (j, ((b, a), v)) in best.iter_mut().zip(at.iter_mut()).zip(taps).enumerate() {
-        let better = v > *b;
+        let better = v > *b || v.is_nan();
         *b = select_unpredictable(better, v, *b);
         *a = select_unpredictable(better, base + (j * sw) as u32, *a);
     }
@@ -145,24 +150,25 @@ pub fn max_pool2d(x: ArrayView4<f32>, win: &Window) -> Result<MaxPool> {
 /// inputs that won several (overlapping) windows receive the sum.
 ///
 /// # Shapes
-/// - `dy`, `argmax`: `[n, c, oh, ow]`
+/// - `dy`, `argmax`: `[n, c, oh, ow]`, the pooled shape of `x_shape` under `win`
 /// - `x_shape`: `[n, c, h, w]`, the forward input's shape
 /// - returns `dx`: `[n, c, h, w]`
 ///
 /// # Errors
-/// `dy` and `argmax` of different shapes, a batch or channel count other than `x_shape`'s,
-/// an `argmax` index outside the plane.
-pub fn max_pool2d_backward(dy: ArrayView4<f32>, argmax: ArrayView4<u32>, x_shape: [usize; 4]) -> Result<Array4<f32>> {
-    expect_shape("max-pool argmax vs dy", dy.shape(), argmax.shape())?;
-    expect_nonempty("input shape", &x_shape)?;
+/// A window that does not fit `x_shape`, a `dy` that is not the pooled shape, an `argmax` of
+/// another shape than `dy`, an `argmax` index outside the plane.
+pub fn max_pool2d_backward(dy: ArrayView4<f32>, argmax: ArrayView4<u32>, x_shape: [usize; 4], win: &Window) -> Result<Array4<f32>> {
+    let g = pool_geometry(&x_shape, win)?;
     let [n, c, h, w] = x_shape;
-    expect_shape("dy batch and channels", &[n, c], &dy.shape()[..2])?;
+    expect_shape("output gradient dy", &[n, c, g.oh, g.ow], dy.shape())?;
+    expect_shape("max-pool argmax vs dy", dy.shape(), argmax.shape())?;
     if let Some(&index) = argmax.iter().find(|&&i| i as usize >= h * w) {
         return Err(CnnError::BadArgmax { index, h, w });
     }
+    expect_allocatable("input gradient", n * c * h * w)?;
     threads::init();
     let mut dx = threads::par_zeros(ndarray::Dim(x_shape));
-    let positions = dy.shape()[2] * dy.shape()[3];
+    let positions = g.positions();
     let (dy, argmax) = (planes(&dy), argmax.as_standard_layout());
     let argmax = argmax.as_slice().expect("standard layout");
     dx.as_slice_mut()
@@ -219,6 +225,7 @@ pub fn avg_pool2d_backward(dy: ArrayView4<f32>, x_shape: [usize; 4], win: &Windo
     let g = pool_geometry(&x_shape, win)?;
     expect_shape("output gradient dy", &[x_shape[0], x_shape[1], g.oh, g.ow], dy.shape())?;
     let [_, _, h, w] = x_shape;
+    expect_allocatable("input gradient", x_shape.iter().product())?;
     threads::init();
     let mut dx = threads::par_zeros(ndarray::Dim(x_shape));
     let dy = planes(&dy);
@@ -268,7 +275,7 @@ mod tests {
         let x = material();
         let pool = max_pool2d(x.view(), &Window::square(2).stride(2)).unwrap();
         let dy = image(array![[1., 2.], [3., 4.]]);
-        let dx = max_pool2d_backward(dy.view(), pool.argmax.view(), [1, 1, 4, 4]).unwrap();
+        let dx = max_pool2d_backward(dy.view(), pool.argmax.view(), [1, 1, 4, 4], &Window::square(2).stride(2)).unwrap();
         let expected = image(array![[0., 0., 0., 2.], [1., 0., 0., 0.], [3., 0., 0., 0.], [0., 0., 0., 4.]]);
         assert_eq!(dx, expected);
     }
@@ -278,7 +285,7 @@ mod tests {
         let x = image(array![[2., 2.], [2., 2.]]);
         let pool = max_pool2d(x.view(), &Window::square(2)).unwrap();
         assert_eq!(pool.argmax[[0, 0, 0, 0]], 0);
-        let dx = max_pool2d_backward(image(array![[1.]]).view(), pool.argmax.view(), [1, 1, 2, 2]).unwrap();
+        let dx = max_pool2d_backward(image(array![[1.]]).view(), pool.argmax.view(), [1, 1, 2, 2], &Window::square(2)).unwrap();
         assert_eq!(dx, image(array![[1., 0.], [0., 0.]]));
     }
 
@@ -289,7 +296,7 @@ mod tests {
         x[[0, 0, 2, 2]] = 9.0;
         let pool = max_pool2d(x.view(), &Window::square(3).stride(2)).unwrap();
         assert_eq!(pool.y, image(array![[9., 9.], [9., 9.]]));
-        let dx = max_pool2d_backward(Array4::ones((1, 1, 2, 2)).view(), pool.argmax.view(), [1, 1, 5, 5]).unwrap();
+        let dx = max_pool2d_backward(Array4::ones((1, 1, 2, 2)).view(), pool.argmax.view(), [1, 1, 5, 5], &Window::square(3).stride(2)).unwrap();
         assert_eq!(dx[[0, 0, 2, 2]], 4.0);
         assert_eq!(dx.sum(), 4.0);
     }
@@ -327,7 +334,55 @@ mod tests {
         let e = max_pool2d(Array4::<f32>::zeros((0, 1, 4, 4)).view(), &Window::square(2)).unwrap_err();
         assert_eq!(e.to_string(), "input is empty: shape [0, 1, 4, 4]");
         let bad = Array4::<u32>::from_elem((1, 1, 1, 1), 99);
-        let e = max_pool2d_backward(Array4::ones((1, 1, 1, 1)).view(), bad.view(), [1, 1, 2, 2]).unwrap_err();
+        let e = max_pool2d_backward(Array4::ones((1, 1, 1, 1)).view(), bad.view(), [1, 1, 2, 2], &Window::square(2)).unwrap_err();
         assert_eq!(e.to_string(), "argmax index 99 is outside the 2x2 input plane");
+    }
+
+    #[test]
+    fn max_pool_backward_refuses_what_does_not_fit() {
+        let win = Window::square(2).stride(2);
+        let empty = Array4::<f32>::zeros((0, 1, 2, 2));
+        let e = max_pool2d_backward(empty.view(), Array4::zeros((0, 1, 2, 2)).view(), [1, 1, 4, 4], &win).unwrap_err();
+        assert_eq!(e.to_string(), "shape mismatch for output gradient dy: expected [1, 1, 2, 2], got [0, 1, 2, 2]");
+        // a dy of the right batch and channels but not the pooled size of x_shape
+        let dy = Array4::<f32>::ones((1, 1, 2, 2));
+        let e = max_pool2d_backward(dy.view(), Array4::zeros((1, 1, 2, 2)).view(), [1, 1, 6, 6], &win).unwrap_err();
+        assert!(matches!(e, CnnError::ShapeMismatch { what: "output gradient dy", .. }), "{e}");
+        // an x_shape whose size overflows: an error, not a panic or an abort
+        let e = max_pool2d_backward(dy.view(), Array4::zeros((1, 1, 2, 2)).view(), [usize::MAX, 2, 4, 4], &win).unwrap_err();
+        assert!(matches!(e, CnnError::TooLarge { .. }), "{e}");
+        // one that does not overflow but cannot be allocated
+        let e = max_pool2d_backward(dy.view(), Array4::zeros((1, 1, 2, 2)).view(), [1 << 40, 1, 4, 4], &win).unwrap_err();
+        assert!(matches!(e, CnnError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn nan_wins_its_window_and_propagates() {
+        // PyTorch: max_pool2d of a window holding NaN is NaN
+        let x = image(array![[1., f32::NAN, 3., 4.], [5., 6., 7., 8.]]);
+        let pool = max_pool2d(x.view(), &Window::square(2).stride(2)).unwrap();
+        assert!(pool.y[[0, 0, 0, 0]].is_nan());
+        assert_eq!(pool.argmax[[0, 0, 0, 0]], 1);
+        assert_eq!(pool.y[[0, 0, 0, 1]], 8.0);
+        // a NaN before a larger value stays the winner
+        let x = image(array![[f32::NAN, 9.], [9., 9.]]);
+        assert!(max_pool2d(x.view(), &Window::square(2)).unwrap().y[[0, 0, 0, 0]].is_nan());
+        // an all-NaN window is NaN (it used to be -inf)
+        let x = image(array![[f32::NAN, f32::NAN], [f32::NAN, f32::NAN]]);
+        assert!(max_pool2d(x.view(), &Window::square(2)).unwrap().y[[0, 0, 0, 0]].is_nan());
+    }
+
+    #[test]
+    fn max_pool_backward_with_padding() {
+        // 3x3 input, 2x2 window, stride 2, explicit padding 1 on every side: out 2x2, windows
+        // (rows, cols) = ([-1,0], [-1,0]), ([-1,0], [1,2]), ([1,2], [-1,0]), ([1,2], [1,2])
+        let x = image(array![[1., 2., 3.], [4., 5., 6.], [7., 8., 9.]]);
+        let win = Window::square(2).stride(2).padding(Padding::uniform(1));
+        let pool = max_pool2d(x.mapv(|v| -v).view(), &win).unwrap();
+        // negative values: padding must not win as a zero; winners -1 (0), -2 (1), -4 (3), -5 (4)
+        assert_eq!(pool.y, image(array![[-1., -2.], [-4., -5.]]));
+        assert_eq!(pool.argmax.iter().copied().collect::<Vec<_>>(), [0, 1, 3, 4]);
+        let dx = max_pool2d_backward(image(array![[1., 2.], [3., 4.]]).view(), pool.argmax.view(), [1, 1, 3, 3], &win).unwrap();
+        assert_eq!(dx, image(array![[1., 2., 0.], [3., 4., 0.], [0., 0., 0.]]));
     }
 }

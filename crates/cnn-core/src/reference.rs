@@ -3,7 +3,7 @@
 //! Ground truth for the tests and the baseline for the benchmarks: simple and obviously right,
 //! never fast. Padding is handled by skipping taps that land outside the image.
 
-use crate::conv::{conv_geometry, Conv2dGrads};
+use crate::operands::{conv_geometry, Conv2dGrads};
 use crate::error::{expect_shape, Result};
 use crate::window::{Geometry, Window};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4};

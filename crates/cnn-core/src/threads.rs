@@ -1,4 +1,5 @@
-//! Thread policy: rayon owns the cores, BLAS runs single-threaded inside each task.
+//! Thread policy and BLAS kernels: rayon owns the cores, BLAS runs single-threaded inside each
+//! task, on the best kernels the CPU supports.
 //!
 //! Convolution and pooling split the batch over rayon's pool, and each task calls a
 //! single-threaded GEMM on a lowered matrix small enough to stay in cache. Letting OpenBLAS
@@ -7,28 +8,34 @@
 //! thread. Cap the total the usual way, with `RAYON_NUM_THREADS`.
 //!
 //! OpenBLAS picks its kernels when it is loaded, by CPU model. Debian 12's OpenBLAS 0.3.21
-//! does not know recent CPUs (Sapphire Rapids, for one) and falls back to its generic SSE3
-//! "Prescott" kernels, about 5x slower. The environment variable `OPENBLAS_CORETYPE`
-//! (`SkylakeX` for AVX-512, `Haswell` for AVX2) overrides the choice; it must be set before
-//! the program starts. `cargo xtask` sets it from the CPU's flags, and [`init`] warns once when
-//! it finds the generic kernels on a CPU that has AVX2.
+//! does not know recent CPUs: it runs its generic SSE3 "Prescott" kernels on Sapphire Rapids
+//! (about 5x slower) and its AVX2 "Haswell" kernels on AVX-512 AMD Zen 5 (half the speed of
+//! its "SkylakeX" ones, measured with a 1024 product on one core: 124 vs 229 GFLOP/s). So
+//! [`init`], which every entry point calls before its first matrix product, selects the
+//! kernels again in-process: when the CPU's flags allow a better family than the one OpenBLAS
+//! chose, and the user has not chosen one with `OPENBLAS_CORETYPE`, it re-runs OpenBLAS's
+//! own selection (`gotoblas_dynamic_quit` / `gotoblas_dynamic_init`, exported by builds with
+//! run-time CPU dispatch such as Debian's) with that family named. A library user gets full
+//! speed without setting anything; the warning remains for an OpenBLAS without those entry
+//! points.
 
-use std::os::raw::c_int;
+use std::ffi::{c_char, c_int, CStr};
 use std::sync::Once;
 
 extern "C" {
     fn openblas_set_num_threads(num_threads: c_int);
-    fn openblas_get_num_threads() -> c_int;
-    fn openblas_get_corename() -> *const std::os::raw::c_char;
+    fn openblas_get_corename() -> *const c_char;
 }
 
-static SINGLE_THREADED_BLAS: Once = Once::new();
+static INIT: Once = Once::new();
 
-/// Applies the policy once: OpenBLAS to one thread. Every parallel entry point calls it.
+/// Applies the policy once: the best BLAS kernels for this CPU, OpenBLAS on one thread.
+/// Every parallel entry point and every layer that multiplies matrices calls it first.
 pub fn init() {
-    SINGLE_THREADED_BLAS.call_once(|| {
+    INIT.call_once(|| {
+        select_kernels();
         set_blas_threads(1);
-        if let Some(advice) = generic_kernels_advice() {
+        if let Some(advice) = weak_kernels_advice() {
             eprintln!("cnn-core: warning: {advice}");
         }
     });
@@ -37,10 +44,10 @@ pub fn init() {
 /// The kernel family OpenBLAS selected for this CPU (`SkylakeX`, `Haswell`, `Prescott`, ...).
 pub fn blas_core() -> String {
     // SAFETY: OpenBLAS returns a pointer to a static NUL-terminated string.
-    unsafe { std::ffi::CStr::from_ptr(openblas_get_corename()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(openblas_get_corename()) }.to_string_lossy().into_owned()
 }
 
-/// The value of `OPENBLAS_CORETYPE` that suits this CPU, from its instruction-set flags.
+/// The best OpenBLAS kernel family for this CPU, from its instruction-set flags.
 pub fn suggested_coretype() -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -55,16 +62,58 @@ pub fn suggested_coretype() -> Option<&'static str> {
     None
 }
 
-/// A warning when OpenBLAS runs its generic kernels on a CPU that could do much better.
-fn generic_kernels_advice() -> Option<String> {
+/// How wide a family's vector kernels are: 2 for AVX-512, 1 for AVX2 + FMA, 0 for the rest.
+fn tier(core: &str) -> u8 {
+    match core.to_ascii_lowercase().as_str() {
+        "skylakex" | "cooperlake" | "sapphirerapids" => 2,
+        "haswell" | "zen" => 1,
+        _ => 0,
+    }
+}
+
+/// Re-runs OpenBLAS's kernel selection with the suggested family when it chose a weaker one
+/// and the user did not choose. Must run before the first matrix product.
+fn select_kernels() {
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return;
+    }
+    let Some(wanted) = suggested_coretype() else { return };
+    if tier(&blas_core()) >= tier(wanted) {
+        return;
+    }
+    let (Some(quit), Some(init)) = (symbol(c"gotoblas_dynamic_quit"), symbol(c"gotoblas_dynamic_init")) else {
+        return;
+    };
+    // OpenBLAS reads the family from the environment; set it for the call only. (Another
+    // thread reading the environment from C at this very moment is the one hazard, as with
+    // any setenv; this runs once, before cnn-core's first product.)
+    std::env::set_var("OPENBLAS_CORETYPE", wanted);
+    // SAFETY: both take no arguments; `quit` forgets the kernel table and `init` selects it
+    // again, reading OPENBLAS_CORETYPE, as OpenBLAS does when it is loaded.
+    unsafe {
+        quit();
+        init();
+    }
+    std::env::remove_var("OPENBLAS_CORETYPE");
+}
+
+/// A function exported by the loaded libraries, if there is one of that name.
+fn symbol(name: &CStr) -> Option<unsafe extern "C" fn()> {
+    // SAFETY: dlsym with RTLD_DEFAULT only looks the name up.
+    let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    // SAFETY: the names asked for are OpenBLAS functions of type `void (void)`.
+    (!address.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn()>(address) })
+}
+
+/// A warning when OpenBLAS runs kernels narrower than the CPU supports.
+fn weak_kernels_advice() -> Option<String> {
     let core = blas_core();
-    let generic = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Katmai"];
     let suggested = suggested_coretype()?;
-    generic.contains(&core.as_str()).then(|| {
+    (tier(&core) < tier(suggested)).then(|| {
         format!(
-            "OpenBLAS selected its generic `{core}` kernels on a CPU that supports {suggested}'s; \
-             matrix products run several times slower. Start the program with \
-             OPENBLAS_CORETYPE={suggested} (cargo xtask does this for you)."
+            "OpenBLAS runs its `{core}` kernels on a CPU that supports {suggested}'s, and this OpenBLAS \
+             cannot switch at run time; matrix products run several times slower. Start the \
+             program with OPENBLAS_CORETYPE={suggested}."
         )
     })
 }
@@ -77,12 +126,6 @@ pub fn set_blas_threads(n: usize) {
     unsafe { openblas_set_num_threads(n) }
 }
 
-/// The number of threads OpenBLAS currently uses.
-pub fn blas_threads() -> usize {
-    // SAFETY: plain getter.
-    unsafe { openblas_get_num_threads() as usize }
-}
-
 /// The number of threads rayon spreads the batch over (`RAYON_NUM_THREADS` caps it).
 pub fn rayon_threads() -> usize {
     rayon::current_num_threads()
@@ -90,9 +133,22 @@ pub fn rayon_threads() -> usize {
 
 /// A zero-filled array, written by all of rayon's threads (a fresh multi-megabyte buffer
 /// is otherwise zeroed by one core while the other waits).
-pub fn par_zeros<D: ndarray::Dimension>(shape: D) -> ndarray::Array<f32, D> {
+pub(crate) fn par_zeros<D: ndarray::Dimension>(shape: D) -> ndarray::Array<f32, D> {
     use rayon::prelude::*;
     let mut data = Vec::with_capacity(shape.size());
     data.par_extend(rayon::iter::repeat_n(0.0f32, shape.size()));
     ndarray::Array::from_shape_vec(shape, data).expect("the vector has the shape's size")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_rank_by_vector_width() {
+        assert!(tier("SkylakeX") > tier("Haswell"));
+        assert!(tier("Zen") > tier("Prescott"));
+        assert_eq!(tier("Cooperlake"), tier("SkylakeX"));
+    }
+
 }

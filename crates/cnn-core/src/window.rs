@@ -45,19 +45,21 @@ enum AxisPadding {
 }
 
 /// Output length and padding (before, after) of one axis: the output-size formula, in one place.
-/// `None` if the kernel does not fit the padded input.
-fn axis(len: usize, k: usize, stride: usize, padding: AxisPadding) -> Option<(usize, usize, usize)> {
+/// `Ok(None)` if the kernel does not fit the padded input; an error if the padded length
+/// overflows.
+fn axis(len: usize, k: usize, stride: usize, padding: AxisPadding) -> Result<Option<(usize, usize, usize)>> {
+    let overflow = || CnnError::TooLarge { what: "padded input", detail: format!("length {len} with {padding:?} overflows") };
     let (before, after) = match padding {
         AxisPadding::Valid => (0, 0),
         AxisPadding::Explicit(before, after) => (before, after),
         AxisPadding::Same => {
             let out = len.div_ceil(stride);
-            let total = ((out - 1) * stride + k).saturating_sub(len);
+            let total = (out - 1).checked_mul(stride).and_then(|v| v.checked_add(k)).ok_or_else(overflow)?.saturating_sub(len);
             (total / 2, total - total / 2)
         }
     };
-    let padded = len + before + after;
-    (k <= padded).then(|| ((padded - k) / stride + 1, before, after))
+    let padded = len.checked_add(before).and_then(|v| v.checked_add(after)).ok_or_else(overflow)?;
+    Ok((k <= padded).then(|| ((padded - k) / stride + 1, before, after)))
 }
 
 /// A sliding window: kernel size, stride per axis and padding.
@@ -129,7 +131,7 @@ impl Window {
                 (AxisPadding::Explicit(top, bottom), AxisPadding::Explicit(left, right))
             }
         };
-        match (axis(h, kh, sh, rows), axis(w, kw, sw, cols)) {
+        match (axis(h, kh, sh, rows)?, axis(w, kw, sw, cols)?) {
             (Some((oh, pad_top, pad_bottom)), Some((ow, pad_left, pad_right))) => Ok(Geometry {
                 kh,
                 kw,
@@ -146,7 +148,7 @@ impl Window {
             }),
             _ => {
                 let (padded_h, padded_w) = match padding {
-                    Padding::Explicit { top, bottom, left, right } => (h + top + bottom, w + left + right),
+                    Padding::Explicit { top, bottom, left, right } => (h + top + bottom, w + left + right), // no overflow: axis checked
                     _ => (h, w),
                 };
                 Err(CnnError::KernelTooLarge { kh, kw, h, w, padded_h, padded_w })
@@ -278,6 +280,15 @@ mod tests {
         assert!(matches!(e, CnnError::KernelTooLarge { padded_h: 4, padded_w: 8, .. }));
         assert!(matches!(Window::new(0, 3).geometry(4, 4), Err(CnnError::ZeroKernel { .. })));
         assert!(matches!(Window::square(1).geometry(0, 4), Err(CnnError::Empty { .. })));
+    }
+
+    #[test]
+    fn huge_sizes_are_errors_not_overflows() {
+        let huge = Window::square(3).padding(Padding::Explicit { top: usize::MAX, bottom: 1, left: 0, right: 0 });
+        let e = huge.geometry(5, 5).unwrap_err();
+        assert!(matches!(e, CnnError::TooLarge { what: "padded input", .. }), "{e}");
+        let e = Window::square(3).padding(Padding::Same).geometry(usize::MAX, 3).unwrap_err();
+        assert!(matches!(e, CnnError::TooLarge { .. }), "{e}");
     }
 
     #[test]

@@ -139,7 +139,7 @@ fn conv1d_matches_naive_loops() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
     fn random_shapes_agree(
         n in 1usize..4, c_in in 1usize..5, c_out in 1usize..5,

@@ -2,6 +2,7 @@
 
 mod common;
 
+use cnn_core::CnnError;
 use cnn_core::lowrank::{lowrank_conv2d, lowrank_conv2d_backward, max_useful_rank, svd_filters, RankPolicy};
 use cnn_core::{conv2d, reference, Padding, Window};
 use common::{random, rel_err};
@@ -69,17 +70,17 @@ fn policies_pick_the_ranks_they_promise() {
     let svd = svd_filters(w.view()).unwrap();
     let energy = |k: usize| svd.s.iter().take(k).map(|v| v * v).sum::<f64>() / svd.s.iter().map(|v| v * v).sum::<f64>();
     for fraction in [0.5, 0.9, 0.99] {
-        let k = svd.rank_for(RankPolicy::Energy(fraction));
+        let k = svd.rank_for(RankPolicy::Energy(fraction)).unwrap();
         assert!(energy(k) >= fraction && energy(k - 1) < fraction, "energy {fraction}: rank {k}");
     }
     let (c_out, patch) = (64.0, 288.0);
     for factor in [2.0, 4.0] {
-        let k = svd.rank_for(RankPolicy::FlopReduction(factor));
+        let k = svd.rank_for(RankPolicy::FlopReduction(factor)).unwrap();
         let ratio = |k: usize| c_out * patch / (k as f64 * (c_out + patch));
         assert!(ratio(k) >= factor && ratio(k + 1) < factor, "{factor}x: rank {k}");
     }
-    assert_eq!(svd.rank_for(RankPolicy::Fixed(8)), 8);
-    assert_eq!(svd.rank_for(RankPolicy::Fixed(1000)), 64);
+    assert_eq!(svd.rank_for(RankPolicy::Fixed(8)).unwrap(), 8);
+    assert_eq!(svd.rank_for(RankPolicy::Fixed(1000)).unwrap(), 64);
     // the first reference layer (32 filters, K = 9): ranks above 7 cost more than the layer
     assert_eq!(max_useful_rank(32, 9), 7);
     assert_eq!(max_useful_rank(64, 288), 52);
@@ -92,4 +93,20 @@ fn mismatched_factors_are_errors() {
     let basis = random((2, 4, 3, 3), 10);
     let e = lowrank_conv2d(x.view(), mix.view(), basis.view(), None, &Window::square(3)).unwrap_err();
     assert_eq!(e.to_string(), "shape mismatch for low-rank mix [c_out, k] vs basis [k, ...]: expected [3], got [2]");
+}
+
+#[test]
+fn non_finite_weights_and_bad_policies_are_refused() {
+    // an infinite weight used to hang LAPACK at 100% CPU, a NaN gave an opaque LAPACK code
+    for bad in [f32::INFINITY, f32::NAN] {
+        let mut w = random((4, 2, 3, 3), 5);
+        w[[1, 0, 2, 1]] = bad;
+        let e = svd_filters(w.view()).unwrap_err();
+        assert!(matches!(e, CnnError::NonFinite { what: "filters", ref index, .. } if index == &[1, 0, 2, 1]), "{e}");
+    }
+    let svd = svd_filters(random((4, 2, 3, 3), 6).view()).unwrap();
+    for policy in [RankPolicy::Energy(f64::NAN), RankPolicy::Energy(0.0), RankPolicy::Energy(1.5), RankPolicy::FlopReduction(0.0), RankPolicy::FlopReduction(f64::INFINITY), RankPolicy::Fixed(0)] {
+        let e = svd.rank_for(policy).unwrap_err();
+        assert!(matches!(e, CnnError::Invalid { what: "rank policy", .. }), "{policy:?}: {e}");
+    }
 }

@@ -54,7 +54,7 @@ pub fn factorise(model: &mut Sequential, plan: &[(usize, RankPolicy)]) -> Result
         let (c_out, c_in, kh, kw) = weight.dim();
         let patch = c_in * kh * kw;
         let svd = svd_filters(weight)?;
-        let rank = svd.rank_for(policy);
+        let rank = svd.rank_for(policy)?;
         let useful = max_useful_rank(c_out, patch);
         if rank > useful {
             decisions.push(Decision::Skipped {

@@ -50,7 +50,7 @@ impl Layer for MaxPool2d {
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let (argmax, shape) = self.cache.take().expect("MaxPool2d::backward needs a training forward first");
         let dy = dy.into_dimensionality::<Ix4>().expect("MaxPool2d dy is 4-D");
-        max_pool2d_backward(dy.view(), argmax.view(), shape).expect("MaxPool2d: shapes match").into_dyn()
+        max_pool2d_backward(dy.view(), argmax.view(), shape, &self.window).expect("MaxPool2d: shapes match").into_dyn()
     }
 
     fn describe(&self) -> Describe {
