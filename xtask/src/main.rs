@@ -18,7 +18,7 @@ tasks:
                      summary in target/criterion/summary.md
   train [options]    train the reference network on Fashion-MNIST (release build); options:
                      --data DIR --epochs N --batch N --lr X --optimizer adam|sgd --seed N --out DIR
-                     --resume FILE --val N --limit N --lr-step N --lr-gamma X  (see `cargo xtask train --help`)
+                     --resume FILE --val FRACTION|N --limit N --lr-step N --lr-gamma X  (see `cargo xtask train --help`)
   lowrank [options]  factorise the trained network's convolutions by truncated SVD at several ranks:
                      ranks, FLOPs, measured speed-up, accuracy before/after one epoch of fine-tuning;
                      --model FILE (else trains one first) --data DIR --out DIR (see --help)";
@@ -28,10 +28,6 @@ pub fn cargo(args: &[&str]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command.args(args);
-    if let Some(core) = setup::blas_coretype() {
-        eprintln!("xtask: OPENBLAS_CORETYPE={core} (from the CPU's flags; set it yourself to override)");
-        command.env("OPENBLAS_CORETYPE", core);
-    }
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = command.status().map_err(|e| format!("could not run cargo: {e}"))?;
     status.success().then_some(()).ok_or_else(|| format!("`cargo {}` failed ({status})", args.join(" ")))
@@ -53,13 +49,13 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         "train" => {
             setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST, setup::FONT])?;
-            let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-nn", "--bin", "cnn-train", "--"];
+            let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-cli", "--bin", "cnn-train", "--"];
             args.extend(&rest);
             cargo(&args)
         }
         "lowrank" => {
             setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST, setup::FONT])?;
-            let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-nn", "--bin", "cnn-lowrank", "--"];
+            let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-cli", "--bin", "cnn-lowrank", "--"];
             args.extend(&rest);
             cargo(&args)
         }

@@ -58,25 +58,3 @@ pub fn ensure_packages(packages: &[&str]) -> Result<(), String> {
     eprintln!("xtask: installed {list}");
     Ok(())
 }
-
-/// The `OPENBLAS_CORETYPE` to hand to child processes, unless the user chose one.
-///
-/// Debian 12's OpenBLAS 0.3.21 does not recognise recent CPUs and falls back to generic SSE3
-/// kernels about 5x slower; naming the kernel family from the CPU's flags avoids that. (The
-/// same rule as `cnn_core::threads::suggested_coretype`, which this BLAS-free crate cannot call.)
-pub fn blas_coretype() -> Option<&'static str> {
-    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
-        return None;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
-            return Some("SkylakeX");
-        }
-        if has!("avx2") && has!("fma") {
-            return Some("Haswell");
-        }
-    }
-    None
-}

@@ -1,7 +1,6 @@
 //! Where a training step of the reference network spends its time, layer by layer.
 //!
-//! `cargo run --release -p cnn-nn --example layer_times` (set `OPENBLAS_CORETYPE` as the README
-//! says, or run it through `cargo xtask`-like environments). Medians over 30 steps at batch 64.
+//! `cargo run --release -p cnn-nn --example layer_times`. Medians over 30 steps at batch 64.
 
 use cnn_nn::models::reference_cnn;
 use ndarray::ArrayD;
@@ -27,7 +26,7 @@ fn main() {
         let mut outs = vec![];
         for i in 0..k {
             let t = Instant::now();
-            a = model.layers_mut()[i].forward(a, true);
+            a = model.layers_mut()[i].forward_train(a);
             fwd[i].push(t.elapsed().as_secs_f64() * 1e3);
             outs.push(a.raw_dim());
         }

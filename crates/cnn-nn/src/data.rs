@@ -6,7 +6,7 @@
 use crate::error::{NnError, Result};
 use flate2::read::GzDecoder;
 use ndarray::{s, Array4, ArrayD, Axis};
-use rand::rngs::StdRng;
+use crate::layer::ModelRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::io::Read;
@@ -105,12 +105,13 @@ impl Dataset {
         self.labels.is_empty()
     }
 
-    /// Reads an images file and a labels file, checking that they agree.
+    /// Reads an images file and a labels file, checking that they agree and that every label
+    /// is one of `classes`.
     ///
     /// # Errors
     /// Any [`read_idx`] fault, images that are not `[n, h, w]`, labels that are not `[n]`,
-    /// different counts.
-    pub fn from_idx(images: &Path, labels: &Path) -> Result<Dataset> {
+    /// different counts, a label of `classes` or more (naming the file and the sample).
+    pub fn from_idx(images: &Path, labels: &Path, classes: usize) -> Result<Dataset> {
         let img = read_idx(images)?;
         let lab = read_idx(labels)?;
         let [n, h, w] = img.dims[..] else {
@@ -122,17 +123,21 @@ impl Dataset {
         if n != m {
             return Err(data_error(labels, format!("{m} labels for {n} images in {}", images.display())));
         }
+        if let Some((index, label)) = lab.data.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
+            let offset = 8 + index;
+            return Err(data_error(labels, format!("label {label} of sample {index} (offset {offset}) is outside the {classes} classes 0..{classes}")));
+        }
         let pixels = img.data.iter().map(|&p| p as f32 / 255.0).collect();
         let images = Array4::from_shape_vec((n, 1, h, w), pixels).expect("size checked by read_idx");
         Ok(Dataset { images, labels: lab.data })
     }
 
-    /// The standard MNIST layout: `train-images-idx3-ubyte[.gz]` and the three others in `dir`.
-    /// Returns `(train, test)`.
+    /// The standard MNIST layout: `train-images-idx3-ubyte[.gz]` and the three others in `dir`,
+    /// with labels checked against `classes`. Returns `(train, test)`.
     ///
     /// # Errors
     /// A missing file (naming the paths tried) or any [`Dataset::from_idx`] fault.
-    pub fn load_mnist_dir(dir: &Path) -> Result<(Dataset, Dataset)> {
+    pub fn load_mnist_dir(dir: &Path, classes: usize) -> Result<(Dataset, Dataset)> {
         let find = |stem: &str| -> Result<PathBuf> {
             let plain = dir.join(stem);
             let gz = dir.join(format!("{stem}.gz"));
@@ -140,8 +145,8 @@ impl Dataset {
                 data_error(&plain, format!("not found (nor {}); expected the four MNIST-format files here", gz.display()))
             })
         };
-        let train = Dataset::from_idx(&find("train-images-idx3-ubyte")?, &find("train-labels-idx1-ubyte")?)?;
-        let test = Dataset::from_idx(&find("t10k-images-idx3-ubyte")?, &find("t10k-labels-idx1-ubyte")?)?;
+        let train = Dataset::from_idx(&find("train-images-idx3-ubyte")?, &find("train-labels-idx1-ubyte")?, classes)?;
+        let test = Dataset::from_idx(&find("t10k-images-idx3-ubyte")?, &find("t10k-labels-idx1-ubyte")?, classes)?;
         Ok((train, test))
     }
 
@@ -159,23 +164,10 @@ impl Dataset {
         (head, tail)
     }
 
-    /// Mean and standard deviation of all pixels.
-    pub fn pixel_stats(&self) -> (f32, f32) {
-        let mean = self.images.mean().unwrap_or(0.0);
-        let var = self.images.mapv(|p| (p - mean) * (p - mean)).mean().unwrap_or(0.0);
-        (mean, var.sqrt())
-    }
-
-    /// Standardises pixels: `(p - mean) / std` (use the training set's statistics for all sets).
-    pub fn standardise(&mut self, mean: f32, std: f32) {
-        let std = if std > 0.0 { std } else { 1.0 };
-        self.images.mapv_inplace(|p| (p - mean) / std);
-    }
-
     /// Sample indices in a seeded random order.
     pub fn shuffled(&self, seed: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        order.shuffle(&mut ModelRng::seed_from_u64(seed));
         order
     }
 

@@ -15,7 +15,25 @@ pub enum NnError {
         /// The per-sample input shape it was given.
         input: Vec<usize>,
         /// Why it does not fit.
-        reason: String,
+        #[source]
+        reason: crate::layer::BuildError,
+    },
+    /// Two parameters of a model have the same name (a composite layer that names two
+    /// children alike): checkpoints could not tell them apart.
+    #[error("two parameters are named `{name}`: every parameter needs a unique name (give a composite layer's children distinct names)")]
+    DuplicateName {
+        /// The name used twice.
+        name: String,
+    },
+    /// A NaN or an infinity where numbers are needed: in a parameter, a data sample, a loss.
+    #[error("{what} is not finite ({value}){context}")]
+    NonFinite {
+        /// Which tensor or value (`parameter \`3.weight\``, `training sample 17`, ...).
+        what: String,
+        /// The first offending value.
+        value: f32,
+        /// What it means and what to do, starting with `: ` (or empty).
+        context: String,
     },
     /// An input or target handed to a model has the wrong shape.
     #[error("{what}: expected shape {expected:?}, got {got:?}")]
@@ -64,15 +82,18 @@ pub enum NnError {
         /// Which tensor does not fit, and how.
         reason: String,
     },
-    /// Training diverged.
-    #[error("training diverged: loss is {loss} at epoch {epoch}, batch {batch}; try a smaller learning rate")]
+    /// Training diverged: the loss became non-finite, or grew far beyond where it started
+    /// (the rule is [`crate::train::Divergence`]'s).
+    #[error("training diverged at epoch {epoch}, batch {batch}: {reason}; try a smaller learning rate")]
     Diverged {
-        /// The non-finite loss.
+        /// The loss of the batch that stopped training.
         loss: f32,
         /// Epoch (1-based).
         epoch: usize,
         /// Batch within the epoch (0-based).
         batch: usize,
+        /// Which rule it broke, with the numbers.
+        reason: String,
     },
     /// A bad option value.
     #[error("invalid configuration: {0}")]

@@ -1,14 +1,33 @@
-//! The layer abstraction: forward, backward, parameters, and what the summary shows.
+//! The layer abstraction: forward, backward, named parameters, and what the summary shows.
 
+use cnn_core::CnnError;
 use ndarray::ArrayD;
-use rand::rngs::StdRng;
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// The random generator of weight initialisation and dropout: ChaCha8, whose stream is
+/// specified (unlike `rand`'s `StdRng`), so "same seed, same model" survives dependency updates.
+pub type ModelRng = ChaCha8Rng;
+
+/// Why a layer cannot take the input shape it is given (see [`Layer::build`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The per-sample input does not have the axes the layer needs.
+    #[error("{0}")]
+    Input(String),
+    /// A setting of the layer is impossible (no filters, a probability of 1, ...).
+    #[error("{0}")]
+    Setting(String),
+    /// The compute core refused the geometry (kernel larger than the input, sizes that overflow, ...).
+    #[error(transparent)]
+    Core(#[from] CnnError),
+}
 
 /// Initialisation context handed to [`Layer::build`]: the model's seeded RNG, and whether a
 /// ReLU follows (He initialisation) or not (Glorot).
 pub struct Init<'a> {
     /// The model's RNG: the same seed gives the same weights.
-    pub rng: &'a mut StdRng,
+    pub rng: &'a mut ModelRng,
     /// A ReLU-family activation follows this layer.
     pub relu_follows: bool,
 }
@@ -16,21 +35,30 @@ pub struct Init<'a> {
 impl Init<'_> {
     /// Weights drawn uniformly: He, `U(±sqrt(6 / fan_in))`, before a ReLU; Glorot,
     /// `U(±sqrt(6 / (fan_in + fan_out)))`, otherwise. Both keep activations' variance steady.
-    pub fn weights(&mut self, shape: &[usize], fan_in: usize, fan_out: usize) -> ArrayD<f32> {
+    ///
+    /// # Errors
+    /// A shape whose size overflows or cannot be allocated.
+    pub fn weights(&mut self, shape: &[usize], fan_in: usize, fan_out: usize) -> Result<ArrayD<f32>, BuildError> {
+        let len = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let too_large = || CnnError::TooLarge { what: "weight", detail: format!("shape {shape:?} cannot be allocated") };
+        let len = len.ok_or_else(too_large)?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| too_large())?;
         let limit = if self.relu_follows {
-            (6.0 / fan_in as f32).sqrt()
+            (6.0 / fan_in as f64).sqrt() as f32
         } else {
-            (6.0 / (fan_in + fan_out) as f32).sqrt()
+            (6.0 / (fan_in as f64 + fan_out as f64)) .sqrt() as f32
         };
-        ArrayD::from_shape_simple_fn(shape, || self.rng.gen_range(-limit..limit))
+        data.extend((0..len).map(|_| self.rng.gen_range(-limit..limit)));
+        Ok(ArrayD::from_shape_vec(shape, data).expect("the data has the shape's size"))
     }
 }
 
 /// A trainable tensor and its gradient.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
-    /// Name within the layer: `weight` or `bias`.
-    pub name: &'static str,
+    /// Name within its layer: `weight`, `bias`, `mix`, ...
+    pub name: String,
     /// Current value.
     pub value: ArrayD<f32>,
     /// Gradient of the loss, filled by `backward` (summed over the batch).
@@ -39,10 +67,16 @@ pub struct Param {
 
 impl Param {
     /// A parameter with a zero gradient.
-    pub fn new(name: &'static str, value: ArrayD<f32>) -> Self {
+    pub fn new(name: impl Into<String>, value: ArrayD<f32>) -> Self {
         let grad = ArrayD::zeros(value.raw_dim());
-        Param { name, value, grad }
+        Param { name: name.into(), value, grad }
     }
+}
+
+/// Names a child layer's parameters after the child: `weight` of child `block.0` becomes
+/// `block.0.weight`. Composite layers build their [`Layer::params`] with it.
+pub fn prefixed<P>(child: &str, params: Vec<(String, P)>) -> Vec<(String, P)> {
+    params.into_iter().map(|(name, p)| (format!("{child}.{name}"), p)).collect()
 }
 
 /// What a layer's row of [`crate::Sequential::summary`] shows.
@@ -61,33 +95,48 @@ pub struct Describe {
 /// One layer of a [`crate::Sequential`] model.
 ///
 /// Shapes are per sample (no batch axis) in [`Layer::build`] and with the batch axis first in
-/// [`Layer::forward`] / [`Layer::backward`]. A layer caches in `forward` what its `backward`
-/// needs; `backward` takes the gradient of the output, stores the parameters' gradients and
-/// returns the gradient of the input.
-pub trait Layer: std::any::Any + Send {
+/// the passes. Inference ([`Layer::forward`]) reads the layer only, so one model serves many
+/// threads; training ([`Layer::forward_train`]) caches what [`Layer::backward`] needs, and
+/// `backward` takes the gradient of the output, stores the parameters' gradients and returns
+/// the gradient of the input.
+///
+/// A layer made of other layers (a residual block, say) lists its children's parameters
+/// under the child's name with [`prefixed`], so every name in a model is a unique path
+/// (`2.block.0.weight`).
+pub trait Layer: std::any::Any + Send + Sync {
     /// Checks the per-sample input shape, creates the parameters (from `init`) and returns the
-    /// per-sample output shape. The error says why the shape does not fit.
-    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, String>;
+    /// per-sample output shape.
+    ///
+    /// # Errors
+    /// Why the shape does not fit, or the settings are impossible.
+    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, BuildError>;
 
-    /// Forward pass on a batch. `train` switches train-only behaviour (dropout) and caching.
+    /// Inference on a batch (evaluation mode: dropout off, nothing cached).
     ///
     /// # Panics
     /// On a shape other than the one given to `build` (the model checks inputs first).
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32>;
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32>;
+
+    /// Training forward on a batch: train-only behaviour (dropout) on, and what the backward
+    /// pass needs cached.
+    ///
+    /// # Panics
+    /// As [`Layer::forward`].
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32>;
 
     /// Backward pass: gradient of the input from the gradient of the output.
     ///
     /// # Panics
-    /// If called without a training-mode `forward` first.
+    /// If called without a [`Layer::forward_train`] first.
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32>;
 
-    /// The trainable parameters, in a fixed order.
-    fn params(&self) -> Vec<&Param> {
+    /// The trainable parameters with their names in this layer, in a fixed order.
+    fn params(&self) -> Vec<(String, &Param)> {
         vec![]
     }
 
-    /// The trainable parameters, mutably, in the same order.
-    fn params_mut(&mut self) -> Vec<&mut Param> {
+    /// The trainable parameters, mutably, in the same order and with the same names.
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
         vec![]
     }
 
@@ -98,5 +147,14 @@ pub trait Layer: std::any::Any + Send {
     fn relu_family(&self) -> bool {
         false
     }
+}
 
+/// A leaf layer's own parameters, named as they are: the usual body of [`Layer::params`].
+pub fn own_params(params: &[Param]) -> Vec<(String, &Param)> {
+    params.iter().map(|p| (p.name.clone(), p)).collect()
+}
+
+/// A leaf layer's own parameters, mutably: the usual body of [`Layer::params_mut`].
+pub fn own_params_mut(params: &mut [Param]) -> Vec<(String, &mut Param)> {
+    params.iter_mut().map(|p| (p.name.clone(), p)).collect()
 }

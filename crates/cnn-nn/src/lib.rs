@@ -4,6 +4,10 @@
 //! [`Sequential`] model that infers shapes and prints the course material's [`Sequential::summary`],
 //! the fused softmax cross-entropy [`loss`], [`optim`]isers, IDX [`data`] loading (MNIST,
 //! Fashion-MNIST), [`train`]ing with progress and metrics, and safetensors [`checkpoint`]s.
+//!
+//! Depending on `cnn-nn` alone is enough: it re-exports what building, training and
+//! compressing a model needs from cnn-core ([`Padding`], [`Window`], [`RankPolicy`], the whole
+//! [`cnn_core`] crate) and [`ndarray`] itself.
 #![warn(missing_docs)]
 
 pub mod error;
@@ -14,14 +18,17 @@ pub mod models;
 mod sequential;
 mod summary;
 
+pub use cnn_core;
+pub use cnn_core::lowrank::RankPolicy;
+pub use cnn_core::{Padding, Padding1d, Window, Window1d};
 pub use error::{NnError, Result};
-pub use layer::{Describe, Init, Layer, Param};
-pub use sequential::{argmax_rows, Sequential, SequentialBuilder};
-pub use summary::{material_shape, thousands};
-pub mod optim;
-pub mod data;
+pub use layer::{BuildError, Describe, Init, Layer, ModelRng, Param};
+pub use ndarray;
+pub use sequential::{Classification, Sequential, SequentialBuilder};
 pub mod checkpoint;
 pub mod compress;
+pub mod data;
+pub mod optim;
 pub mod train;
 #[cfg(feature = "plots")]
 pub mod plots;

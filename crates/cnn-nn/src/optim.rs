@@ -1,5 +1,6 @@
 //! Optimisers (SGD with momentum and weight decay, Adam) and learning-rate schedules.
 
+use crate::error::{NnError, Result};
 use crate::layer::Param;
 use ndarray::{ArrayD, Zip};
 
@@ -11,11 +12,53 @@ pub trait Optimizer {
     fn lr(&self) -> f32;
     /// Sets the learning rate (schedules call this between epochs).
     fn set_lr(&mut self, lr: f32);
+    /// Everything a later run needs to continue exactly where this one stopped (saved in
+    /// checkpoints, so that resuming equals training on).
+    fn state(&self) -> OptimizerState;
+    /// Restores a state from [`Optimizer::state`].
+    ///
+    /// # Errors
+    /// A state of another optimiser, or with other buffers.
+    fn load_state(&mut self, state: OptimizerState) -> Result<()>;
+}
+
+/// An optimiser's state: its kind, the number of steps taken, and its buffers (velocity,
+/// moments), each with one tensor per parameter in the model's order (none before the first
+/// step).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    /// `sgd` or `adam`.
+    pub kind: String,
+    /// Steps taken.
+    pub steps: u64,
+    /// Named buffers, one tensor per parameter each.
+    pub buffers: Vec<(String, Vec<ArrayD<f32>>)>,
+}
+
+impl OptimizerState {
+    /// Takes buffer `names` out of `self` after checking the kind.
+    fn into_buffers(self, kind: &str, names: &[&str]) -> Result<(u64, Vec<Vec<ArrayD<f32>>>)> {
+        if self.kind != kind {
+            return Err(NnError::Config(format!("optimizer state is {}'s, this optimizer is {kind}", self.kind)));
+        }
+        let mut out = vec![];
+        for name in names {
+            let (_, tensors) = self.buffers.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                NnError::Config(format!("{kind} optimizer state has no `{name}` buffer"))
+            })?;
+            out.push(tensors.clone());
+        }
+        if let Some((extra, _)) = self.buffers.iter().find(|(n, _)| !names.contains(&n.as_str())) {
+            return Err(NnError::Config(format!("{kind} optimizer state has an unknown buffer `{extra}`")));
+        }
+        Ok((self.steps, out))
+    }
 }
 
 /// Velocity or moment buffers, one per parameter, created on first use.
 fn buffers(state: &mut Vec<ArrayD<f32>>, params: &[&mut Param]) {
-    if state.len() != params.len() {
+    let fits = state.len() == params.len() && state.iter().zip(params).all(|(s, p)| s.shape() == p.value.shape());
+    if !fits {
         *state = params.iter().map(|p| ArrayD::zeros(p.value.raw_dim())).collect();
     }
 }
@@ -35,18 +78,20 @@ pub struct Sgd {
     /// L2 weight decay.
     pub weight_decay: f32,
     velocity: Vec<ArrayD<f32>>,
+    steps: u64,
 }
 
 impl Sgd {
     /// SGD with the given learning rate, momentum and weight decay.
     pub fn new(lr: f32, momentum: f32, weight_decay: f32) -> Self {
-        Sgd { lr, momentum, weight_decay, velocity: vec![] }
+        Sgd { lr, momentum, weight_decay, velocity: vec![], steps: 0 }
     }
 }
 
 impl Optimizer for Sgd {
     fn step(&mut self, params: &mut [&mut Param]) {
         buffers(&mut self.velocity, params);
+        self.steps += 1;
         let (lr, momentum, decay) = (self.lr, self.momentum, self.weight_decay);
         for (p, v) in params.iter_mut().zip(&mut self.velocity) {
             Zip::from(&mut p.value).and(&p.grad).and(v).for_each(|w, &g, v| {
@@ -62,6 +107,16 @@ impl Optimizer for Sgd {
 
     fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn state(&self) -> OptimizerState {
+        OptimizerState { kind: "sgd".into(), steps: self.steps, buffers: vec![("velocity".into(), self.velocity.clone())] }
+    }
+
+    fn load_state(&mut self, state: OptimizerState) -> Result<()> {
+        let (steps, mut buffers) = state.into_buffers("sgd", &["velocity"])?;
+        (self.steps, self.velocity) = (steps, buffers.remove(0));
+        Ok(())
     }
 }
 
@@ -80,7 +135,7 @@ pub struct Adam {
     pub beta2: f32,
     /// Added to the denominator.
     pub eps: f32,
-    t: i32,
+    t: u64,
     m: Vec<ArrayD<f32>>,
     v: Vec<ArrayD<f32>>,
 }
@@ -99,8 +154,9 @@ impl Optimizer for Adam {
         self.t += 1;
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
         // bias corrections folded into the step and ε: the same as lr · m̂ / (sqrt(v̂) + ε)
-        let correction2 = (1.0 - b2.powi(self.t)).sqrt();
-        let step = self.lr * correction2 / (1.0 - b1.powi(self.t));
+        let t = i32::try_from(self.t).unwrap_or(i32::MAX);
+        let correction2 = (1.0 - b2.powi(t)).sqrt();
+        let step = self.lr * correction2 / (1.0 - b1.powi(t));
         let eps = eps * correction2;
         for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
             Zip::from(&mut p.value).and(&p.grad).and(m).and(v).for_each(|w, &g, m, v| {
@@ -117,6 +173,18 @@ impl Optimizer for Adam {
 
     fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn state(&self) -> OptimizerState {
+        OptimizerState { kind: "adam".into(), steps: self.t, buffers: vec![("m".into(), self.m.clone()), ("v".into(), self.v.clone())] }
+    }
+
+    fn load_state(&mut self, state: OptimizerState) -> Result<()> {
+        let (steps, mut buffers) = state.into_buffers("adam", &["m", "v"])?;
+        self.v = buffers.pop().expect("two buffers");
+        self.m = buffers.pop().expect("two buffers");
+        self.t = steps;
+        Ok(())
     }
 }
 
@@ -144,7 +212,7 @@ mod tests {
     use ndarray::arr1;
 
     fn param(w: f32, g: f32) -> Param {
-        Param { name: "weight", value: arr1(&[w]).into_dyn(), grad: arr1(&[g]).into_dyn() }
+        Param { name: "weight".into(), value: arr1(&[w]).into_dyn(), grad: arr1(&[g]).into_dyn() }
     }
 
     #[test]
@@ -165,6 +233,40 @@ mod tests {
         let mut p = param(1.0, -3.0);
         Adam::new(0.01).step(&mut [&mut p]);
         assert!((p.value[[0]] - 1.01).abs() < 1e-6, "{}", p.value[[0]]);
+    }
+
+    #[test]
+    fn restored_state_continues_exactly() {
+        // two steps (gradients 0.5 then -2) in one go, against one step, the state carried
+        // into a new optimiser, and the second step there
+        let makers: [fn() -> Box<dyn Optimizer>; 2] = [|| Box::new(Adam::new(0.01)), || Box::new(Sgd::new(0.1, 0.9, 0.01))];
+        for make in makers {
+            let two_steps = |opt_for_second: &mut dyn FnMut(&dyn Optimizer) -> Box<dyn Optimizer>| {
+                let mut p = param(1.0, 0.5);
+                let mut first = make();
+                first.step(&mut [&mut p]);
+                p.grad[[0]] = -2.0;
+                let mut second = opt_for_second(first.as_ref());
+                second.step(&mut [&mut p]);
+                p.value[[0]]
+            };
+            let carried = two_steps(&mut |first| {
+                let mut next = make();
+                next.load_state(first.state()).unwrap();
+                next
+            });
+            let fresh = two_steps(&mut |_| make());
+            // by hand: one optimiser taking both steps
+            let mut p = param(1.0, 0.5);
+            let mut one = make();
+            one.step(&mut [&mut p]);
+            p.grad[[0]] = -2.0;
+            one.step(&mut [&mut p]);
+            assert_eq!(carried, p.value[[0]], "{}", one.state().kind);
+            assert_ne!(fresh, p.value[[0]], "{}: a fresh optimiser must differ", one.state().kind);
+        }
+        let e = Sgd::new(0.1, 0.9, 0.0).load_state(Adam::new(0.1).state()).unwrap_err();
+        assert_eq!(e.to_string(), "invalid configuration: optimizer state is adam's, this optimizer is sgd");
     }
 
     #[test]

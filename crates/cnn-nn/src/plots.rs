@@ -9,10 +9,11 @@ use image::{GrayImage, Luma};
 use ndarray::{ArrayView2, ArrayView3};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::OnceLock;
 
-/// The font the curves are labelled with (Debian package `fonts-dejavu-core`).
-pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// Sans-serif families tried, in order, for the labels (any one installed will do; on Debian
+/// `fonts-dejavu-core` gives the first).
+const FONT_FAMILIES: [&str; 4] = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "Arial"];
 
 fn plot_error(path: &Path, e: impl std::fmt::Display) -> NnError {
     NnError::Data { path: path.to_path_buf(), reason: format!("drawing failed: {e}") }
@@ -27,18 +28,34 @@ fn finish(tmp: &Path, path: &Path) -> Result<()> {
     std::fs::rename(tmp, path).map_err(|e| NnError::io(path, e))
 }
 
-fn register_font() -> Result<()> {
-    static REGISTER: Once = Once::new();
-    let bytes = std::fs::read(FONT).map_err(|e| NnError::Data {
-        path: FONT.into(),
-        reason: format!("{e}; the curves need this font: apt-get install fonts-dejavu-core"),
+/// The bytes of a sans-serif TrueType font of the system, found with fontdb (fontconfig's
+/// directories and the usual ones).
+fn find_font() -> std::result::Result<Vec<u8>, String> {
+    let mut db = fontdb::Database::new();
+    db.load_system_fonts();
+    let families: Vec<fontdb::Family> = FONT_FAMILIES.iter().map(|&f| fontdb::Family::Name(f)).collect();
+    let query = fontdb::Query { families: &families, ..fontdb::Query::default() };
+    let id = db.query(&query).ok_or_else(|| {
+        format!(
+            "no sans-serif font found (tried {}) among the {} fonts of the system; the pictures need one: apt-get install fonts-dejavu-core",
+            FONT_FAMILIES.join(", "),
+            db.len()
+        )
     })?;
-    REGISTER.call_once(|| {
-        let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        // a TrueType file we just read: registration only fails on unparsable fonts
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, leaked);
+    Ok(db.with_face_data(id, |data, _| data.to_vec()).expect("the face was just found"))
+}
+
+/// Registers the labels' font with plotters, once; the error, if any, is remembered.
+fn register_font() -> Result<()> {
+    static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    let registered = REGISTERED.get_or_init(|| {
+        find_font().map(|bytes| {
+            let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            // a TrueType file found by fontdb: registration only fails on unparsable fonts
+            let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, leaked);
+        })
     });
-    Ok(())
+    registered.clone().map_err(|reason| NnError::Data { path: "system fonts".into(), reason })
 }
 
 /// Loss and accuracy per epoch: two panels, train/validation/test.

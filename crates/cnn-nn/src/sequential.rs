@@ -1,11 +1,11 @@
 //! `Sequential`: a stack of layers built from an input shape, trained end to end.
 
 use crate::error::{NnError, Result};
-use crate::layer::{Init, Layer, Param};
+use crate::layer::{Init, Layer, ModelRng, Param};
 use crate::loss::softmax_cross_entropy;
-use ndarray::{ArrayD, Axis, Ix2};
-use rand::rngs::StdRng;
+use ndarray::{ArrayD, ArrayView, Axis, Dimension, Ix2};
 use rand::SeedableRng;
+use std::collections::HashSet;
 
 /// A model: layers applied one after the other.
 ///
@@ -28,6 +28,17 @@ pub struct Sequential {
     layers: Vec<Box<dyn Layer>>,
     /// Per-sample output shape of each layer.
     shapes: Vec<Vec<usize>>,
+    /// Batch size of the last training forward whose backward has not run yet.
+    pending_backward: Option<usize>,
+}
+
+/// What [`Sequential::classify`] says about one sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Classification {
+    /// The most probable class.
+    pub class: usize,
+    /// The probability of every class (softmax of the logits).
+    pub probabilities: Vec<f32>,
 }
 
 /// Collects layers, then checks the stack and initialises it ([`SequentialBuilder::build`]).
@@ -58,7 +69,8 @@ impl SequentialBuilder {
         if self.input.is_empty() || self.input.contains(&0) {
             return Err(NnError::Config(format!("model input shape must be non-empty, got {:?}", self.input)));
         }
-        let mut rng = StdRng::seed_from_u64(self.seed);
+        cnn_core::threads::init(); // the best BLAS kernels, before any product
+        let mut rng = ModelRng::seed_from_u64(self.seed);
         let mut shape = self.input.clone();
         let mut shapes = vec![];
         let relu_next: Vec<bool> = (0..self.layers.len())
@@ -74,7 +86,9 @@ impl SequentialBuilder {
             })?;
             shapes.push(shape.clone());
         }
-        Ok(Sequential { input: self.input, layers: self.layers, shapes })
+        let model = Sequential { input: self.input, layers: self.layers, shapes, pending_backward: None };
+        model.check_unique_names()?;
+        Ok(model)
     }
 }
 
@@ -109,20 +123,29 @@ impl Sequential {
     /// parameters it has; one without parameters yet is initialised with seed 0.
     ///
     /// # Errors
-    /// A missing index, or a layer that does not fit between its neighbours.
+    /// A missing index, a layer that does not fit between its neighbours, or parameter names
+    /// that clash; the model is unchanged then.
     pub fn replace_layer(&mut self, index: usize, mut layer: Box<dyn Layer>) -> Result<()> {
         let name = layer.describe().name;
+        let Some(expected) = self.shapes.get(index).cloned() else {
+            return Err(NnError::Config(format!("no layer {index} to replace: the model has {} layers", self.layers.len())));
+        };
         let input = if index == 0 { self.input.clone() } else { self.shapes[index - 1].clone() };
-        let expected = self.shapes.get(index).cloned().ok_or_else(|| NnError::Config(format!("no layer {index} to replace")))?;
-        let mut rng = StdRng::seed_from_u64(0);
+        let mut rng = ModelRng::seed_from_u64(0);
         let relu_follows = self.layers.get(index + 1).is_some_and(|l| l.relu_family());
         let output = layer
             .build(&input, &mut Init { rng: &mut rng, relu_follows })
             .map_err(|reason| NnError::Build { index, layer: name.clone(), input: input.clone(), reason })?;
         if output != expected {
-            return Err(NnError::Build { index, layer: name, input, reason: format!("gives {output:?}, the next layer needs {expected:?}") });
+            let reason = crate::layer::BuildError::Input(format!("gives {output:?}, the next layer needs {expected:?}"));
+            return Err(NnError::Build { index, layer: name, input, reason });
         }
-        self.layers[index] = layer;
+        let old = std::mem::replace(&mut self.layers[index], layer);
+        if let Err(e) = self.check_unique_names() {
+            self.layers[index] = old;
+            return Err(e);
+        }
+        self.pending_backward = None;
         Ok(())
     }
 
@@ -131,7 +154,16 @@ impl Sequential {
         &self.shapes
     }
 
-    fn check_input(&self, x: &ArrayD<f32>) -> Result<()> {
+    fn check_unique_names(&self) -> Result<()> {
+        let mut seen = HashSet::new();
+        match self.named_params().into_iter().find(|(name, _)| !seen.insert(name.clone())) {
+            Some((name, _)) => Err(NnError::DuplicateName { name }),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails unless `x` is a non-empty batch of samples of the model's input shape.
+    fn check_input<D: Dimension>(&self, x: &ArrayView<f32, D>) -> Result<()> {
         if x.ndim() != self.input.len() + 1 || x.shape()[1..] != self.input[..] || x.shape()[0] == 0 {
             let mut expected = vec![0];
             expected.extend(&self.input);
@@ -148,47 +180,71 @@ impl Sequential {
         }
     }
 
-    /// Forward pass through every layer.
+    /// Inference through every layer (evaluation mode: dropout off). Takes `&self`: one model
+    /// can serve many threads.
     ///
     /// # Shapes
     /// `x`: `[n, ...input_shape]` → `[n, ...output_shape]`
     ///
     /// # Errors
     /// An input of the wrong shape.
-    pub fn forward(&mut self, x: ArrayD<f32>, train: bool) -> Result<ArrayD<f32>> {
-        self.check_input(&x)?;
-        Ok(self.layers.iter_mut().fold(x, |x, layer| layer.forward(x, train)))
+    pub fn forward(&self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        self.check_input(&x.view())?;
+        Ok(self.layers.iter().fold(x, |x, layer| layer.forward(x)))
+    }
+
+    /// Training forward through every layer, caching what [`Sequential::backward`] needs.
+    ///
+    /// # Shapes
+    /// As [`Sequential::forward`].
+    ///
+    /// # Errors
+    /// An input of the wrong shape.
+    pub fn forward_train(&mut self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        self.check_input(&x.view())?;
+        self.pending_backward = Some(x.shape()[0]);
+        Ok(self.layers.iter_mut().fold(x, |x, layer| layer.forward_train(x)))
     }
 
     /// Backward pass through every layer, from the gradient of the output; fills the
     /// parameters' gradients and returns the gradient of the input.
     ///
-    /// # Panics
-    /// Without a training-mode [`Sequential::forward`] before it.
-    pub fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
-        self.layers.iter_mut().rev().fold(dy, |d, layer| layer.backward(d))
+    /// # Shapes
+    /// `dy`: `[n, ...output_shape]` → `[n, ...input_shape]`, `n` the batch of the forward.
+    ///
+    /// # Errors
+    /// No [`Sequential::forward_train`] before it, or a `dy` of another shape than its output.
+    pub fn backward(&mut self, dy: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let n = self.pending_backward.ok_or_else(|| NnError::Config("backward needs a forward_train first".into()))?;
+        let mut expected = vec![n];
+        expected.extend(self.output_shape());
+        if dy.shape() != expected {
+            return Err(NnError::Shape { what: "output gradient dy".into(), expected, got: dy.shape().to_vec() });
+        }
+        self.pending_backward = None;
+        Ok(self.layers.iter_mut().rev().fold(dy, |d, layer| layer.backward(d)))
     }
 
-    /// The logits (the output before a final softmax) in evaluation mode.
+    /// The logits (the output before a final softmax), in evaluation mode.
     ///
     /// # Errors
     /// An input of the wrong shape.
-    pub fn logits(&mut self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
-        self.check_input(&x)?;
+    pub fn logits(&self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        self.check_input(&x.view())?;
         let k = self.logit_layers();
-        Ok(self.layers[..k].iter_mut().fold(x, |x, layer| layer.forward(x, false)))
+        Ok(self.layers[..k].iter().fold(x, |x, layer| layer.forward(x)))
     }
 
     /// The output of every layer, in evaluation mode (for looking at feature maps).
     ///
     /// # Errors
     /// An input of the wrong shape.
-    pub fn activations(&mut self, x: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        self.check_input(&x)?;
+    pub fn activations(&self, x: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        self.check_input(&x.view())?;
         let mut outputs = Vec::with_capacity(self.layers.len());
         let mut a = x;
-        for layer in &mut self.layers {
-            a = layer.forward(a, false);
+        for layer in &self.layers {
+            a = layer.forward(a);
             outputs.push(a.clone());
         }
         Ok(outputs)
@@ -198,8 +254,39 @@ impl Sequential {
     ///
     /// # Errors
     /// An input of the wrong shape.
-    pub fn predict(&mut self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
-        self.forward(x, false)
+    pub fn predict(&self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        self.forward(x)
+    }
+
+    /// Classifies one sample given without the batch axis (`[c, h, w]` for images): the most
+    /// probable class and every class's probability.
+    ///
+    /// ```
+    /// use cnn_nn::layers::{Dense, Flatten};
+    /// use cnn_nn::{ndarray::Array3, Sequential};
+    /// let model = Sequential::builder(&[1, 2, 2]).add(Flatten::new()).add(Dense::new(3)).build().unwrap();
+    /// let c = model.classify(Array3::<f32>::ones((1, 2, 2)).view()).unwrap();
+    /// assert_eq!(c.probabilities.len(), 3);
+    /// assert!((c.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    /// ```
+    ///
+    /// # Errors
+    /// A sample of another shape than the model's input, a model whose output is not one
+    /// score per class, or scores that are not finite (a NaN is never turned into a class).
+    pub fn classify<D: Dimension>(&self, sample: ArrayView<f32, D>) -> Result<Classification> {
+        let x = sample.insert_axis(Axis(0)).into_dyn();
+        self.check_input(&x)?;
+        let mut scores = self.logits(x.to_owned())?;
+        if scores.ndim() != 2 {
+            return Err(NnError::Config(format!("classify needs a model with one score per class, its output is {:?}", self.output_shape())));
+        }
+        if let Some(&value) = scores.iter().find(|v| !v.is_finite()) {
+            return Err(NnError::NonFinite { what: "the model's output for this sample".into(), value, context: ": the input or the weights hold NaN or infinite values".into() });
+        }
+        crate::layers::softmax_rows(&mut scores);
+        let probabilities = scores.into_raw_vec_and_offset().0;
+        let class = argmax_rows(ndarray::ArrayView2::from_shape((1, probabilities.len()), &probabilities).expect("one row"))[0];
+        Ok(Classification { class, probabilities })
     }
 
     /// One training step's forward and backward: the fused softmax cross-entropy on the
@@ -207,11 +294,12 @@ impl Sequential {
     /// correct predictions.
     ///
     /// # Errors
-    /// An input of the wrong shape, labels that do not match it.
+    /// An input of the wrong shape, labels that do not match it, a model whose output is not
+    /// `[n, classes]`.
     pub fn loss_and_gradients(&mut self, x: ArrayD<f32>, labels: &[u8]) -> Result<(f32, usize)> {
-        self.check_input(&x)?;
+        self.check_input(&x.view())?;
         let k = self.logit_layers();
-        let logits = self.layers[..k].iter_mut().fold(x, |x, layer| layer.forward(x, true));
+        let logits = self.layers[..k].iter_mut().fold(x, |x, layer| layer.forward_train(x));
         let logits = logits
             .into_dimensionality::<Ix2>()
             .map_err(|_| NnError::Config("the loss needs a model whose output is [n, classes]".into()))?;
@@ -221,18 +309,28 @@ impl Sequential {
         Ok((loss, correct))
     }
 
-    /// Every parameter with its name `"{layer index}.{weight|bias}"`, in a fixed order.
+    /// Every parameter with its unique path as name (`"{layer index}.{name in the layer}"`,
+    /// e.g. `3.weight` or `2.block.0.bias`), in a fixed order.
     pub fn named_params(&self) -> Vec<(String, &Param)> {
         let mut named = vec![];
         for (i, layer) in self.layers.iter().enumerate() {
-            named.extend(layer.params().into_iter().map(|p| (format!("{i}.{}", p.name), p)));
+            named.extend(crate::layer::prefixed(&i.to_string(), layer.params()));
+        }
+        named
+    }
+
+    /// Every parameter, mutably, with the names and in the order of [`Sequential::named_params`].
+    pub fn named_params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let mut named = vec![];
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            named.extend(crate::layer::prefixed(&i.to_string(), layer.params_mut()));
         }
         named
     }
 
     /// Every parameter, mutably, in the order of [`Sequential::named_params`].
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
-        self.layers.iter_mut().flat_map(|l| l.params_mut()).collect()
+        self.named_params_mut().into_iter().map(|(_, p)| p).collect()
     }
 
     /// Total number of trainable values.
@@ -241,9 +339,19 @@ impl Sequential {
     }
 }
 
-/// Index of the largest value of each row of a `[n, classes]` array.
-pub fn argmax_rows(x: ndarray::ArrayView2<f32>) -> Vec<usize> {
+/// Index of the largest value of each row of a `[n, classes]` array (a NaN counts as the
+/// largest, as in PyTorch's `argmax`, so it is never hidden behind a valid-looking class).
+pub(crate) fn argmax_rows(x: ndarray::ArrayView2<f32>) -> Vec<usize> {
     x.axis_iter(Axis(0))
-        .map(|row| row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0)
+        .map(|row| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                let b = row[best];
+                if !b.is_nan() && (v > b || v.is_nan()) {
+                    best = i;
+                }
+            }
+            best
+        })
         .collect()
 }

@@ -4,7 +4,7 @@ use crate::sequential::Sequential;
 use std::fmt::Write as _;
 
 /// `1234567` → `"1,234,567"`.
-pub fn thousands(n: usize) -> String {
+pub(crate) fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -17,7 +17,7 @@ pub fn thousands(n: usize) -> String {
 }
 
 /// A per-sample shape as the material writes it: channels last, `(h,w,c)`.
-pub fn material_shape(shape: &[usize]) -> String {
+pub(crate) fn material_shape(shape: &[usize]) -> String {
     let order: Vec<usize> = match shape {
         [c, h, w] => vec![*h, *w, *c],
         [c, l] => vec![*l, *c],
@@ -54,7 +54,7 @@ impl Sequential {
         let mut activations = vec![];
         for (layer, shape) in self.layers().iter().zip(self.shapes()) {
             let d = layer.describe();
-            let params = layer.params().iter().map(|p| p.value.len()).sum();
+            let params = layer.params().iter().map(|(_, p)| p.value.len()).sum();
             if d.is_activation && rows.len() > 1 {
                 let row = rows.last_mut().expect("there is a row before");
                 if (layer.as_ref() as &dyn std::any::Any).is::<crate::layers::Softmax>() {

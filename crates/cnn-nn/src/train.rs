@@ -1,13 +1,41 @@
 //! Training and evaluation loops, with a progress bar and per-epoch metrics.
+//!
+//! [`fit`] checks everything it can before the first batch (settings, data shapes, labels
+//! against the model's classes, finite data and weights), then stops at the first sign of
+//! trouble: a non-finite loss or parameter, or a loss that grew far beyond where it started
+//! ([`Divergence`]).
 
 use crate::data::Dataset;
 use crate::error::{NnError, Result};
+use crate::loss::softmax_cross_entropy;
 use crate::optim::{Optimizer, StepDecay};
 use crate::sequential::{argmax_rows, Sequential};
-use crate::loss::softmax_cross_entropy;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Ix2;
+use std::collections::VecDeque;
 use std::time::Instant;
+
+/// When training counts as diverged (besides a NaN or infinite loss): the mean loss of the
+/// last `window` batches exceeds `max(factor · L₀, L₀ + margin)`, where `L₀` is the loss of
+/// the first batch of the [`fit`] call. With the defaults (10 batches, 10x, +10) a fresh
+/// classifier (`L₀ ≈ ln classes`) stops above about 23 for 10 classes, a resumed one (small
+/// `L₀`) above `L₀ + 10`: far beyond any loss a working run sees, far below the 1e11 of a
+/// learning rate that is much too large.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Divergence {
+    /// Batches averaged.
+    pub window: usize,
+    /// Relative growth that counts as divergence.
+    pub factor: f32,
+    /// Absolute growth that counts as divergence (for a small `L₀`).
+    pub margin: f32,
+}
+
+impl Default for Divergence {
+    fn default() -> Self {
+        Divergence { window: 10, factor: 10.0, margin: 10.0 }
+    }
+}
 
 /// How to train.
 #[derive(Clone, Debug)]
@@ -24,11 +52,13 @@ pub struct FitConfig {
     pub schedule: Option<StepDecay>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// The divergence rule.
+    pub divergence: Divergence,
 }
 
 impl Default for FitConfig {
     fn default() -> Self {
-        FitConfig { epochs: 5, start_epoch: 0, batch_size: 64, seed: 0, schedule: None, progress: true }
+        FitConfig { epochs: 5, start_epoch: 0, batch_size: 64, seed: 0, schedule: None, progress: true, divergence: Divergence::default() }
     }
 }
 
@@ -43,6 +73,8 @@ pub struct EpochMetrics {
     pub train_loss: f32,
     /// Training accuracy over the epoch (while the weights moved).
     pub train_acc: f32,
+    /// Validation loss after the epoch.
+    pub val_loss: Option<f32>,
     /// Validation accuracy after the epoch.
     pub val_acc: Option<f32>,
     /// Test accuracy after the epoch.
@@ -51,6 +83,66 @@ pub struct EpochMetrics {
     pub seconds: f32,
     /// Training throughput.
     pub images_per_sec: f32,
+}
+
+impl EpochMetrics {
+    /// The header of [`EpochMetrics::csv_row`]'s table.
+    pub const CSV_HEADER: &'static str = "epoch,lr,train_loss,train_acc,val_loss,val_acc,test_acc,seconds,images_per_sec";
+
+    /// One CSV row (an absent value is an empty field).
+    pub fn csv_row(&self) -> String {
+        let opt = |v: Option<f32>| v.map(|v| v.to_string()).unwrap_or_default();
+        format!(
+            "{},{},{},{},{},{},{},{},{}",
+            self.epoch, self.lr, self.train_loss, self.train_acc, opt(self.val_loss), opt(self.val_acc), opt(self.test_acc), self.seconds, self.images_per_sec
+        )
+    }
+
+    /// Parses a row written by [`EpochMetrics::csv_row`].
+    ///
+    /// # Errors
+    /// A row with another number of fields, or a field that is not a number.
+    pub fn from_csv_row(row: &str) -> std::result::Result<EpochMetrics, String> {
+        let fields: Vec<&str> = row.trim().split(',').collect();
+        if fields.len() != 9 {
+            return Err(format!("expected 9 fields, got {} in `{row}`", fields.len()));
+        }
+        let num = |i: usize| fields[i].parse::<f32>().map_err(|e| format!("field {i} `{}`: {e}", fields[i]));
+        let opt = |i: usize| if fields[i].is_empty() { Ok(None) } else { num(i).map(Some) };
+        Ok(EpochMetrics {
+            epoch: fields[0].parse().map_err(|e| format!("epoch `{}`: {e}", fields[0]))?,
+            lr: num(1)?,
+            train_loss: num(2)?,
+            train_acc: num(3)?,
+            val_loss: opt(4)?,
+            val_acc: opt(5)?,
+            test_acc: opt(6)?,
+            seconds: num(7)?,
+            images_per_sec: num(8)?,
+        })
+    }
+}
+
+/// A history as a CSV table with a header.
+pub fn history_csv(history: &[EpochMetrics]) -> String {
+    let mut csv = format!("{}\n", EpochMetrics::CSV_HEADER);
+    for m in history {
+        csv += &m.csv_row();
+        csv.push('\n');
+    }
+    csv
+}
+
+/// Parses a table written by [`history_csv`].
+///
+/// # Errors
+/// Another header, or a row that does not parse (naming its line).
+pub fn parse_history_csv(csv: &str) -> std::result::Result<Vec<EpochMetrics>, String> {
+    let mut lines = csv.lines();
+    if lines.next() != Some(EpochMetrics::CSV_HEADER) {
+        return Err(format!("the first line is not `{}`", EpochMetrics::CSV_HEADER));
+    }
+    lines.enumerate().map(|(i, row)| EpochMetrics::from_csv_row(row).map_err(|e| format!("line {}: {e}", i + 2))).collect()
 }
 
 /// Result of [`evaluate`].
@@ -76,14 +168,48 @@ fn bar(len: usize, progress: bool, prefix: String) -> ProgressBar {
     bar
 }
 
+/// The number of classes of a classifier: its output must be `[classes]` per sample.
+fn classes(model: &Sequential) -> Result<usize> {
+    match model.output_shape() {
+        [classes] => Ok(*classes),
+        other => Err(NnError::Config(format!("training and evaluation need a model whose output is [classes] per sample, this one gives {other:?}"))),
+    }
+}
+
+/// Checks a data set against the model before any work: sample shape, labels in `0..classes`,
+/// finite values. `what` names the set in errors.
+pub fn check_data(model: &Sequential, data: &Dataset, what: &str) -> Result<()> {
+    if data.is_empty() {
+        return Err(NnError::Config(format!("the {what} set is empty")));
+    }
+    let sample = &data.images.shape()[1..];
+    if sample != model.input_shape() {
+        return Err(NnError::Shape { what: format!("{what} samples"), expected: model.input_shape().to_vec(), got: sample.to_vec() });
+    }
+    let classes = classes(model)?;
+    if let Some((index, &label)) = data.labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
+        return Err(NnError::Label { label: label as usize, index, classes });
+    }
+    if let Some((index, &value)) = data.images.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(NnError::NonFinite { what: format!("{what} sample {}", index.0), value, context: String::new() });
+    }
+    Ok(())
+}
+
+/// The first parameter holding NaN or an infinity, with that value.
+fn non_finite_param(model: &Sequential) -> Option<(String, f32)> {
+    model.named_params().into_iter().find_map(|(name, p)| p.value.iter().find(|v| !v.is_finite()).map(|&v| (name, v)))
+}
+
 /// Loss and accuracy of `model` on `data`, in evaluation mode.
 ///
 /// # Errors
-/// Data that does not fit the model.
-pub fn evaluate(model: &mut Sequential, data: &Dataset, batch_size: usize) -> Result<Evaluation> {
-    if data.is_empty() || batch_size == 0 {
-        return Err(NnError::Config("evaluate needs data and a batch size of at least 1".into()));
+/// Data that does not fit the model, a batch size of 0.
+pub fn evaluate(model: &Sequential, data: &Dataset, batch_size: usize) -> Result<Evaluation> {
+    if batch_size == 0 {
+        return Err(NnError::Config("evaluate needs a batch size of at least 1".into()));
     }
+    check_data(model, data, "evaluation")?;
     let start = Instant::now();
     let (mut loss, mut correct) = (0.0f64, 0usize);
     let indices: Vec<usize> = (0..data.len()).collect();
@@ -102,12 +228,57 @@ pub fn evaluate(model: &mut Sequential, data: &Dataset, batch_size: usize) -> Re
     })
 }
 
+/// Everything [`fit`] refuses before it trains a single batch.
+fn check_fit(model: &Sequential, optimizer: &dyn Optimizer, train: &Dataset, others: &[(&str, Option<&Dataset>)], config: &FitConfig) -> Result<()> {
+    if config.batch_size == 0 {
+        return Err(NnError::Config("the batch size must be at least 1".into()));
+    }
+    if config.epochs == 0 {
+        return Err(NnError::Config("the number of epochs must be at least 1".into()));
+    }
+    if config.start_epoch.checked_add(config.epochs).is_none() {
+        return Err(NnError::Config(format!("{} epochs after epoch {} overflow the epoch counter", config.epochs, config.start_epoch)));
+    }
+    let lr = config.schedule.map_or(optimizer.lr(), |s| s.initial);
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(NnError::Config(format!("the learning rate must be a positive number, got {lr}")));
+    }
+    if let Some(s) = config.schedule {
+        if s.every == 0 || !(s.gamma.is_finite() && s.gamma > 0.0) {
+            return Err(NnError::Config(format!("a step decay needs a period of at least 1 epoch and a positive factor, got every {} and gamma {}", s.every, s.gamma)));
+        }
+    }
+    let d = config.divergence;
+    if d.window == 0 || !(d.factor >= 1.0 && d.margin >= 0.0) {
+        return Err(NnError::Config(format!("divergence rule needs a window >= 1, factor >= 1 and margin >= 0, got {d:?}")));
+    }
+    check_data(model, train, "training")?;
+    for (what, data) in others {
+        if let Some(data) = data {
+            check_data(model, data, what)?;
+        }
+    }
+    if let Some((name, value)) = non_finite_param(model) {
+        return Err(NnError::NonFinite {
+            what: format!("parameter `{name}`"),
+            value,
+            context: " before training: the model's weights (a loaded checkpoint?) are broken; training cannot repair them".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Trains `model` on `train` with mini-batches, evaluating on `val` and `test` after each
 /// epoch, and calling `after_epoch` (to print, save a checkpoint, ...).
 ///
+/// Before the first batch it checks the settings, the data (shapes, labels in `0..classes`,
+/// finite values) and the weights (finite). While training it stops with
+/// [`NnError::Diverged`] at the first non-finite loss or parameter, or when the loss breaks
+/// the [`Divergence`] rule; a non-finite loss on the very first batch, before any update, is
+/// reported as [`NnError::NonFinite`] instead: the learning rate cannot be the cause.
+///
 /// # Errors
-/// A bad configuration, data that does not fit the model, a loss that becomes NaN or
-/// infinite ([`NnError::Diverged`]), or an error from `after_epoch`.
+/// As above, and an error from `after_epoch`.
 pub fn fit(
     model: &mut Sequential,
     optimizer: &mut dyn Optimizer,
@@ -115,11 +286,12 @@ pub fn fit(
     val: Option<&Dataset>,
     test: Option<&Dataset>,
     config: &FitConfig,
-    mut after_epoch: impl FnMut(&EpochMetrics, &Sequential) -> Result<()>,
+    mut after_epoch: impl FnMut(&EpochMetrics, &Sequential, &dyn Optimizer) -> Result<()>,
 ) -> Result<Vec<EpochMetrics>> {
-    if config.batch_size == 0 || train.is_empty() {
-        return Err(NnError::Config("fit needs training data and a batch size of at least 1".into()));
-    }
+    check_fit(model, optimizer, train, &[("validation", val), ("test", test)], config)?;
+    let rule = config.divergence;
+    let mut first_loss: Option<f32> = None;
+    let mut recent: VecDeque<f32> = VecDeque::with_capacity(rule.window);
     let mut history = vec![];
     for epoch in config.start_epoch + 1..=config.start_epoch + config.epochs {
         if let Some(schedule) = config.schedule {
@@ -133,42 +305,68 @@ pub fn fit(
         for (b, chunk) in order.chunks(config.batch_size).enumerate() {
             let (x, labels) = train.batch(chunk);
             let (loss, right) = model.loss_and_gradients(x, &labels)?;
-            if !loss.is_finite() {
+            let diverged = |reason: String| {
                 bar.abandon();
-                return Err(NnError::Diverged { loss, epoch, batch: b });
+                NnError::Diverged { loss, epoch, batch: b, reason }
+            };
+            let l0 = match first_loss {
+                None if !loss.is_finite() => {
+                    bar.abandon();
+                    let context = " on the first batch, before any update: the weights or the data make the loss overflow; the learning rate is not the cause".into();
+                    return Err(NnError::NonFinite { what: "the loss".into(), value: loss, context });
+                }
+                Some(_) if !loss.is_finite() => return Err(diverged(format!("the loss is {loss}"))),
+                Some(l0) => l0,
+                None => *first_loss.insert(loss),
+            };
+            continue_step(model, optimizer, &mut recent, rule, loss).map_err(diverged)?;
+            let mean = recent.iter().sum::<f32>() / recent.len() as f32;
+            let limit = (rule.factor * l0).max(l0 + rule.margin);
+            if recent.len() == rule.window && mean > limit {
+                return Err(diverged(format!(
+                    "the mean loss of the last {} batches, {mean:.4e}, exceeds max({} x {l0:.4}, {l0:.4} + {}) = {limit:.4}, from the first batch's {l0:.4}",
+                    rule.window, rule.factor, rule.margin
+                )));
             }
-            optimizer.step(&mut model.params_mut());
             loss_sum += loss as f64 * chunk.len() as f64;
             correct += right;
             seen += chunk.len();
             bar.inc(1);
             if b % 20 == 0 || b + 1 == batches {
                 let rate = seen as f64 / start.elapsed().as_secs_f64();
-                bar.set_message(format!(
-                    "loss {:.4} acc {:.2}% {:.0} img/s",
-                    loss_sum / seen as f64,
-                    100.0 * correct as f64 / seen as f64,
-                    rate
-                ));
+                bar.set_message(format!("loss {:.4} acc {:.2}% {:.0} img/s", loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64, rate));
             }
         }
         let seconds = start.elapsed().as_secs_f32();
         bar.finish_and_clear();
-        let eval = |m: &mut Sequential, d: Option<&Dataset>| -> Result<Option<f32>> {
-            d.map(|d| evaluate(m, d, 256).map(|e| e.accuracy)).transpose()
-        };
+        let val_eval = val.map(|d| evaluate(model, d, 256)).transpose()?;
         let metrics = EpochMetrics {
             epoch,
             lr: optimizer.lr(),
             train_loss: (loss_sum / seen as f64) as f32,
             train_acc: (correct as f64 / seen as f64) as f32,
-            val_acc: eval(model, val)?,
-            test_acc: eval(model, test)?,
+            val_loss: val_eval.map(|e| e.loss),
+            val_acc: val_eval.map(|e| e.accuracy),
+            test_acc: test.map(|d| evaluate(model, d, 256).map(|e| e.accuracy)).transpose()?,
             seconds,
             images_per_sec: seen as f32 / seconds,
         };
-        after_epoch(&metrics, model)?;
+        after_epoch(&metrics, model, optimizer)?;
         history.push(metrics);
     }
     Ok(history)
+}
+
+/// The optimiser's step after a batch with a finite loss, then the checks that need it: every
+/// parameter still finite. Records the loss in the divergence window.
+fn continue_step(model: &mut Sequential, optimizer: &mut dyn Optimizer, recent: &mut VecDeque<f32>, rule: Divergence, loss: f32) -> std::result::Result<(), String> {
+    optimizer.step(&mut model.params_mut());
+    if recent.len() == rule.window {
+        recent.pop_front();
+    }
+    recent.push_back(loss);
+    match non_finite_param(model) {
+        Some((name, value)) => Err(format!("parameter `{name}` became {value} in the update")),
+        None => Ok(()),
+    }
 }

@@ -34,7 +34,7 @@ fn factorise_replaces_what_gains_and_skips_the_rest() {
 
 #[test]
 fn skipped_layers_leave_the_model_unchanged() {
-    let mut original = reference_cnn(4);
+    let original = reference_cnn(4);
     let mut model = reference_cnn(4);
     // full rank (64 on conv2, 128 on conv3) is above the useful ranks 52 and 104: nothing to gain
     let decisions = factorise(&mut model, &[(3, RankPolicy::Fixed(64)), (6, RankPolicy::Energy(1.0))]).unwrap();
@@ -50,12 +50,12 @@ fn a_converted_model_round_trips_through_a_checkpoint() {
     let plan = [(3, RankPolicy::Fixed(8)), (6, RankPolicy::Fixed(24))];
     let mut model = reference_cnn(5);
     factorise(&mut model, &plan).unwrap();
-    checkpoint::save(&model, &path, None).unwrap();
+    checkpoint::save(&path, &model, None, &Default::default()).unwrap();
 
     // the same structure from any weights, then the checkpoint
     let mut loaded = reference_cnn(99);
     factorise(&mut loaded, &plan).unwrap();
-    checkpoint::load(&mut loaded, &path).unwrap();
+    checkpoint::load(&path, &mut loaded, None).unwrap();
     for ((na, a), (nb, b)) in model.named_params().iter().zip(loaded.named_params()) {
         assert_eq!((na, &a.value), (&nb, &b.value));
     }
@@ -63,6 +63,6 @@ fn a_converted_model_round_trips_through_a_checkpoint() {
     assert_eq!(model.logits(input()).unwrap(), loaded.logits(input()).unwrap());
 
     // a full-rank model cannot take it, and says which tensor is missing
-    let e = checkpoint::load(&mut reference_cnn(0), &path).unwrap_err();
+    let e = checkpoint::load(&path, &mut reference_cnn(0), None).unwrap_err();
     assert!(e.to_string().contains("tensor `3.weight` is missing"), "{e}");
 }

@@ -43,7 +43,7 @@ fn reads_plain_and_gzip() {
         assert_eq!(idx.data, pixels);
     }
     let labels = write(dir.path(), "lab", &idx_bytes(&[2], &[7, 1]));
-    let data = Dataset::from_idx(&plain, &labels).unwrap();
+    let data = Dataset::from_idx(&plain, &labels, 10).unwrap();
     assert_eq!(data.images.dim(), (2, 1, 3, 4));
     assert_eq!(data.images[[1, 0, 2, 3]], 230.0 / 255.0);
     assert_eq!(data.labels, [7, 1]);
@@ -87,12 +87,12 @@ fn images_and_labels_must_agree() {
     let d = dir.path();
     let img = write(d, "img", &idx_bytes(&[3, 2, 2], &[0; 12]));
     let lab = write(d, "lab", &idx_bytes(&[2], &[0, 1]));
-    let e = reason(Dataset::from_idx(&img, &lab).unwrap_err());
+    let e = reason(Dataset::from_idx(&img, &lab, 10).unwrap_err());
     assert!(e.contains("2 labels for 3 images"), "{e}");
     let flat = write(d, "flat", &idx_bytes(&[12], &[0; 12]));
-    let e = reason(Dataset::from_idx(&flat, &lab).unwrap_err());
+    let e = reason(Dataset::from_idx(&flat, &lab, 10).unwrap_err());
     assert!(e.ends_with("images must have 3 dimensions (n, h, w), header says [12]"), "{e}");
-    let e = reason(Dataset::load_mnist_dir(d).unwrap_err());
+    let e = reason(Dataset::load_mnist_dir(d, 10).unwrap_err());
     assert!(e.contains("train-images-idx3-ubyte") && e.contains("not found"), "{e}");
 }
 
@@ -101,7 +101,7 @@ fn splits_batches_and_shuffles() {
     let dir = tempfile::tempdir().unwrap();
     let img = write(dir.path(), "img", &idx_bytes(&[10, 1, 1], &(0..10).collect::<Vec<u8>>()));
     let lab = write(dir.path(), "lab", &idx_bytes(&[10], &(0..10).collect::<Vec<u8>>()));
-    let data = Dataset::from_idx(&img, &lab).unwrap();
+    let data = Dataset::from_idx(&img, &lab, 10).unwrap();
     let (train, val) = data.split_off(3);
     assert_eq!((train.len(), val.labels.clone()), (7, vec![7, 8, 9]));
     let order = data.shuffled(1);
@@ -124,13 +124,13 @@ fn fashion_mnist_trains_on_a_few_hundred_images() {
     let dir = Path::new(FASHION_MNIST_DIR);
     let test_images = dir.join("t10k-images-idx3-ubyte.gz");
     assert!(test_images.exists(), "{} is missing: run `cargo xtask test`, which installs dataset-fashion-mnist", test_images.display());
-    let data = Dataset::from_idx(&test_images, &dir.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let data = Dataset::from_idx(&test_images, &dir.join("t10k-labels-idx1-ubyte.gz"), 10).unwrap();
     assert_eq!((data.len(), data.images.dim().2), (10_000, 28));
     assert!(data.labels.iter().all(|&l| l < 10));
     let (train, held_out) = data.take(600).split_off(200);
     let mut model = reference_cnn(1);
     let config = FitConfig { epochs: 3, batch_size: 32, seed: 1, progress: false, ..FitConfig::default() };
-    fit(&mut model, &mut Adam::new(2e-3), &train, None, None, &config, |_, _| Ok(())).unwrap();
-    let acc = evaluate(&mut model, &held_out, 100).unwrap().accuracy;
+    fit(&mut model, &mut Adam::new(2e-3), &train, None, None, &config, |_, _, _| Ok(())).unwrap();
+    let acc = evaluate(&model, &held_out, 100).unwrap().accuracy;
     assert!(acc > 0.55, "10 classes, chance is 0.10; got {acc}");
 }

@@ -1,6 +1,6 @@
 //! Element-wise activations and softmax. No parameters; shapes unchanged.
 
-use crate::layer::{Describe, Init, Layer};
+use crate::layer::{BuildError, Describe, Init, Layer};
 use ndarray::{ArrayD, Axis, Zip};
 use rayon::prelude::*;
 
@@ -35,16 +35,19 @@ macro_rules! elementwise {
         }
 
         impl Layer for $name {
-            fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, String> {
+            fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
                 Ok(input.to_vec())
             }
 
-            fn forward(&mut self, mut x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+            fn forward(&self, mut x: ArrayD<f32>) -> ArrayD<f32> {
                 x.par_mapv_inplace(|$x| $f);
-                if train {
-                    self.y = Some(par_clone(&x));
-                }
                 x
+            }
+
+            fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+                let y = self.forward(x);
+                self.y = Some(par_clone(&y));
+                y
             }
 
             fn backward(&mut self, mut dy: ArrayD<f32>) -> ArrayD<f32> {
@@ -65,9 +68,10 @@ macro_rules! elementwise {
 }
 
 elementwise!(
-    /// `max(0, x)`; the gradient is 1 where `x > 0` (where `y > 0`), else 0.
+    /// `max(0, x)`; the gradient is 1 where `x > 0` (where `y > 0`), else 0. NaN stays NaN
+    /// (as in PyTorch): `x.max(0.0)` would turn it into 0 and hide a broken input.
     ReLU, "ReLU", relu_family = true,
-    forward: |x| x.max(0.0),
+    forward: |x| if x < 0.0 { 0.0 } else { x },
     backward: |y| if y > 0.0 { 1.0 } else { 0.0 }
 );
 
@@ -99,14 +103,21 @@ impl LeakyReLU {
 }
 
 impl Layer for LeakyReLU {
-    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
+        if !self.slope.is_finite() {
+            return Err(BuildError::Setting(format!("LeakyReLU slope must be finite, got {}", self.slope)));
+        }
         Ok(input.to_vec())
     }
 
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
         let slope = self.slope;
-        let y = x.mapv(|v| if v > 0.0 { v } else { slope * v });
-        self.x = train.then_some(x);
+        x.mapv(|v| if v > 0.0 { v } else { slope * v })
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        let y = self.forward(x.view().to_owned());
+        self.x = Some(x);
         y
     }
 
@@ -143,8 +154,9 @@ impl Softmax {
     }
 }
 
-/// Softmax of each row of a `[n, classes]` array, in place, shifted by the row maximum.
-pub fn softmax_rows(x: &mut ArrayD<f32>) {
+/// Softmax along the last axis, in place, shifted by the maximum (a NaN anywhere in a row
+/// makes the whole row NaN).
+pub(crate) fn softmax_rows(x: &mut ArrayD<f32>) {
     let last = Axis(x.ndim() - 1);
     for mut row in x.lanes_mut(last) {
         let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -155,16 +167,19 @@ pub fn softmax_rows(x: &mut ArrayD<f32>) {
 }
 
 impl Layer for Softmax {
-    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
         Ok(input.to_vec())
     }
 
-    fn forward(&mut self, mut x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+    fn forward(&self, mut x: ArrayD<f32>) -> ArrayD<f32> {
         softmax_rows(&mut x);
-        if train {
-            self.y = Some(x.clone());
-        }
         x
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        let y = self.forward(x);
+        self.y = Some(y.clone());
+        y
     }
 
     /// `dx = y ⊙ (dy − Σ dy ⊙ y)` along the last axis.

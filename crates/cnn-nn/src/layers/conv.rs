@@ -1,8 +1,8 @@
 //! Convolution layers: `Conv2d` and `Conv1d`, calling cnn-core's im2col kernels.
 
-use crate::layer::{Describe, Init, Layer, Param};
+use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
 use cnn_core::{conv1d, conv1d_backward, conv2d, conv2d_backward, Padding, Padding1d, Window, Window1d};
-use ndarray::{ArrayD, Ix3, Ix4};
+use ndarray::{Array3, Array4, ArrayD, ArrayView3, ArrayView4, Ix3, Ix4};
 
 /// How the summary writes a padding rule.
 pub(crate) fn padding_name(p: Padding) -> String {
@@ -77,19 +77,25 @@ impl Conv2d {
     pub fn bias(&self) -> Option<&ArrayD<f32>> {
         self.params.get(1).map(|p| &p.value)
     }
+
+    fn run(&self, x: ArrayView4<f32>) -> Array4<f32> {
+        let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
+        let b = self.params.get(1).map(|b| b.value.view().into_dimensionality().expect("bias is 1-D"));
+        conv2d(x, w, b, &self.window).expect("Conv2d: shapes were checked at build")
+    }
 }
 
 impl Layer for Conv2d {
-    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, BuildError> {
         let [c_in, h, w] = input else {
-            return Err("Conv2d needs (channels, height, width) per sample".into());
+            return Err(BuildError::Input("Conv2d needs (channels, height, width) per sample".into()));
         };
         if self.filters == 0 {
-            return Err("Conv2d needs at least one filter".into());
+            return Err(BuildError::Setting("Conv2d needs at least one filter".into()));
         }
-        let g = self.window.geometry(*h, *w).map_err(|e| e.to_string())?;
+        let g = self.window.geometry(*h, *w)?;
         let (kh, kw) = (self.window.kh, self.window.kw);
-        let weight = init.weights(&[self.filters, *c_in, kh, kw], c_in * kh * kw, self.filters * kh * kw);
+        let weight = init.weights(&[self.filters, *c_in, kh, kw], c_in * kh * kw, self.filters * kh * kw)?;
         self.params = vec![Param::new("weight", weight)];
         if self.use_bias {
             self.params.push(Param::new("bias", ArrayD::zeros(vec![self.filters])));
@@ -97,12 +103,14 @@ impl Layer for Conv2d {
         Ok(vec![self.filters, g.oh, g.ow])
     }
 
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.run(x.view().into_dimensionality().expect("Conv2d input is [n, c, h, w]")).into_dyn()
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
         let x = x.into_dimensionality::<Ix4>().expect("Conv2d input is [n, c, h, w]");
-        let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
-        let b = self.params.get(1).map(|b| b.value.view().into_dimensionality().expect("bias is 1-D"));
-        let y = conv2d(x.view(), w, b, &self.window).expect("Conv2d: shapes were checked at build");
-        self.x = train.then_some(x);
+        let y = self.run(x.view());
+        self.x = Some(x);
         y.into_dyn()
     }
 
@@ -118,12 +126,12 @@ impl Layer for Conv2d {
         g.dx.into_dyn()
     }
 
-    fn params(&self) -> Vec<&Param> {
-        self.params.iter().collect()
+    fn params(&self) -> Vec<(String, &Param)> {
+        own_params(&self.params)
     }
 
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        self.params.iter_mut().collect()
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        own_params_mut(&mut self.params)
     }
 
     fn describe(&self) -> Describe {
@@ -160,29 +168,37 @@ impl Conv1d {
     pub fn padding(self, padding: Padding1d) -> Self {
         Conv1d { window: self.window.padding(padding), ..self }
     }
+
+    fn run(&self, x: ArrayView3<f32>) -> Array3<f32> {
+        let w = self.params[0].value.view().into_dimensionality::<Ix3>().expect("weight is 3-D");
+        let b = self.params[1].value.view().into_dimensionality().expect("bias is 1-D");
+        conv1d(x, w, Some(b), &self.window).expect("Conv1d: shapes were checked at build")
+    }
 }
 
 impl Layer for Conv1d {
-    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, BuildError> {
         let [c_in, l] = input else {
-            return Err("Conv1d needs (channels, length) per sample".into());
+            return Err(BuildError::Input("Conv1d needs (channels, length) per sample".into()));
         };
         if self.filters == 0 {
-            return Err("Conv1d needs at least one filter".into());
+            return Err(BuildError::Setting("Conv1d needs at least one filter".into()));
         }
-        let ol = self.window.output_len(*l).map_err(|e| e.to_string())?;
+        let ol = self.window.output_len(*l)?;
         let k = self.window.k;
-        let weight = init.weights(&[self.filters, *c_in, k], c_in * k, self.filters * k);
+        let weight = init.weights(&[self.filters, *c_in, k], c_in * k, self.filters * k)?;
         self.params = vec![Param::new("weight", weight), Param::new("bias", ArrayD::zeros(vec![self.filters]))];
         Ok(vec![self.filters, ol])
     }
 
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.run(x.view().into_dimensionality().expect("Conv1d input is [n, c, l]")).into_dyn()
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
         let x = x.into_dimensionality::<Ix3>().expect("Conv1d input is [n, c, l]");
-        let w = self.params[0].value.view().into_dimensionality::<Ix3>().expect("weight is 3-D");
-        let b = self.params[1].value.view().into_dimensionality().expect("bias is 1-D");
-        let y = conv1d(x.view(), w, Some(b), &self.window).expect("Conv1d: shapes were checked at build");
-        self.x = train.then_some(x);
+        let y = self.run(x.view());
+        self.x = Some(x);
         y.into_dyn()
     }
 
@@ -196,12 +212,12 @@ impl Layer for Conv1d {
         g.dx.into_dyn()
     }
 
-    fn params(&self) -> Vec<&Param> {
-        self.params.iter().collect()
+    fn params(&self) -> Vec<(String, &Param)> {
+        own_params(&self.params)
     }
 
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        self.params.iter_mut().collect()
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        own_params_mut(&mut self.params)
     }
 
     fn describe(&self) -> Describe {

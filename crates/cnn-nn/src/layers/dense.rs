@@ -1,6 +1,6 @@
 //! `Dense`: a fully connected layer, `y = x · Wᵀ + b`.
 
-use crate::layer::{Describe, Init, Layer, Param};
+use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayD, Axis, Ix2};
 
@@ -31,28 +31,38 @@ impl Dense {
     fn weight(&self) -> ndarray::ArrayView2<'_, f32> {
         self.params[0].value.view().into_dimensionality::<Ix2>().expect("weight is 2-D")
     }
+
+    fn run(&self, x: ndarray::ArrayView2<f32>) -> Array2<f32> {
+        let b = self.params[1].value.view().into_dimensionality::<ndarray::Ix1>().expect("bias is 1-D");
+        // y [n, units] = b (broadcast) + x [n, in] · Wᵀ [in, units]
+        let mut y = b.broadcast((x.nrows(), self.units)).expect("bias broadcasts").to_owned();
+        cnn_core::threads::init(); // the best BLAS kernels before the first product
+        general_mat_mul(1.0, &x, &self.weight().t(), 1.0, &mut y);
+        y
+    }
 }
 
 impl Layer for Dense {
-    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, BuildError> {
         let [fan_in] = input else {
-            return Err("Dense needs a flat input per sample; add Flatten before it".into());
+            return Err(BuildError::Input("Dense needs a flat input per sample; add Flatten before it".into()));
         };
         if self.units == 0 {
-            return Err("Dense needs at least one unit".into());
+            return Err(BuildError::Setting("Dense needs at least one unit".into()));
         }
-        let weight = init.weights(&[self.units, *fan_in], *fan_in, self.units);
+        let weight = init.weights(&[self.units, *fan_in], *fan_in, self.units)?;
         self.params = vec![Param::new("weight", weight), Param::new("bias", ArrayD::zeros(vec![self.units]))];
         Ok(vec![self.units])
     }
 
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.run(x.view().into_dimensionality().expect("Dense input is [n, in]")).into_dyn()
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
         let x = x.into_dimensionality::<Ix2>().expect("Dense input is [n, in]");
-        let b = self.params[1].value.view().into_dimensionality::<ndarray::Ix1>().expect("bias is 1-D");
-        // y [n, units] = b (broadcast) + x [n, in] · Wᵀ [in, units]
-        let mut y = b.broadcast((x.nrows(), self.units)).expect("bias broadcasts").to_owned();
-        general_mat_mul(1.0, &x, &self.weight().t(), 1.0, &mut y);
-        self.x = train.then_some(x);
+        let y = self.run(x.view());
+        self.x = Some(x);
         y.into_dyn()
     }
 
@@ -64,12 +74,12 @@ impl Layer for Dense {
         dy.dot(&self.weight()).into_dyn() // [n, in]
     }
 
-    fn params(&self) -> Vec<&Param> {
-        self.params.iter().collect()
+    fn params(&self) -> Vec<(String, &Param)> {
+        own_params(&self.params)
     }
 
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        self.params.iter_mut().collect()
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        own_params_mut(&mut self.params)
     }
 
     fn describe(&self) -> Describe {

@@ -2,10 +2,10 @@
 
 use super::conv::padding_name;
 use super::Conv2d;
-use crate::layer::{Describe, Init, Layer, Param};
+use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
 use cnn_core::lowrank::{lowrank_conv2d, lowrank_conv2d_backward, LowRankFilters};
 use cnn_core::Window;
-use ndarray::{Array4, ArrayD, Ix1, Ix2, Ix4};
+use ndarray::{Array4, ArrayD, ArrayView4, Ix1, Ix2, Ix4};
 
 /// A convolution factorised as `W ≈ mix · basis`: `rank` thin `kh x kw` filters (`basis`)
 /// followed by a 1x1 convolution to `filters` channels (`mix`), computed as two GEMMs on one
@@ -55,33 +55,44 @@ impl LowRankConv2d {
         let basis = self.params[1].value.view().into_dimensionality::<Ix4>().expect("basis is 4-D");
         (mix, basis)
     }
+
+    fn run(&self, x: ArrayView4<f32>) -> Array4<f32> {
+        let (mix, basis) = self.factors();
+        let b = self.params.get(2).map(|b| b.value.view().into_dimensionality::<Ix1>().expect("bias is 1-D"));
+        lowrank_conv2d(x, mix, basis, b, &self.window).expect("LowRankConv2d: shapes were checked at build")
+    }
 }
 
 impl Layer for LowRankConv2d {
-    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, BuildError> {
         let [c_in, h, w] = input else {
-            return Err("LowRankConv2d needs (channels, height, width) per sample".into());
+            return Err(BuildError::Input("LowRankConv2d needs (channels, height, width) per sample".into()));
         };
-        let g = self.window.geometry(*h, *w).map_err(|e| e.to_string())?;
+        if self.filters == 0 || self.rank == 0 {
+            return Err(BuildError::Setting("LowRankConv2d needs at least one filter and a rank of at least 1".into()));
+        }
+        let g = self.window.geometry(*h, *w)?;
         let (kh, kw) = (self.window.kh, self.window.kw);
         let basis_shape = [self.rank, *c_in, kh, kw];
         if self.params.is_empty() {
             // basis: a plain conv with `rank` filters; mix: a 1x1 conv, followed by the activation
-            let basis = init.weights(&basis_shape, c_in * kh * kw, self.rank * kh * kw);
-            let mix = init.weights(&[self.filters, self.rank], self.rank, self.filters);
+            let basis = init.weights(&basis_shape, c_in * kh * kw, self.rank * kh * kw)?;
+            let mix = init.weights(&[self.filters, self.rank], self.rank, self.filters)?;
             self.params = vec![Param::new("mix", mix), Param::new("basis", basis), Param::new("bias", ArrayD::zeros(vec![self.filters]))];
         } else if self.params[1].value.shape() != basis_shape {
-            return Err(format!("basis {:?} does not fit the input: expected {basis_shape:?}", self.params[1].value.shape()));
+            return Err(BuildError::Input(format!("basis {:?} does not fit the input: expected {basis_shape:?}", self.params[1].value.shape())));
         }
         Ok(vec![self.filters, g.oh, g.ow])
     }
 
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.run(x.view().into_dimensionality().expect("LowRankConv2d input is [n, c, h, w]")).into_dyn()
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
         let x = x.into_dimensionality::<Ix4>().expect("LowRankConv2d input is [n, c, h, w]");
-        let (mix, basis) = self.factors();
-        let b = self.params.get(2).map(|b| b.value.view().into_dimensionality::<Ix1>().expect("bias is 1-D"));
-        let y = lowrank_conv2d(x.view(), mix, basis, b, &self.window).expect("LowRankConv2d: shapes were checked at build");
-        self.x = train.then_some(x);
+        let y = self.run(x.view());
+        self.x = Some(x);
         y.into_dyn()
     }
 
@@ -98,12 +109,12 @@ impl Layer for LowRankConv2d {
         g.dx.into_dyn()
     }
 
-    fn params(&self) -> Vec<&Param> {
-        self.params.iter().collect()
+    fn params(&self) -> Vec<(String, &Param)> {
+        own_params(&self.params)
     }
 
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        self.params.iter_mut().collect()
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        own_params_mut(&mut self.params)
     }
 
     fn describe(&self) -> Describe {

@@ -16,7 +16,8 @@ pub(crate) fn window_label(w: &cnn_core::Window) -> String {
     }
 }
 
-pub use activation::{softmax_rows, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh};
+pub(crate) use activation::softmax_rows;
+pub use activation::{LeakyReLU, ReLU, Sigmoid, Softmax, Tanh};
 pub use conv::{Conv1d, Conv2d};
 pub use dense::Dense;
 pub use lowrank::LowRankConv2d;

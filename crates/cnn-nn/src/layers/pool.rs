@@ -1,15 +1,15 @@
 //! Pooling layers: no parameters, the channel count unchanged.
 
-use crate::layer::{Describe, Init, Layer};
+use crate::layer::{BuildError, Describe, Init, Layer};
 use super::window_label;
 use cnn_core::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, pool_geometry, Window};
 use ndarray::{Array4, ArrayD, Axis, Ix4};
 
-fn pool_build(window: &Window, input: &[usize], what: &str) -> Result<Vec<usize>, String> {
+fn pool_build(window: &Window, input: &[usize], what: &str) -> Result<Vec<usize>, BuildError> {
     let [c, h, w] = input else {
-        return Err(format!("{what} needs (channels, height, width) per sample"));
+        return Err(BuildError::Input(format!("{what} needs (channels, height, width) per sample")));
     };
-    let g = pool_geometry(&[1, *c, *h, *w], window).map_err(|e| e.to_string())?;
+    let g = pool_geometry(&[1, *c, *h, *w], window)?;
     Ok(vec![*c, g.oh, g.ow])
 }
 
@@ -32,18 +32,26 @@ impl MaxPool2d {
     pub fn with_window(window: Window) -> Self {
         MaxPool2d { window, cache: None }
     }
+
+    fn run(&self, x: &ArrayD<f32>) -> cnn_core::MaxPool {
+        let x = x.view().into_dimensionality::<Ix4>().expect("MaxPool2d input is [n, c, h, w]");
+        max_pool2d(x, &self.window).expect("MaxPool2d: shapes were checked at build")
+    }
 }
 
 impl Layer for MaxPool2d {
-    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
         pool_build(&self.window, input, "MaxPool2d")
     }
 
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
-        let x = x.into_dimensionality::<Ix4>().expect("MaxPool2d input is [n, c, h, w]");
-        let pool = max_pool2d(x.view(), &self.window).expect("MaxPool2d: shapes were checked at build");
-        let (n, c, h, w) = x.dim();
-        self.cache = train.then_some((pool.argmax, [n, c, h, w]));
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.run(&x).y.into_dyn()
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        let pool = self.run(&x);
+        let [n, c, h, w] = x.shape() else { unreachable!("run checked the rank") };
+        self.cache = Some((pool.argmax, [*n, *c, *h, *w]));
         pool.y.into_dyn()
     }
 
@@ -80,15 +88,18 @@ impl AvgPool2d {
 }
 
 impl Layer for AvgPool2d {
-    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
         pool_build(&self.window, input, "AvgPool2d")
     }
 
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
         let x = x.into_dimensionality::<Ix4>().expect("AvgPool2d input is [n, c, h, w]");
-        let (n, c, h, w) = x.dim();
-        self.shape = train.then_some([n, c, h, w]);
         avg_pool2d(x.view(), &self.window).expect("AvgPool2d: shapes were checked at build").into_dyn()
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.shape = Some(x.shape().try_into().expect("AvgPool2d input is [n, c, h, w]"));
+        self.forward(x)
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
@@ -121,17 +132,21 @@ impl Default for GlobalAvgPool2d {
 }
 
 impl Layer for GlobalAvgPool2d {
-    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
         match input {
             [c, h, w] if h * w > 0 => Ok(vec![*c]),
-            _ => Err("GlobalAvgPool2d needs (channels, height, width) per sample".into()),
+            _ => Err(BuildError::Input("GlobalAvgPool2d needs (channels, height, width) per sample, none of them 0".into())),
         }
     }
 
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.shape = Some(x.shape().try_into().expect("GlobalAvgPool2d input is [n, c, h, w]"));
+        self.forward(x)
+    }
+
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
         let x = x.into_dimensionality::<Ix4>().expect("GlobalAvgPool2d input is [n, c, h, w]");
         let (n, c, h, w) = x.dim();
-        self.shape = train.then_some([n, c, h, w]);
         let planes = x.as_standard_layout().into_owned().into_shape_with_order((n, c, h * w)).expect("contiguous");
         planes.mean_axis(Axis(2)).expect("planes are not empty").into_dyn()
     }

@@ -1,8 +1,7 @@
 //! Layers that reshape or regularise: `Flatten`, `Dropout`.
 
-use crate::layer::{Describe, Init, Layer};
+use crate::layer::{BuildError, Describe, Init, Layer, ModelRng};
 use ndarray::{ArrayD, IxDyn};
-use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Flattens each sample to one vector: `[n, c, h, w]` → `[n, c·h·w]` (no copy when contiguous).
@@ -19,16 +18,19 @@ impl Flatten {
 }
 
 impl Layer for Flatten {
-    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
         Ok(vec![input.iter().product()])
     }
 
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
         let shape = x.shape().to_vec();
         let flat = if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() };
-        let y = flat.into_shape_with_order(IxDyn(&[shape[0], shape[1..].iter().product()])).expect("contiguous");
-        self.shape = train.then_some(shape);
-        y
+        flat.into_shape_with_order(IxDyn(&[shape[0], shape[1..].iter().product()])).expect("contiguous")
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.shape = Some(x.shape().to_vec());
+        self.forward(x)
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
@@ -46,28 +48,33 @@ impl Layer for Flatten {
 /// by `1 / (1 - p)`; in evaluation, the identity. Its RNG is seeded from the model's.
 pub struct Dropout {
     p: f32,
-    rng: StdRng,
+    rng: ModelRng,
     mask: Option<ArrayD<f32>>,
 }
 
 impl Dropout {
     /// Drops with probability `p` (in `[0, 1)`).
     pub fn new(p: f32) -> Self {
-        Dropout { p, rng: StdRng::seed_from_u64(0), mask: None }
+        Dropout { p, rng: ModelRng::seed_from_u64(0), mask: None }
     }
 }
 
 impl Layer for Dropout {
-    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, String> {
+    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, BuildError> {
         if !(0.0..1.0).contains(&self.p) {
-            return Err(format!("dropout probability must be in [0, 1), got {}", self.p));
+            return Err(BuildError::Setting(format!("dropout probability must be in [0, 1), got {}", self.p)));
         }
-        self.rng = StdRng::seed_from_u64(init.rng.gen());
+        self.rng = ModelRng::seed_from_u64(init.rng.gen());
         Ok(input.to_vec())
     }
 
-    fn forward(&mut self, x: ArrayD<f32>, train: bool) -> ArrayD<f32> {
-        if !train || self.p == 0.0 {
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
+        x
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        if self.p == 0.0 {
+            self.mask = None;
             return x;
         }
         let keep = 1.0 - self.p;

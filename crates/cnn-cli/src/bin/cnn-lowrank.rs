@@ -3,7 +3,7 @@
 //! before and after one epoch of fine-tuning. Run it with `cargo xtask lowrank`.
 
 use clap::Parser;
-use cnn_core::lowrank::RankPolicy;
+use cnn_cli::{check_lr, main_with, write_atomic};
 use cnn_nn::compress::{conv_layers, factorise, Decision};
 use cnn_nn::data::{Dataset, FASHION_MNIST_DIR};
 use cnn_nn::layers::{Conv2d, LowRankConv2d};
@@ -11,8 +11,8 @@ use cnn_nn::models::reference_cnn;
 use cnn_nn::optim::Adam;
 use cnn_nn::plots::{lowrank_tradeoff, TradeoffPoint};
 use cnn_nn::train::{evaluate, fit, FitConfig};
-use cnn_nn::{checkpoint, NnError, Result, Sequential};
-use ndarray::ArrayD;
+use cnn_nn::ndarray::ArrayD;
+use cnn_nn::{checkpoint, NnError, RankPolicy, Result, Sequential};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,7 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Factorise the reference CNN's convolutions and measure the speed/accuracy trade-off.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, allow_negative_numbers = true)]
 struct Args {
     /// A trained reference-network checkpoint (from `cargo xtask train`); trained first if absent.
     #[arg(long)]
@@ -84,7 +84,7 @@ fn time_layer(full: &mut Sequential, low: &mut Sequential, index: usize, input: 
         for (model, times) in [(&mut *full, &mut a), (&mut *low, &mut b)] {
             let x = input.clone();
             let start = Instant::now();
-            std::hint::black_box(model.layers_mut()[index].forward(x, false));
+            std::hint::black_box(model.layers()[index].forward(x));
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
@@ -95,7 +95,7 @@ fn time_layer(full: &mut Sequential, low: &mut Sequential, index: usize, input: 
 fn conv_macs(model: &Sequential) -> f64 {
     let mut macs = 0.0;
     for (layer, shape) in model.layers().iter().zip(model.shapes()) {
-        let params: usize = layer.params().iter().filter(|p| p.name != "bias").map(|p| p.value.len()).sum();
+        let params: usize = layer.params().iter().filter(|(name, _)| name != "bias").map(|(_, p)| p.value.len()).sum();
         let any = layer.as_ref() as &dyn std::any::Any;
         if any.is::<Conv2d>() || any.is::<LowRankConv2d>() {
             // weights touched once per output position
@@ -107,19 +107,33 @@ fn conv_macs(model: &Sequential) -> f64 {
 
 fn fresh_copy(path: &Path, seed: u64) -> Result<Sequential> {
     let mut model = reference_cnn(seed);
-    checkpoint::load(&mut model, path)?;
+    checkpoint::load(path, &mut model, None)?;
     Ok(model)
 }
 
 fn fine_tune(model: &mut Sequential, train: &Dataset, args: &Args) -> Result<()> {
     let config = FitConfig { epochs: 1, batch_size: args.batch, seed: args.seed + 1000, ..FitConfig::default() };
-    fit(model, &mut Adam::new(args.lr), train, None, None, &config, |_, _| Ok(()))?;
+    fit(model, &mut Adam::new(args.lr), train, None, None, &config, |_, _, _| Ok(()))?;
     Ok(())
 }
 
 fn run(args: Args) -> Result<()> {
+    check_lr("--lr", args.lr)?;
+    if args.batch == 0 || args.rounds == 0 {
+        return Err(NnError::Config("--batch and --rounds must be at least 1".into()));
+    }
+    if args.model.is_none() && args.train_epochs == 0 {
+        return Err(NnError::Config("--train-epochs must be at least 1 when no --model is given".into()));
+    }
     std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
-    let (train, test) = Dataset::load_mnist_dir(&args.data)?;
+    for stale in checkpoint::remove_stale_temporaries(&args.out)? {
+        println!("removed {} left by an interrupted run", stale.display());
+    }
+    if let Some(path) = &args.model {
+        // the file is checked before the data is read or anything trained
+        fresh_copy(path, args.seed)?;
+    }
+    let (train, test) = Dataset::load_mnist_dir(&args.data, 10)?;
     println!("data: {} — train {}, test {}", args.data.display(), train.len(), test.len());
 
     let base_path = match &args.model {
@@ -128,24 +142,24 @@ fn run(args: Args) -> Result<()> {
             println!("no --model: training the reference network for {} epochs first", args.train_epochs);
             let mut model = reference_cnn(args.seed);
             let config = FitConfig { epochs: args.train_epochs, batch_size: args.batch, seed: args.seed, ..FitConfig::default() };
-            fit(&mut model, &mut Adam::new(args.lr), &train, None, None, &config, |m, _| {
+            fit(&mut model, &mut Adam::new(args.lr), &train, None, None, &config, |m, _, _| {
                 println!("  epoch {}: train loss {:.4}, accuracy {:.2}%", m.epoch, m.train_loss, 100.0 * m.train_acc);
                 Ok(())
             })?;
             let path = args.out.join("base.safetensors");
-            checkpoint::save(&model, &path, None)?;
+            checkpoint::save(&path, &model, None, &checkpoint::Metadata::from([("model".into(), "reference".into())]))?;
             path
         }
     };
     let mut base = fresh_copy(&base_path, args.seed)?;
-    let acc_before = evaluate(&mut base, &test, 256)?.accuracy as f64 * 100.0;
+    let acc_before = evaluate(&base, &test, 256)?.accuracy as f64 * 100.0;
     let full_macs = conv_macs(&base);
     println!("original model: test accuracy {acc_before:.2}%");
 
     // the original, fine-tuned for the same extra epoch: extra training is not free accuracy
     let mut tuned = fresh_copy(&base_path, args.seed)?;
     fine_tune(&mut tuned, &train, &args)?;
-    let acc_original_ft = evaluate(&mut tuned, &test, 256)?.accuracy as f64 * 100.0;
+    let acc_original_ft = evaluate(&tuned, &test, 256)?.accuracy as f64 * 100.0;
     println!("original model after one more epoch: {acc_original_ft:.2}%\n");
 
     let (timing_batch, _) = test.batch(&(0..args.batch.min(test.len())).collect::<Vec<_>>());
@@ -183,9 +197,9 @@ fn run(args: Args) -> Result<()> {
         }
         let flop_ratio = conv_macs(&low) / full_macs;
         let speedup = full_ms / low_ms;
-        let acc_no_ft = evaluate(&mut low, &test, 256)?.accuracy as f64 * 100.0;
+        let acc_no_ft = evaluate(&low, &test, 256)?.accuracy as f64 * 100.0;
         fine_tune(&mut low, &train, &args)?;
-        let acc_ft = evaluate(&mut low, &test, 256)?.accuracy as f64 * 100.0;
+        let acc_ft = evaluate(&low, &test, 256)?.accuracy as f64 * 100.0;
         let ranks = ranks.join(";");
         println!(
             "{:<20} {:<28} {:>5.0}% {:>7.2}x {:>7.2} / {:<6.2} {:>8.2}% {:>8.2}% {:>8.2}% {:>+7.2}",
@@ -198,7 +212,7 @@ fn run(args: Args) -> Result<()> {
         ));
         points.push(TradeoffPoint { label: setting.name.clone(), speedup, accuracy: acc_ft });
         let path = args.out.join(format!("{}.safetensors", setting.name.replace([' ', '/', '+', '.'], "_")));
-        checkpoint::save(&low, &path, None)?;
+        checkpoint::save(&path, &low, None, &checkpoint::Metadata::from([("model".into(), format!("reference, {}", setting.name))]))?;
     }
     csv.push(format!(
         "original fine-tuned 1 epoch,full,1,1,,,{acc_before:.2},{acc_before:.2},{acc_original_ft:.2},{:.2}",
@@ -206,9 +220,7 @@ fn run(args: Args) -> Result<()> {
     ));
 
     let csv_path = args.out.join("lowrank.csv");
-    let tmp = csv_path.with_extension("csv.tmp");
-    std::fs::write(&tmp, csv.join("\n") + "\n").map_err(|e| NnError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &csv_path).map_err(|e| NnError::io(&csv_path, e))?;
+    write_atomic(&csv_path, &(csv.join("\n") + "\n"))?;
     lowrank_tradeoff(&points, acc_before, &args.out.join("lowrank.png"))?;
     println!(
         "\nFLOPs: all conv layers relative to full rank; speedup: measured forward time of the factorised layers\n\
@@ -224,11 +236,5 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    main_with(Args::parse(), run)
 }
