@@ -33,22 +33,25 @@ pub struct Init<'a> {
 }
 
 impl Init<'_> {
-    /// Weights drawn uniformly: He, `U(±sqrt(6 / fan_in))`, before a ReLU; Glorot,
-    /// `U(±sqrt(6 / (fan_in + fan_out)))`, otherwise. Both keep activations' variance steady.
+    /// Weights of `shape` (`[out, in, kernel...]`, PyTorch's layout) drawn uniformly: He,
+    /// `U(±sqrt(6 / fan_in))`, before a ReLU; Glorot, `U(±sqrt(6 / (fan_in + fan_out)))`,
+    /// otherwise, with `fan_in = in · Π kernel` and `fan_out = out · Π kernel`. Both keep
+    /// activations' variance steady.
     ///
     /// # Errors
-    /// A shape whose size overflows or cannot be allocated.
-    pub fn weights(&mut self, shape: &[usize], fan_in: usize, fan_out: usize) -> Result<ArrayD<f32>, BuildError> {
-        let len = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    /// A shape of fewer than two axes, or whose size overflows or cannot be allocated.
+    pub fn weights(&mut self, shape: &[usize]) -> Result<ArrayD<f32>, BuildError> {
+        let [out, inp, kernel @ ..] = shape else {
+            return Err(BuildError::Setting(format!("a weight needs [out, in, ...] axes, got {shape:?}")));
+        };
         let too_large = || CnnError::TooLarge { what: "weight", detail: format!("shape {shape:?} cannot be allocated") };
-        let len = len.ok_or_else(too_large)?;
+        let len = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(too_large)?;
         let mut data = Vec::new();
         data.try_reserve_exact(len).map_err(|_| too_large())?;
-        let limit = if self.relu_follows {
-            (6.0 / fan_in as f64).sqrt() as f32
-        } else {
-            (6.0 / (fan_in as f64 + fan_out as f64)) .sqrt() as f32
-        };
+        // no overflow: each factor divides `len`
+        let receptive: usize = kernel.iter().product();
+        let (fan_in, fan_out) = ((inp * receptive) as f64, (out * receptive) as f64);
+        let limit = if self.relu_follows { (6.0 / fan_in).sqrt() } else { (6.0 / (fan_in + fan_out)).sqrt() } as f32;
         data.extend((0..len).map(|_| self.rng.gen_range(-limit..limit)));
         Ok(ArrayD::from_shape_vec(shape, data).expect("the data has the shape's size"))
     }

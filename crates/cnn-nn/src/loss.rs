@@ -13,7 +13,8 @@ use ndarray::{Array2, ArrayView2, Axis};
 /// - returns the loss and `dlogits`: `[n, classes]`
 ///
 /// # Errors
-/// A label count other than `n`, or a label outside `0..classes`.
+/// An empty batch or no classes (the mean would be NaN), a label count other than `n`, or a
+/// label outside `0..classes`.
 ///
 /// ```
 /// use cnn_nn::loss::softmax_cross_entropy;
@@ -24,6 +25,9 @@ use ndarray::{Array2, ArrayView2, Axis};
 /// ```
 pub fn softmax_cross_entropy(logits: ArrayView2<f32>, labels: &[u8]) -> Result<(f32, Array2<f32>)> {
     let (n, classes) = logits.dim();
+    if n == 0 || classes == 0 {
+        return Err(NnError::Shape { what: "logits (a loss needs at least one sample and one class)".into(), expected: vec![1, 1], got: vec![n, classes] });
+    }
     if labels.len() != n {
         return Err(NnError::Shape { what: "labels".into(), expected: vec![n], got: vec![labels.len()] });
     }

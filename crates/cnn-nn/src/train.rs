@@ -37,6 +37,34 @@ impl Default for Divergence {
     }
 }
 
+impl Divergence {
+    /// Why training has diverged, given the first batch's loss `l0` and the losses of the
+    /// latest batches (oldest first; only the last `window` count); `None` while it has not.
+    ///
+    /// ```
+    /// use cnn_nn::train::Divergence;
+    /// let rule = Divergence { window: 2, ..Divergence::default() };
+    /// assert!(rule.check(2.3, &[2.0, 1.9]).is_none());
+    /// assert!(rule.check(2.3, &[30.0]).is_none(), "one batch is not a trend");
+    /// assert!(rule.check(2.3, &[1.0, 30.0, 50.0]).is_some(), "mean 40 > 23");
+    /// assert!(rule.check(2.3, &[2.0, f32::NAN]).is_some());
+    /// ```
+    pub fn check(&self, l0: f32, recent: &[f32]) -> Option<String> {
+        if let Some(loss) = recent.last().filter(|l| !l.is_finite()) {
+            return Some(format!("the loss is {loss}"));
+        }
+        let window = &recent[recent.len().saturating_sub(self.window)..];
+        let mean = window.iter().sum::<f32>() / window.len().max(1) as f32;
+        let limit = (self.factor * l0).max(l0 + self.margin);
+        (window.len() == self.window && mean > limit).then(|| {
+            format!(
+                "the mean loss of the last {} batches, {mean:.4e}, exceeds max({} x {l0:.4}, {l0:.4} + {}) = {limit:.4}, from the first batch's {l0:.4}",
+                self.window, self.factor, self.margin
+            )
+        })
+    }
+}
+
 /// How to train.
 #[derive(Clone, Debug)]
 pub struct FitConfig {
@@ -315,18 +343,19 @@ pub fn fit(
                     let context = " on the first batch, before any update: the weights or the data make the loss overflow; the learning rate is not the cause".into();
                     return Err(NnError::NonFinite { what: "the loss".into(), value: loss, context });
                 }
-                Some(_) if !loss.is_finite() => return Err(diverged(format!("the loss is {loss}"))),
                 Some(l0) => l0,
                 None => *first_loss.insert(loss),
             };
-            continue_step(model, optimizer, &mut recent, rule, loss).map_err(diverged)?;
-            let mean = recent.iter().sum::<f32>() / recent.len() as f32;
-            let limit = (rule.factor * l0).max(l0 + rule.margin);
-            if recent.len() == rule.window && mean > limit {
-                return Err(diverged(format!(
-                    "the mean loss of the last {} batches, {mean:.4e}, exceeds max({} x {l0:.4}, {l0:.4} + {}) = {limit:.4}, from the first batch's {l0:.4}",
-                    rule.window, rule.factor, rule.margin
-                )));
+            if recent.len() == rule.window {
+                recent.pop_front();
+            }
+            recent.push_back(loss);
+            if let Some(reason) = rule.check(l0, recent.make_contiguous()) {
+                return Err(diverged(reason));
+            }
+            optimizer.step(&mut model.params_mut());
+            if let Some((name, value)) = non_finite_param(model) {
+                return Err(diverged(format!("parameter `{name}` became {value} in the update")));
             }
             loss_sum += loss as f64 * chunk.len() as f64;
             correct += right;
@@ -355,18 +384,4 @@ pub fn fit(
         history.push(metrics);
     }
     Ok(history)
-}
-
-/// The optimiser's step after a batch with a finite loss, then the checks that need it: every
-/// parameter still finite. Records the loss in the divergence window.
-fn continue_step(model: &mut Sequential, optimizer: &mut dyn Optimizer, recent: &mut VecDeque<f32>, rule: Divergence, loss: f32) -> std::result::Result<(), String> {
-    optimizer.step(&mut model.params_mut());
-    if recent.len() == rule.window {
-        recent.pop_front();
-    }
-    recent.push_back(loss);
-    match non_finite_param(model) {
-        Some((name, value)) => Err(format!("parameter `{name}` became {value} in the update")),
-        None => Ok(()),
-    }
 }

@@ -95,7 +95,7 @@ impl Layer for Conv2d {
         }
         let g = self.window.geometry(*h, *w)?;
         let (kh, kw) = (self.window.kh, self.window.kw);
-        let weight = init.weights(&[self.filters, *c_in, kh, kw], c_in * kh * kw, self.filters * kh * kw)?;
+        let weight = init.weights(&[self.filters, *c_in, kh, kw])?;
         self.params = vec![Param::new("weight", weight)];
         if self.use_bias {
             self.params.push(Param::new("bias", ArrayD::zeros(vec![self.filters])));
@@ -186,7 +186,7 @@ impl Layer for Conv1d {
         }
         let ol = self.window.output_len(*l)?;
         let k = self.window.k;
-        let weight = init.weights(&[self.filters, *c_in, k], c_in * k, self.filters * k)?;
+        let weight = init.weights(&[self.filters, *c_in, k])?;
         self.params = vec![Param::new("weight", weight), Param::new("bias", ArrayD::zeros(vec![self.filters]))];
         Ok(vec![self.filters, ol])
     }

@@ -50,7 +50,7 @@ impl Layer for Dense {
         if self.units == 0 {
             return Err(BuildError::Setting("Dense needs at least one unit".into()));
         }
-        let weight = init.weights(&[self.units, *fan_in], *fan_in, self.units)?;
+        let weight = init.weights(&[self.units, *fan_in])?;
         self.params = vec![Param::new("weight", weight), Param::new("bias", ArrayD::zeros(vec![self.units]))];
         Ok(vec![self.units])
     }

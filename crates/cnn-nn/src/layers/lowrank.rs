@@ -76,8 +76,8 @@ impl Layer for LowRankConv2d {
         let basis_shape = [self.rank, *c_in, kh, kw];
         if self.params.is_empty() {
             // basis: a plain conv with `rank` filters; mix: a 1x1 conv, followed by the activation
-            let basis = init.weights(&basis_shape, c_in * kh * kw, self.rank * kh * kw)?;
-            let mix = init.weights(&[self.filters, self.rank], self.rank, self.filters)?;
+            let basis = init.weights(&basis_shape)?;
+            let mix = init.weights(&[self.filters, self.rank])?;
             self.params = vec![Param::new("mix", mix), Param::new("basis", basis), Param::new("bias", ArrayD::zeros(vec![self.filters]))];
         } else if self.params[1].value.shape() != basis_shape {
             return Err(BuildError::Input(format!("basis {:?} does not fit the input: expected {basis_shape:?}", self.params[1].value.shape())));
