@@ -4,6 +4,7 @@
 //! - `cargo xtask bench [--quick]`: criterion benchmarks, HTML report and a summary table.
 //! - `cargo xtask train [...]`: trains the reference network, writes weights, metrics, pictures.
 //! - `cargo xtask lowrank [...]`: the low-rank speed/accuracy trade-off table.
+//! - `cargo xtask info`: what cnn-nn makes of this machine (threads, BLAS kernels, GFLOP/s).
 
 mod bench;
 mod setup;
@@ -19,6 +20,7 @@ tasks:
   train [options]    train the reference network on Fashion-MNIST (release build); options:
                      --data DIR --epochs N --batch N --lr X --optimizer adam|sgd --seed N --out DIR
                      --resume FILE --val FRACTION|N --limit N --lr-step N --lr-gamma X  (see `cargo xtask train --help`)
+  info               threads, the OpenBLAS kernels cnn-nn selected, and a GEMM's GFLOP/s
   lowrank [options]  factorise the trained network's convolutions by truncated SVD at several ranks:
                      ranks, FLOPs, measured speed-up, accuracy before/after one epoch of fine-tuning;
                      --model FILE (else trains one first) --data DIR --out DIR (see --help)";
@@ -58,6 +60,10 @@ fn run(args: &[String]) -> Result<(), String> {
             let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-cli", "--bin", "cnn-lowrank", "--"];
             args.extend(&rest);
             cargo(&args)
+        }
+        "info" => {
+            setup::ensure_packages(&[setup::OPENBLAS])?;
+            cargo(&["run", "--release", "--quiet", "-p", "cnn-cli", "--bin", "cnn-info"])
         }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

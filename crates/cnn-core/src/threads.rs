@@ -78,23 +78,33 @@ fn select_kernels() {
         return;
     }
     let Some(wanted) = suggested_coretype() else { return };
-    if tier(&blas_core()) >= tier(wanted) {
-        return;
+    if tier(&blas_core()) < tier(wanted) {
+        reselect(wanted);
     }
+}
+
+/// Makes OpenBLAS select its kernels again as if started with `OPENBLAS_CORETYPE=family`.
+/// False when this OpenBLAS has no run-time selection to re-run.
+fn reselect(family: &str) -> bool {
     let (Some(quit), Some(init)) = (symbol(c"gotoblas_dynamic_quit"), symbol(c"gotoblas_dynamic_init")) else {
-        return;
+        return false;
     };
+    let user = std::env::var_os("OPENBLAS_CORETYPE");
     // OpenBLAS reads the family from the environment; set it for the call only. (Another
     // thread reading the environment from C at this very moment is the one hazard, as with
     // any setenv; this runs once, before cnn-core's first product.)
-    std::env::set_var("OPENBLAS_CORETYPE", wanted);
+    std::env::set_var("OPENBLAS_CORETYPE", family);
     // SAFETY: both take no arguments; `quit` forgets the kernel table and `init` selects it
     // again, reading OPENBLAS_CORETYPE, as OpenBLAS does when it is loaded.
     unsafe {
         quit();
         init();
     }
-    std::env::remove_var("OPENBLAS_CORETYPE");
+    match user {
+        Some(value) => std::env::set_var("OPENBLAS_CORETYPE", value),
+        None => std::env::remove_var("OPENBLAS_CORETYPE"),
+    }
+    true
 }
 
 /// A function exported by the loaded libraries, if there is one of that name.
@@ -105,16 +115,24 @@ fn symbol(name: &CStr) -> Option<unsafe extern "C" fn()> {
     (!address.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn()>(address) })
 }
 
-/// A warning when OpenBLAS runs kernels narrower than the CPU supports.
+/// A warning when OpenBLAS runs kernels narrower than the CPU supports: the user asked for
+/// them with `OPENBLAS_CORETYPE`, or this OpenBLAS cannot switch at run time.
 fn weak_kernels_advice() -> Option<String> {
     let core = blas_core();
     let suggested = suggested_coretype()?;
-    (tier(&core) < tier(suggested)).then(|| {
-        format!(
+    if tier(&core) >= tier(suggested) {
+        return None;
+    }
+    Some(match std::env::var("OPENBLAS_CORETYPE") {
+        Ok(user) => format!(
+            "OPENBLAS_CORETYPE={user} makes OpenBLAS run its `{core}` kernels on a CPU that supports {suggested}'s; \
+             matrix products run up to several times slower. Unset it to let cnn-core choose."
+        ),
+        Err(_) => format!(
             "OpenBLAS runs its `{core}` kernels on a CPU that supports {suggested}'s, and this OpenBLAS \
              cannot switch at run time; matrix products run several times slower. Start the \
              program with OPENBLAS_CORETYPE={suggested}."
-        )
+        ),
     })
 }
 
@@ -143,6 +161,22 @@ pub(crate) fn par_zeros<D: ndarray::Dimension>(shape: D) -> ndarray::Array<f32, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Array2;
+
+    #[test]
+    fn kernels_can_be_selected_again_in_process() {
+        init();
+        let chosen = blas_core();
+        let a = Array2::from_shape_fn((64, 48), |(i, j)| ((i * 7 + j) % 11) as f32);
+        let b = Array2::from_shape_fn((48, 32), |(i, j)| ((i + 3 * j) % 5) as f32);
+        let product = a.dot(&b);
+        // the generic kernels, then back: the mechanism init relies on
+        assert!(reselect("Prescott"), "Debian's OpenBLAS has run-time selection");
+        assert_eq!(blas_core(), "Prescott");
+        assert_eq!(a.dot(&b), product, "the same product on other kernels (small integers: exact)");
+        assert!(reselect(&chosen));
+        assert_eq!(blas_core(), chosen);
+    }
 
     #[test]
     fn families_rank_by_vector_width() {
