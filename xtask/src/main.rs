@@ -40,7 +40,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     match task.as_str() {
         "test" => {
-            setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST])?;
+            setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST, setup::FONT])?;
             let mut args = vec!["test", "--workspace"];
             args.extend(&rest);
             cargo(&args)

@@ -4,7 +4,7 @@ use std::process::Command;
 
 /// OpenBLAS (BLAS + LAPACK) that `openblas-src` and `ndarray-linalg` link against.
 pub const OPENBLAS: &str = "libopenblas-dev";
-/// The font the training curves are labelled with.
+/// A font for the pictures' labels (curves, trade-off plots; the CLI tests draw them too).
 pub const FONT: &str = "fonts-dejavu-core";
 /// Fashion-MNIST as IDX files under `/usr/share/datasets/fashion-mnist/`.
 pub const FASHION_MNIST: &str = "dataset-fashion-mnist";

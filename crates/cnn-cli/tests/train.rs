@@ -1,0 +1,123 @@
+//! `cnn-train` as a user runs it: settings refused before training, resume that keeps its
+//! history and equals training on, leftovers of an interrupted run cleaned up.
+
+use cnn_nn::checkpoint;
+use cnn_nn::models::reference_cnn;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend(data);
+    bytes
+}
+
+/// An MNIST-format directory: `train` and `test` images of 28x28 (a class-dependent bar plus
+/// a pattern), with `bad_test_label` replacing test label 3 when given.
+fn data_dir(dir: &Path, train: usize, test: usize, bad_test_label: Option<u8>) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let images = |n: usize| -> Vec<u8> {
+        (0..n * 784).map(|i| {
+            let (s, p) = (i / 784, i % 784);
+            let (y, x) = (p / 28, p % 28);
+            if y == 2 + 2 * (s % 10) { 255 } else { ((x * 7 + y * 3 + s) % 50) as u8 }
+        }).collect()
+    };
+    let labels = |n: usize| -> Vec<u8> { (0..n).map(|s| (s % 10) as u8).collect() };
+    let mut test_labels = labels(test);
+    if let Some(bad) = bad_test_label {
+        test_labels[3] = bad;
+    }
+    std::fs::write(data.join("train-images-idx3-ubyte"), idx(&[train as u32, 28, 28], &images(train))).unwrap();
+    std::fs::write(data.join("train-labels-idx1-ubyte"), idx(&[train as u32], &labels(train))).unwrap();
+    std::fs::write(data.join("t10k-images-idx3-ubyte"), idx(&[test as u32, 28, 28], &images(test))).unwrap();
+    std::fs::write(data.join("t10k-labels-idx1-ubyte"), idx(&[test as u32], &test_labels)).unwrap();
+    data
+}
+
+fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cnn-train"));
+    command.arg("--data").arg(data).arg("--out").arg(out).args(["--batch", "32", "--seed", "3"]).args(extra);
+    command.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a setting that must be refused before training and returns its error line.
+fn refused(data: &Path, out: &Path, extra: &[&str]) -> String {
+    let o = train(data, out, extra);
+    assert!(!o.status.success(), "{extra:?} was accepted:\n{}", stdout(&o));
+    assert!(!stdout(&o).contains("epoch  lr"), "{extra:?}: training started:\n{}", stdout(&o));
+    assert!(!out.join("model.safetensors").exists(), "{extra:?}: a checkpoint was written");
+    stderr(&o)
+}
+
+#[test]
+fn bad_settings_and_data_are_refused_before_the_first_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir(dir.path(), 120, 20, None);
+    let out = dir.path().join("out");
+    assert!(refused(&data, &out, &["--val", "0"]).contains("--val must be a fraction in (0, 1) or a whole number of images"));
+    assert!(refused(&data, &out, &["--lr=-1"]).contains("--lr must be a positive number, got -1"));
+    assert!(refused(&data, &out, &["--lr", "-1"]).contains("--lr must be a positive number, got -1"));
+    assert!(refused(&data, &out, &["--lr", "0"]).contains("--lr must be a positive number, got 0"));
+    assert!(refused(&data, &out, &["--val", "120"]).contains("holds out 120 of the 120 training images"));
+    let bad = data_dir(&dir.path().join("bad"), 120, 20, Some(200));
+    let e = refused(&bad, &out, &[]);
+    assert!(e.contains("t10k-labels-idx1-ubyte: label 200 of sample 3 (offset 11) is outside the 10 classes 0..10"), "{e}");
+}
+
+#[test]
+fn the_default_validation_split_is_a_fraction_and_is_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir(dir.path(), 8000, 20, None);
+    // an 8,000-image training set keeps 1/12 for validation (it used to keep 5,000)
+    let o = train(&data, &dir.path().join("out"), &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("train 7333, validation 667, test 20"), "{}", stdout(&o));
+}
+
+#[test]
+fn resume_keeps_the_history_and_equals_training_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir(dir.path(), 160, 20, None);
+    let (once, twice) = (dir.path().join("once"), dir.path().join("twice"));
+
+    let o = train(&data, &twice, &["--epochs", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = train(&data, &once, &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // an interrupted save left a temporary file behind: the next run removes it
+    std::fs::write(once.join("model.safetensors.tmp"), b"half a checkpoint").unwrap();
+    let ckpt = once.join("model.safetensors");
+    let o = train(&data, &once, &["--epochs", "1", "--resume", ckpt.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("removed") && !once.join("model.safetensors.tmp").exists(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("resumed from") && stdout(&o).contains("after epoch 1, with its adam optimizer state"), "{}", stdout(&o));
+
+    // the metrics keep epoch 1 and add epoch 2
+    let csv = std::fs::read_to_string(once.join("metrics.csv")).unwrap();
+    let epochs: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(epochs, ["1", "2"], "{csv}");
+
+    // and the weights are those of two epochs in one run (optimiser state restored)
+    let (mut a, mut b) = (reference_cnn(0), reference_cnn(0));
+    checkpoint::load(&once.join("model.safetensors"), &mut a, None).unwrap();
+    checkpoint::load(&twice.join("model.safetensors"), &mut b, None).unwrap();
+    assert_eq!(a.named_params(), b.named_params());
+
+    // an epoch count that overflows with the checkpoint's epoch
+    let e = refused(&data, &dir.path().join("overflow"), &["--epochs", &usize::MAX.to_string(), "--resume", ckpt.to_str().unwrap()]);
+    assert!(e.contains("overflows the epoch counter"), "{e}");
+}
