@@ -74,9 +74,13 @@ fn every_fault_is_named() {
     let e = reason(read_idx(&write(d, "trailing", &idx_bytes(&[2], &[1, 2, 3]))).unwrap_err());
     assert!(e.ends_with("trailing data after the 2 bytes that dims [2] describe (offset 10)"), "{e}");
 
-    // a header claiming 4 GiB x 4 GiB: refused without allocating it (the test would abort otherwise)
-    let e = reason(read_idx(&write(d, "huge", &idx_bytes(&[u32::MAX, u32::MAX, 16], &[0; 10]))).unwrap_err());
-    assert!(e.contains("the file holds 10") || e.contains("overflow"), "{e}");
+    // a header claiming 4 Gi x 4 Gi bytes (16 EiB, no overflow): refused without allocating
+    // them (the test would abort otherwise)
+    let e = reason(read_idx(&write(d, "huge", &idx_bytes(&[u32::MAX, u32::MAX], &[0; 10]))).unwrap_err());
+    assert!(e.ends_with("promises 18446744065119617025 bytes of data from offset 12, the file holds 10"), "{e}");
+    // and one whose size does not even fit in a usize
+    let e = reason(read_idx(&write(d, "overflow", &idx_bytes(&[u32::MAX, u32::MAX, 16], &[0; 10]))).unwrap_err());
+    assert!(e.ends_with("dimensions [4294967295, 4294967295, 16] overflow"), "{e}");
     let e = reason(read_idx(&write(d, "huge.gz", &gzip(&idx_bytes(&[60000, 28, 28], &[0; 100])))).unwrap_err());
     assert!(e.ends_with("promises 47040000 bytes of data from offset 16, the file holds 100"), "{e}");
 }
@@ -89,6 +93,10 @@ fn images_and_labels_must_agree() {
     let lab = write(d, "lab", &idx_bytes(&[2], &[0, 1]));
     let e = reason(Dataset::from_idx(&img, &lab, 10).unwrap_err());
     assert!(e.contains("2 labels for 3 images"), "{e}");
+    let nine = write(d, "nine", &idx_bytes(&[3], &[0, 9, 1]));
+    let img3 = write(d, "img3", &idx_bytes(&[3, 2, 2], &[0; 12]));
+    let e = reason(Dataset::from_idx(&img3, &nine, 9).unwrap_err());
+    assert!(e.ends_with("nine: label 9 of sample 1 (offset 9) is outside the 9 classes 0..9"), "{e}");
     let flat = write(d, "flat", &idx_bytes(&[12], &[0; 12]));
     let e = reason(Dataset::from_idx(&flat, &lab, 10).unwrap_err());
     assert!(e.ends_with("images must have 3 dimensions (n, h, w), header says [12]"), "{e}");
