@@ -35,7 +35,7 @@ mod window;
 
 pub use conv::{conv2d, conv2d_backward};
 pub use operands::Conv2dGrads;
-pub use conv1d::{conv1d, conv1d_backward, Conv1dGrads, Padding1d, Window1d};
+pub use conv1d::{conv1d, conv1d_backward, output_len as conv1d_output_len, Conv1dGrads};
 pub use error::{CnnError, Result};
 pub use im2col::{col2im, im2col};
 pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, pool_geometry, MaxPool};

@@ -34,6 +34,22 @@ impl Padding {
     pub fn uniform(p: usize) -> Self {
         Padding::Explicit { top: p, bottom: p, left: p, right: p }
     }
+
+    /// Explicit padding of the row only: `left` and `right` (the padding of a 1-D signal).
+    pub fn row(left: usize, right: usize) -> Self {
+        Padding::Explicit { top: 0, bottom: 0, left, right }
+    }
+}
+
+/// As the summary writes it: `Valid`, `Same`, or `(top,bottom,left,right)`.
+impl std::fmt::Display for Padding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Padding::Valid => write!(f, "Valid"),
+            Padding::Same => write!(f, "Same"),
+            Padding::Explicit { top, bottom, left, right } => write!(f, "({top},{bottom},{left},{right})"),
+        }
+    }
 }
 
 /// Padding of one axis, as [`axis`] needs it.
@@ -92,6 +108,13 @@ impl Window {
     /// A `k x k` window with stride 1 and no padding.
     pub fn square(k: usize) -> Self {
         Window::new(k, k)
+    }
+
+    /// A `1 x k` window: a 1-D window of length `k` over a signal seen as one row
+    /// (see [`crate::conv1d`]). Stride along it with `.strides(1, s)` and pad it with
+    /// [`Padding::Same`] or [`Padding::row`].
+    pub fn row(k: usize) -> Self {
+        Window::new(1, k)
     }
 
     /// The same stride on both axes.
@@ -153,6 +176,17 @@ impl Window {
                 };
                 Err(CnnError::KernelTooLarge { kh, kw, h, w, padded_h, padded_w })
             }
+        }
+    }
+}
+
+/// As the summary writes it: `f=3,s=1`, or `f=3x5,s=1x2` when not square.
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if (self.kh, self.sh) == (self.kw, self.sw) {
+            write!(f, "f={},s={}", self.kw, self.sw)
+        } else {
+            write!(f, "f={}x{},s={}x{}", self.kh, self.kw, self.sh, self.sw)
         }
     }
 }
@@ -289,6 +323,14 @@ mod tests {
         assert!(matches!(e, CnnError::TooLarge { what: "padded input", .. }), "{e}");
         let e = Window::square(3).padding(Padding::Same).geometry(usize::MAX, 3).unwrap_err();
         assert!(matches!(e, CnnError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(Window::square(3).to_string(), "f=3,s=1");
+        assert_eq!(Window::new(3, 5).strides(1, 2).to_string(), "f=3x5,s=1x2");
+        assert_eq!(Padding::Same.to_string(), "Same");
+        assert_eq!(Padding::row(2, 1).to_string(), "(0,0,2,1)");
     }
 
     #[test]

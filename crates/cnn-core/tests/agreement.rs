@@ -2,7 +2,7 @@
 
 mod common;
 
-use cnn_core::{conv1d, conv1d_backward, conv2d, conv2d_backward, reference, Padding, Padding1d, Window, Window1d};
+use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d, conv2d_backward, reference, Padding, Window};
 use common::{random, rel_err};
 use ndarray::{Array1, Array3, Axis};
 use proptest::prelude::*;
@@ -109,15 +109,15 @@ fn conv1d_naive(x: &Array3<f32>, w: &Array3<f32>, stride: usize, left: usize, ou
 #[test]
 fn conv1d_matches_naive_loops() {
     for (l, k, stride, padding, left, out) in [
-        (10, 3, 1, Padding1d::Valid, 0, 8),
-        (10, 3, 2, Padding1d::Same, 0, 5),
-        (9, 4, 1, Padding1d::Same, 1, 9),
-        (7, 2, 3, Padding1d::Explicit { left: 2, right: 1 }, 2, 3),
+        (10, 3, 1, Padding::Valid, 0, 8),
+        (10, 3, 2, Padding::Same, 0, 5),
+        (9, 4, 1, Padding::Same, 1, 9),
+        (7, 2, 3, Padding::row(2, 1), 2, 3),
     ] {
         let x = random((3, 2, l), 11);
         let w = random((4, 2, k), 12);
-        let win = Window1d::new(k).stride(stride).padding(padding);
-        assert_eq!(win.output_len(l).unwrap(), out);
+        let win = Window::row(k).strides(1, stride).padding(padding);
+        assert_eq!(conv1d_output_len(&win, l).unwrap(), out);
         let y = conv1d(x.view(), w.view(), None, &win).unwrap();
         let y_ref = conv1d_naive(&x, &w, stride, left, out);
         assert!(rel_err(&y, &y_ref) < TOL, "{win:?}");
@@ -129,7 +129,7 @@ fn conv1d_matches_naive_loops() {
             x.view().insert_axis(Axis(2)),
             w.view().insert_axis(Axis(2)),
             dy.view().insert_axis(Axis(2)),
-            &win.to_2d(),
+            &win,
         )
         .unwrap();
         assert!(rel_err(&g.dx, &g_ref.dx.remove_axis(Axis(2))) < TOL);

@@ -1,6 +1,6 @@
 //! Bad input gets a typed error naming the shapes, never a panic.
 
-use cnn_core::{conv1d, conv2d, conv2d_backward, im2col, CnnError, Window, Window1d};
+use cnn_core::{conv1d, conv2d, conv2d_backward, im2col, CnnError, Padding, Window};
 use ndarray::{Array1, Array3, Array4};
 
 #[test]
@@ -9,8 +9,16 @@ fn channel_mismatch() {
     let w = Array4::<f32>::zeros((4, 2, 3, 3));
     let e = conv2d(x.view(), w.view(), None, &Window::square(3)).unwrap_err();
     assert_eq!(e.to_string(), "channel mismatch: input [2, 3, 8, 8] has 3 channels but filters [4, 2, 3, 3] expect 2");
-    let e = conv1d(Array3::zeros((1, 3, 8)).view(), Array3::zeros((1, 1, 3)).view(), None, &Window1d::new(3)).unwrap_err();
+    let e = conv1d(Array3::zeros((1, 3, 8)).view(), Array3::zeros((1, 1, 3)).view(), None, &Window::row(3)).unwrap_err();
     assert!(matches!(e, CnnError::ChannelMismatch { .. }));
+    // a 1-D window that would pad or stride rows
+    let (x, w) = (Array3::<f32>::zeros((1, 1, 8)), Array3::<f32>::zeros((1, 1, 3)));
+    for win in [Window::row(3).padding(Padding::uniform(1)), Window::row(3).stride(2)] {
+        let e = conv1d(x.view(), w.view(), None, &win).unwrap_err();
+        assert!(matches!(e, CnnError::Invalid { what: "1-D window", .. }), "{win:?}: {e}");
+    }
+    let e = conv1d(x.view(), w.view(), None, &Window::square(3)).unwrap_err();
+    assert!(matches!(e, CnnError::KernelTooLarge { .. }), "{e}");
 }
 
 #[test]

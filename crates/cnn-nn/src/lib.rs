@@ -20,7 +20,7 @@ mod summary;
 
 pub use cnn_core;
 pub use cnn_core::lowrank::RankPolicy;
-pub use cnn_core::{Padding, Padding1d, Window, Window1d};
+pub use cnn_core::{Padding, Window};
 pub use error::{NnError, Result};
 pub use layer::{BuildError, Describe, Init, Layer, ModelRng, Param};
 pub use ndarray;

@@ -11,7 +11,7 @@
 use cnn_nn::layers::*;
 use cnn_nn::loss::softmax_cross_entropy;
 use cnn_nn::ndarray::{ArrayD, Ix2, IxDyn};
-use cnn_nn::{Init, Layer, ModelRng, Padding, Padding1d, Sequential, Window};
+use cnn_nn::{Init, Layer, ModelRng, Padding, Sequential, Window};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -81,7 +81,7 @@ fn conv_layers() {
     check_layer(Conv2d::new(4, 3), &[2, 3, 6, 6], LINEAR, 1);
     check_layer(Conv2d::new(3, 3).stride(2).padding(Padding::Same), &[2, 2, 7, 6], LINEAR, 2);
     check_layer(Conv2d::new(2, 2).kernel(2, 3).strides(1, 2).no_bias(), &[1, 2, 5, 7], LINEAR, 3);
-    check_layer(Conv1d::new(3, 3).stride(2).padding(Padding1d::Same), &[2, 2, 9], LINEAR, 4);
+    check_layer(Conv1d::new(3, 3).stride(2).padding(Padding::Same), &[2, 2, 9], LINEAR, 4);
     // linear in x, in mix and in basis, each on its own
     check_layer(LowRankConv2d::new(5, 2, Window::square(3).padding(Padding::Same)), &[2, 3, 6, 6], LINEAR, 18);
 }

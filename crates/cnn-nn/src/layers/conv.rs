@@ -1,17 +1,8 @@
 //! Convolution layers: `Conv2d` and `Conv1d`, calling cnn-core's im2col kernels.
 
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
-use cnn_core::{conv1d, conv1d_backward, conv2d, conv2d_backward, Padding, Padding1d, Window, Window1d};
+use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d, conv2d_backward, Padding, Window};
 use ndarray::{Array3, Array4, ArrayD, ArrayView3, ArrayView4, Ix3, Ix4};
-
-/// How the summary writes a padding rule.
-pub(crate) fn padding_name(p: Padding) -> String {
-    match p {
-        Padding::Valid => "Valid".into(),
-        Padding::Same => "Same".into(),
-        Padding::Explicit { top, bottom, left, right } => format!("({top},{bottom},{left},{right})"),
-    }
-}
 
 /// 2-D convolution: `filters` filters of `kh x kw` kernels over all input channels, plus bias.
 ///
@@ -136,19 +127,19 @@ impl Layer for Conv2d {
 
     fn describe(&self) -> Describe {
         let w = &self.window;
-        let name = format!("Conv2d({})", super::window_label(w));
-        Describe { name, filters: Some(self.filters), padding: Some(padding_name(w.padding)), is_activation: false }
+        Describe { name: format!("Conv2d({w})"), filters: Some(self.filters), padding: Some(w.padding.to_string()), is_activation: false }
     }
 }
 
-/// 1-D convolution over `[n, c, l]` signals, through the same im2col machinery as 2-D.
+/// 1-D convolution over `[n, c, l]` signals, through the same im2col machinery as 2-D: the
+/// signal is an image one row high and the window a [`Window::row`].
 ///
 /// # Shapes
 /// - input `[n, c_in, l]` → output `[n, filters, ol]`
 /// - weight `[filters, c_in, k]`, bias `[filters]`
 pub struct Conv1d {
     filters: usize,
-    window: Window1d,
+    window: Window,
     params: Vec<Param>,
     x: Option<ndarray::Array3<f32>>,
 }
@@ -156,16 +147,17 @@ pub struct Conv1d {
 impl Conv1d {
     /// `filters` filters of length `k`, stride 1, VALID, with bias.
     pub fn new(filters: usize, k: usize) -> Self {
-        Conv1d { filters, window: Window1d::new(k), params: vec![], x: None }
+        Conv1d { filters, window: Window::row(k), params: vec![], x: None }
     }
 
-    /// The stride.
+    /// The stride along the signal.
     pub fn stride(self, s: usize) -> Self {
-        Conv1d { window: self.window.stride(s), ..self }
+        Conv1d { window: self.window.strides(1, s), ..self }
     }
 
-    /// The padding rule.
-    pub fn padding(self, padding: Padding1d) -> Self {
+    /// The padding rule: [`Padding::Valid`], [`Padding::Same`] or [`Padding::row`] (padding
+    /// that would add rows is refused at build).
+    pub fn padding(self, padding: Padding) -> Self {
         Conv1d { window: self.window.padding(padding), ..self }
     }
 
@@ -184,8 +176,8 @@ impl Layer for Conv1d {
         if self.filters == 0 {
             return Err(BuildError::Setting("Conv1d needs at least one filter".into()));
         }
-        let ol = self.window.output_len(*l)?;
-        let k = self.window.k;
+        let ol = conv1d_output_len(&self.window, *l)?;
+        let k = self.window.kw;
         let weight = init.weights(&[self.filters, *c_in, k])?;
         self.params = vec![Param::new("weight", weight), Param::new("bias", ArrayD::zeros(vec![self.filters]))];
         Ok(vec![self.filters, ol])
@@ -221,15 +213,11 @@ impl Layer for Conv1d {
     }
 
     fn describe(&self) -> Describe {
-        let pad = match self.window.padding {
-            Padding1d::Valid => "Valid".to_string(),
-            Padding1d::Same => "Same".to_string(),
-            Padding1d::Explicit { left, right } => format!("({left},{right})"),
-        };
+        let w = &self.window;
         Describe {
-            name: format!("Conv1d(f={},s={})", self.window.k, self.window.stride),
+            name: format!("Conv1d(f={},s={})", w.kw, w.sw),
             filters: Some(self.filters),
-            padding: Some(pad),
+            padding: Some(w.padding.to_string()),
             is_activation: false,
         }
     }

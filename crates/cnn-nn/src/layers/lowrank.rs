@@ -1,6 +1,5 @@
 //! `LowRankConv2d`: a convolution whose lowered filter matrix is stored as two thin factors.
 
-use super::conv::padding_name;
 use super::Conv2d;
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
 use cnn_core::lowrank::{lowrank_conv2d, lowrank_conv2d_backward, LowRankFilters};
@@ -120,9 +119,9 @@ impl Layer for LowRankConv2d {
     fn describe(&self) -> Describe {
         let w = &self.window;
         Describe {
-            name: format!("LowRankConv2d({},r={})", super::window_label(w), self.rank),
+            name: format!("LowRankConv2d({w},r={})", self.rank),
             filters: Some(self.filters),
-            padding: Some(padding_name(w.padding)),
+            padding: Some(w.padding.to_string()),
             is_activation: false,
         }
     }

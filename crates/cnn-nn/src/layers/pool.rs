@@ -1,7 +1,6 @@
 //! Pooling layers: no parameters, the channel count unchanged.
 
 use crate::layer::{BuildError, Describe, Init, Layer};
-use super::window_label;
 use cnn_core::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, pool_geometry, Window};
 use ndarray::{Array4, ArrayD, Axis, Ix4};
 
@@ -62,7 +61,7 @@ impl Layer for MaxPool2d {
     }
 
     fn describe(&self) -> Describe {
-        Describe { name: format!("MaxPool({})", window_label(&self.window)), ..Describe::default() }
+        Describe { name: format!("MaxPool({})", self.window), ..Describe::default() }
     }
 }
 
@@ -109,7 +108,7 @@ impl Layer for AvgPool2d {
     }
 
     fn describe(&self) -> Describe {
-        Describe { name: format!("AvgPool({})", window_label(&self.window)), ..Describe::default() }
+        Describe { name: format!("AvgPool({})", self.window), ..Describe::default() }
     }
 }
 
