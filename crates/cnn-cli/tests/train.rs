@@ -2,18 +2,10 @@
 //! history and equals training on, leftovers of an interrupted run cleaned up.
 
 use cnn_nn::checkpoint;
+use cnn_nn::data::Idx;
 use cnn_nn::models::reference_cnn;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    bytes
-}
 
 /// An MNIST-format directory: `train` and `test` images of 28x28 (a class-dependent bar plus
 /// a pattern), with `bad_test_label` replacing test label 3 when given.
@@ -32,10 +24,11 @@ fn data_dir(dir: &Path, train: usize, test: usize, bad_test_label: Option<u8>) -
     if let Some(bad) = bad_test_label {
         test_labels[3] = bad;
     }
-    std::fs::write(data.join("train-images-idx3-ubyte"), idx(&[train as u32, 28, 28], &images(train))).unwrap();
-    std::fs::write(data.join("train-labels-idx1-ubyte"), idx(&[train as u32], &labels(train))).unwrap();
-    std::fs::write(data.join("t10k-images-idx3-ubyte"), idx(&[test as u32, 28, 28], &images(test))).unwrap();
-    std::fs::write(data.join("t10k-labels-idx1-ubyte"), idx(&[test as u32], &test_labels)).unwrap();
+    let write = |name: &str, dims: Vec<usize>, values: Vec<u8>| std::fs::write(data.join(name), Idx { dims, data: values }.to_bytes().unwrap()).unwrap();
+    write("train-images-idx3-ubyte", vec![train, 28, 28], images(train));
+    write("train-labels-idx1-ubyte", vec![train], labels(train));
+    write("t10k-images-idx3-ubyte", vec![test, 28, 28], images(test));
+    write("t10k-labels-idx1-ubyte", vec![test], test_labels);
     data
 }
 

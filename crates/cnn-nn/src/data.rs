@@ -24,6 +24,34 @@ pub struct Idx {
     pub data: Vec<u8>,
 }
 
+impl Idx {
+    /// The IDX file of these values (uncompressed), for writing data sets of one's own.
+    ///
+    /// ```
+    /// use cnn_nn::data::Idx;
+    /// let bytes = Idx { dims: vec![2], data: vec![7, 1] }.to_bytes().unwrap();
+    /// assert_eq!(bytes, [0, 0, 8, 1, 0, 0, 0, 2, 7, 1]);
+    /// ```
+    ///
+    /// # Errors
+    /// No dimensions or more than 255, a dimension above `u32::MAX`, data of another size
+    /// than the dimensions say.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let bad = |reason: String| NnError::Config(format!("IDX dims {:?}: {reason}", self.dims));
+        let ndims = u8::try_from(self.dims.len()).ok().filter(|&n| n > 0).ok_or_else(|| bad("an IDX file has 1 to 255 dimensions".into()))?;
+        let size = self.dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if size != Some(self.data.len()) {
+            return Err(bad(format!("they do not describe the {} values given", self.data.len())));
+        }
+        let mut bytes = vec![0, 0, 0x08, ndims];
+        for &d in &self.dims {
+            bytes.extend(u32::try_from(d).map_err(|_| bad(format!("{d} does not fit an IDX dimension (u32)")))?.to_be_bytes());
+        }
+        bytes.extend(&self.data);
+        Ok(bytes)
+    }
+}
+
 fn data_error(path: &Path, reason: String) -> NnError {
     NnError::Data { path: path.to_path_buf(), reason }
 }

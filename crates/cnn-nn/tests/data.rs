@@ -1,30 +1,16 @@
 //! The IDX reader: good files written here, every fault, and a few hundred real images.
 
+mod common;
+
 use cnn_nn::data::{read_idx, Dataset, FASHION_MNIST_DIR};
 use cnn_nn::NnError;
-use flate2::write::GzEncoder;
-use std::io::Write;
+use common::{gzip, idx_bytes};
 use std::path::{Path, PathBuf};
-
-fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    bytes
-}
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     path
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(vec![], flate2::Compression::default());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
 }
 
 fn reason(e: NnError) -> String {

@@ -1,47 +1,20 @@
 //! What a hostile tester and a new library user found wrong, each pinned by a test that failed
 //! before the fix. Only `cnn-nn`'s public API is used, as a downstream crate would.
 
+mod common;
+
 use cnn_nn::checkpoint::{self, Metadata};
 use cnn_nn::cnn_core::{conv2d, CnnError};
-use cnn_nn::data::Dataset;
 use cnn_nn::layer::prefixed;
-use cnn_nn::layers::{Conv2d, Dense, Flatten, MaxPool2d, ReLU};
+use cnn_nn::layers::{Conv2d, Dense, Flatten, ReLU};
 use cnn_nn::loss::softmax_cross_entropy;
 use cnn_nn::models::reference_cnn;
 use cnn_nn::ndarray::{Array2, Array4, ArrayD};
 use cnn_nn::optim::{Adam, Optimizer, Sgd};
 use cnn_nn::train::{fit, FitConfig};
-use cnn_nn::{BuildError, Describe, Init, Layer, ModelRng, NnError, Padding, Param, Sequential, Window};
-use rand::{Rng, SeedableRng};
+use cnn_nn::{BuildError, Describe, Init, Layer, NnError, Padding, Param, Sequential, Window};
+use common::{small_model, toy_data};
 use std::sync::Arc;
-
-/// Four classes of 8x8 images: a bright bar in one of four places, plus noise.
-fn toy_data(n: usize, seed: u64) -> Dataset {
-    let mut rng = ModelRng::seed_from_u64(seed);
-    let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
-    let mut images = Array4::from_shape_simple_fn((n, 1, 8, 8), || rng.gen_range(0.0f32..0.3));
-    for (i, &l) in labels.iter().enumerate() {
-        for t in 0..8 {
-            let (y, x) = [(1, t), (6, t), (t, 1), (t, 6)][l as usize];
-            images[[i, 0, y, x]] += 0.7;
-        }
-    }
-    Dataset { images, labels }
-}
-
-fn small_model(seed: u64) -> Sequential {
-    Sequential::builder(&[1, 8, 8])
-        .add(Conv2d::new(6, 3).padding(Padding::Same))
-        .add(ReLU::new())
-        .add(MaxPool2d::new(2))
-        .add(Flatten::new())
-        .add(Dense::new(16))
-        .add(ReLU::new())
-        .add(Dense::new(4))
-        .seed(seed)
-        .build()
-        .unwrap()
-}
 
 fn quiet(epochs: usize) -> FitConfig {
     FitConfig { epochs, batch_size: 8, seed: 5, progress: false, ..FitConfig::default() }

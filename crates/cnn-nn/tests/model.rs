@@ -1,15 +1,14 @@
 //! Sequential: summary, build errors, learning, determinism, checkpoints.
 
-use cnn_core::Padding;
-use cnn_nn::data::Dataset;
+mod common;
+
 use cnn_nn::layers::*;
 use cnn_nn::models::reference_cnn;
+use cnn_nn::ndarray::ArrayD;
 use cnn_nn::optim::{Adam, Sgd};
 use cnn_nn::train::{evaluate, fit, FitConfig};
 use cnn_nn::{checkpoint, NnError, Sequential};
-use ndarray::{Array4, ArrayD};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use common::{small_model, small_model_with, toy_data};
 
 #[test]
 fn reference_summary_is_the_material_table() {
@@ -68,44 +67,6 @@ fn predict_gives_probabilities() {
     for row in p.rows() {
         assert!((row.sum() - 1.0).abs() < 1e-5);
     }
-}
-
-/// Four classes of 8x8 images: a bright bar in one of four places, plus noise.
-fn toy_data(n: usize, seed: u64) -> Dataset {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
-    let mut images = Array4::from_shape_simple_fn((n, 1, 8, 8), || rng.gen_range(0.0f32..0.3));
-    for (i, &l) in labels.iter().enumerate() {
-        for t in 0..8 {
-            let (y, x) = match l {
-                0 => (1, t),
-                1 => (6, t),
-                2 => (t, 1),
-                _ => (t, 6),
-            };
-            images[[i, 0, y, x]] += 0.7;
-        }
-    }
-    Dataset { images, labels }
-}
-
-fn small_model(seed: u64) -> Sequential {
-    small_model_with(6, seed)
-}
-
-/// The small model with `filters` filters in its convolution.
-fn small_model_with(filters: usize, seed: u64) -> Sequential {
-    Sequential::builder(&[1, 8, 8])
-        .add(Conv2d::new(filters, 3).padding(Padding::Same))
-        .add(ReLU::new())
-        .add(MaxPool2d::new(2))
-        .add(Flatten::new())
-        .add(Dense::new(16))
-        .add(ReLU::new())
-        .add(Dense::new(4))
-        .seed(seed)
-        .build()
-        .unwrap()
 }
 
 fn quiet(epochs: usize, batch_size: usize) -> FitConfig {

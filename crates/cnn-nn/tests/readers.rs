@@ -1,28 +1,15 @@
 //! The IDX and checkpoint readers fed random and mutated bytes: an error or a valid result,
 //! never a panic, a hang or a huge allocation.
 
+mod common;
+
 use cnn_nn::checkpoint::{self, Metadata};
 use cnn_nn::data::read_idx;
 use cnn_nn::layers::{Dense, Flatten};
 use cnn_nn::optim::{Adam, Optimizer};
 use cnn_nn::Sequential;
+use common::{gzip, idx_bytes};
 use proptest::prelude::*;
-use std::io::Write;
-
-fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    bytes
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
 
 /// A mutation of a valid file: flip bytes, truncate, or overwrite a 4-byte field (a header
 /// length or dimension) with an extreme value.
