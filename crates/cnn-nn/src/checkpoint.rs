@@ -180,8 +180,9 @@ fn read_state(
     Ok(OptimizerState { kind: kind.clone(), steps, buffers })
 }
 
-/// Deletes `*.tmp` files left in `dir` by an interrupted run (a save is written to a
-/// temporary file, then renamed). Returns the files removed.
+/// Deletes the temporary files an interrupted run left in `dir` (every output is written to
+/// a temporary file, then renamed): `*.tmp`, and `*.tmp.png` for pictures, whose extension
+/// chooses their format. Returns the files removed.
 ///
 /// # Errors
 /// A directory that cannot be listed, a file that cannot be removed.
@@ -194,7 +195,8 @@ pub fn remove_stale_temporaries(dir: &Path) -> Result<Vec<PathBuf>> {
     };
     for entry in entries {
         let path = entry.map_err(|e| NnError::io(dir, e))?.path();
-        if path.is_file() && path.extension().is_some_and(|e| e == "tmp") {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if path.is_file() && (name.ends_with(".tmp") || name.ends_with(".tmp.png")) {
             std::fs::remove_file(&path).map_err(|e| NnError::io(&path, e))?;
             removed.push(path);
         }

@@ -324,10 +324,14 @@ fn stale_temporary_files_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("model.safetensors.tmp"), b"half").unwrap();
     std::fs::write(dir.path().join("metrics.csv.tmp"), b"half").unwrap();
+    std::fs::write(dir.path().join("curves.tmp.png"), b"half").unwrap();
     std::fs::write(dir.path().join("metrics.csv"), b"keep").unwrap();
+    std::fs::write(dir.path().join("curves.png"), b"keep").unwrap();
     let removed = checkpoint::remove_stale_temporaries(dir.path()).unwrap();
-    assert_eq!(removed.len(), 2);
-    assert!(dir.path().join("metrics.csv").exists());
+    assert_eq!(removed.len(), 3);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["curves.png", "metrics.csv"]);
 }
 
 // The library user's side: a Sync model served from many threads, one image classified
