@@ -153,7 +153,13 @@ pub(crate) fn checked_size(what: &'static str, sizes: &[usize]) -> Result<usize>
 
 /// Fails with [`CnnError::TooLarge`] when `len` values of `f32` cannot be allocated: asked
 /// before the work starts, instead of the abort of a failed allocation in the middle of it.
+/// Only buffers of a gibibyte or more are probed (reserved and released); smaller ones are
+/// as likely to fail as any other allocation, and probing them would cost every call.
 pub(crate) fn expect_allocatable(what: &'static str, len: usize) -> Result<()> {
+    const PROBE_FROM: usize = (1 << 30) / std::mem::size_of::<f32>();
+    if len < PROBE_FROM {
+        return Ok(());
+    }
     Vec::<f32>::new().try_reserve_exact(len).map_err(|_| CnnError::TooLarge {
         what,
         detail: format!("{len} values ({} MiB) cannot be allocated", len.saturating_mul(4) >> 20),
