@@ -69,9 +69,10 @@ macro_rules! elementwise {
 
 elementwise!(
     /// `max(0, x)`; the gradient is 1 where `x > 0` (where `y > 0`), else 0. NaN stays NaN
-    /// (as in PyTorch): `x.max(0.0)` would turn it into 0 and hide a broken input.
+    /// (as in PyTorch): `x.max(0.0)` would turn it into 0 and hide a broken input. A select,
+    /// not a branch: on real activations the sign is unpredictable.
     ReLU, "ReLU", relu_family = true,
-    forward: |x| if x < 0.0 { 0.0 } else { x },
+    forward: |x| std::hint::select_unpredictable(x < 0.0, 0.0, x),
     backward: |y| if y > 0.0 { 1.0 } else { 0.0 }
 );
 
