@@ -1,10 +1,10 @@
 //! Replacing trained convolutions by low-rank ones.
 
-use cnn_core::lowrank::RankPolicy;
 use cnn_nn::checkpoint;
 use cnn_nn::compress::{conv_layers, factorise, Decision};
 use cnn_nn::models::reference_cnn;
-use ndarray::ArrayD;
+use cnn_nn::ndarray::ArrayD;
+use cnn_nn::RankPolicy;
 
 fn input() -> ArrayD<f32> {
     ArrayD::from_shape_fn(vec![4, 1, 28, 28], |i| ((i[0] * 7 + i[2] * 3 + i[3]) % 11) as f32 / 11.0)
@@ -65,4 +65,16 @@ fn a_converted_model_round_trips_through_a_checkpoint() {
     // a full-rank model cannot take it, and says which tensor is missing
     let e = checkpoint::load(&path, &mut reference_cnn(0), None).unwrap_err();
     assert!(e.to_string().contains("tensor `3.weight` is missing"), "{e}");
+}
+
+#[test]
+fn non_finite_weights_and_bad_policies_are_refused() {
+    // an infinite weight used to hang the SVD at 100% CPU
+    let mut model = reference_cnn(6);
+    let (_, w) = model.named_params_mut().into_iter().find(|(n, _)| n == "3.weight").unwrap();
+    w.value[[0, 0, 0, 0]] = f32::INFINITY;
+    let e = factorise(&mut model, &[(3, RankPolicy::Fixed(4))]).unwrap_err();
+    assert_eq!(e.to_string(), "filters holds a non-finite value (inf) at index [0, 0, 0, 0]");
+    let e = factorise(&mut reference_cnn(6), &[(3, RankPolicy::Energy(f64::NAN))]).unwrap_err();
+    assert_eq!(e.to_string(), "invalid rank policy: energy fraction must be in (0, 1], got NaN");
 }

@@ -269,6 +269,18 @@ fn replace_layer_out_of_range_is_an_error() {
 }
 
 #[test]
+fn backward_without_its_forward_or_with_a_wrong_gradient_is_an_error() {
+    let mut model = small_model(1);
+    let e = model.backward(ArrayD::zeros(vec![2, 4])).unwrap_err();
+    assert_eq!(e.to_string(), "invalid configuration: backward needs a forward_train first");
+    model.forward_train(ArrayD::zeros(vec![2, 1, 8, 8])).unwrap();
+    let e = model.backward(ArrayD::zeros(vec![3, 4])).unwrap_err();
+    assert_eq!(e.to_string(), "output gradient dy: expected shape [2, 4], got [3, 4]");
+    let dx = model.backward(ArrayD::ones(vec![2, 4])).unwrap();
+    assert_eq!(dx.shape(), [2, 1, 8, 8]);
+}
+
+#[test]
 fn an_enormous_filter_count_is_a_build_error() {
     for filters in [usize::MAX, 1 << 60] {
         let e = Sequential::builder(&[3, 8, 8]).add(Conv2d::new(filters, 3)).build().err().expect("refused");
