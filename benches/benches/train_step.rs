@@ -21,12 +21,13 @@ fn train_step(c: &mut Criterion) {
     let mut adam = Adam::new(1e-3);
     group.bench_function("adam/ref_cnn_n64", |bench| {
         bench.iter(|| {
+            model.zero_grad();
             let (loss, _) = model.loss_and_gradients(x.clone(), &labels).unwrap();
             adam.step(&mut model.params_mut());
             loss
         })
     });
-    group.bench_function("inference/ref_cnn_n64", |bench| bench.iter(|| model.logits(x.clone()).unwrap()));
+    group.bench_function("inference/ref_cnn_n64", |bench| bench.iter(|| model.forward(x.clone()).unwrap()));
     group.finish();
 }
 

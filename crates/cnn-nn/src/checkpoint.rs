@@ -1,8 +1,9 @@
 //! Checkpoints in the safetensors format: written atomically and byte-for-byte reproducibly,
 //! checked completely before anything is loaded.
 //!
-//! A file holds every parameter under its model path (`3.weight`, `2.block.0.bias`), the
-//! optimiser's buffers when one is saved (`optimizer.m.3.weight`, `optimizer.velocity.0.bias`),
+//! A file holds every parameter and buffer (BatchNorm's running statistics) under its model
+//! path (`3.weight`, `2.block.0.bias`, `1.running_mean`), the optimiser's buffers when one is
+//! saved (`optimizer.m.3.weight`, `optimizer.velocity.0.bias`),
 //! and string metadata (`optimizer`, `optimizer.steps`, and whatever the caller adds: the
 //! epoch, the seed, the metrics so far).
 
@@ -43,12 +44,14 @@ pub fn temporary_path(path: &Path) -> PathBuf {
 /// Duplicate tensor names, an I/O failure (naming the file).
 pub fn save(path: &Path, model: &Sequential, optimizer: Option<&dyn Optimizer>, metadata: &Metadata) -> Result<()> {
     let mut tensors: Vec<(String, &ArrayD<f32>)> = model.named_params().into_iter().map(|(n, p)| (n, &p.value)).collect();
+    let params = tensors.len();
+    tensors.extend(model.named_buffers());
     let mut metadata = metadata.clone();
     let state = optimizer.map(|o| o.state());
     if let Some(state) = &state {
         metadata.insert(OPTIMIZER.into(), state.kind.clone());
         metadata.insert(format!("{OPTIMIZER}.steps"), state.steps.to_string());
-        let names: Vec<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = tensors[..params].iter().map(|(n, _)| n.clone()).collect();
         for (buffer, values) in &state.buffers {
             tensors.extend(names.iter().zip(values).map(|(n, v)| (format!("{OPTIMIZER}.{buffer}.{n}"), v)));
         }
@@ -128,8 +131,10 @@ pub fn load(path: &Path, model: &mut Sequential, optimizer: Option<&mut dyn Opti
     };
 
     let params: Vec<(String, Vec<usize>)> = model.named_params().into_iter().map(|(n, p)| (n, p.value.shape().to_vec())).collect();
+    let buffers: Vec<(String, Vec<usize>)> = model.named_buffers().into_iter().map(|(n, b)| (n, b.shape().to_vec())).collect();
     let values = params.iter().map(|(name, shape)| read(name, shape)).collect::<Result<Vec<_>>>()?;
-    let mut expected: HashSet<String> = params.iter().map(|(n, _)| n.clone()).collect();
+    let buffer_values = buffers.iter().map(|(name, shape)| read(name, shape)).collect::<Result<Vec<_>>>()?;
+    let mut expected: HashSet<String> = params.iter().chain(&buffers).map(|(n, _)| n.clone()).collect();
     let state = match &optimizer {
         Some(opt) => Some(read_state(path, &metadata, &params, opt.state(), &read, &mut expected)?),
         None => None,
@@ -141,6 +146,9 @@ pub fn load(path: &Path, model: &mut Sequential, optimizer: Option<&mut dyn Opti
 
     for ((_, p), value) in model.named_params_mut().into_iter().zip(values) {
         p.value = value;
+    }
+    for ((_, b), value) in model.named_buffers_mut().into_iter().zip(buffer_values) {
+        *b = value;
     }
     if let (Some(opt), Some(state)) = (optimizer, state) {
         opt.load_state(state)?;

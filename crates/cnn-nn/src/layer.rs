@@ -23,24 +23,31 @@ pub enum BuildError {
     Core(#[from] CnnError),
 }
 
-/// Initialisation context handed to [`Layer::build`]: the model's seeded RNG, and whether a
-/// ReLU follows (He initialisation) or not (Glorot).
+/// How a layer's weights are drawn. Each layer carries its own (chosen explicitly, never
+/// guessed from its neighbours): He for the layers a ReLU follows, Glorot for the others.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightInit {
+    /// He (Kaiming) uniform, `U(±sqrt(6 / fan_in))`: keeps the variance through a ReLU.
+    #[default]
+    HeUniform,
+    /// Glorot (Xavier) uniform, `U(±sqrt(6 / (fan_in + fan_out)))`: for layers without a ReLU
+    /// after them (a classifier's last layer, say).
+    GlorotUniform,
+}
+
+/// Initialisation context handed to [`Layer::build`]: the model's seeded RNG.
 pub struct Init<'a> {
     /// The model's RNG: the same seed gives the same weights.
     pub rng: &'a mut ModelRng,
-    /// A ReLU-family activation follows this layer.
-    pub relu_follows: bool,
 }
 
 impl Init<'_> {
-    /// Weights of `shape` (`[out, in, kernel...]`, PyTorch's layout) drawn uniformly: He,
-    /// `U(±sqrt(6 / fan_in))`, before a ReLU; Glorot, `U(±sqrt(6 / (fan_in + fan_out)))`,
-    /// otherwise, with `fan_in = in · Π kernel` and `fan_out = out · Π kernel`. Both keep
-    /// activations' variance steady.
+    /// Weights of `shape` (`[out, in, kernel...]`, PyTorch's layout) drawn uniformly by
+    /// `scheme`, with `fan_in = in · Π kernel` and `fan_out = out · Π kernel`.
     ///
     /// # Errors
     /// A shape of fewer than two axes, or whose size overflows or cannot be allocated.
-    pub fn weights(&mut self, shape: &[usize]) -> Result<ArrayD<f32>, BuildError> {
+    pub fn weights(&mut self, shape: &[usize], scheme: WeightInit) -> Result<ArrayD<f32>, BuildError> {
         let [out, inp, kernel @ ..] = shape else {
             return Err(BuildError::Setting(format!("a weight needs [out, in, ...] axes, got {shape:?}")));
         };
@@ -51,7 +58,10 @@ impl Init<'_> {
         // no overflow: each factor divides `len`
         let receptive: usize = kernel.iter().product();
         let (fan_in, fan_out) = ((inp * receptive) as f64, (out * receptive) as f64);
-        let limit = if self.relu_follows { (6.0 / fan_in).sqrt() } else { (6.0 / (fan_in + fan_out)).sqrt() } as f32;
+        let limit = match scheme {
+            WeightInit::HeUniform => (6.0 / fan_in).sqrt(),
+            WeightInit::GlorotUniform => (6.0 / (fan_in + fan_out)).sqrt(),
+        } as f32;
         data.extend((0..len).map(|_| self.rng.gen_range(-limit..limit)));
         Ok(ArrayD::from_shape_vec(shape, data).expect("the data has the shape's size"))
     }
@@ -74,10 +84,20 @@ impl Param {
         let grad = ArrayD::zeros(value.raw_dim());
         Param { name: name.into(), value, grad }
     }
+
+    /// Adds `g` to the gradient: backward passes accumulate (a parameter used twice, or
+    /// gradients summed over micro-batches) until [`crate::Sequential::zero_grad`].
+    ///
+    /// # Panics
+    /// If `g` does not have the parameter's shape (a bug in the layer).
+    pub fn accumulate<D: ndarray::Dimension>(&mut self, g: &ndarray::Array<f32, D>) {
+        assert_eq!(self.grad.shape(), g.shape(), "gradient of `{}` has the wrong shape", self.name);
+        self.grad += &g.view().into_dyn();
+    }
 }
 
-/// Names a child layer's parameters after the child: `weight` of child `block.0` becomes
-/// `block.0.weight`. Composite layers build their [`Layer::params`] with it.
+/// Names a child layer's parameters (or buffers) after the child: `weight` of child `block.0`
+/// becomes `block.0.weight`. Composite layers build their [`Layer::params`] with it.
 pub fn prefixed<P>(child: &str, params: Vec<(String, P)>) -> Vec<(String, P)> {
     params.into_iter().map(|(name, p)| (format!("{child}.{name}"), p)).collect()
 }
@@ -143,13 +163,25 @@ pub trait Layer: std::any::Any + Send + Sync {
         vec![]
     }
 
+    /// The non-trainable state (BatchNorm's running statistics) with names in this layer:
+    /// saved with checkpoints, counted apart from the parameters, never touched by optimisers.
+    fn buffers(&self) -> Vec<(String, &ArrayD<f32>)> {
+        vec![]
+    }
+
+    /// The buffers, mutably, in the same order and with the same names.
+    fn buffers_mut(&mut self) -> Vec<(String, &mut ArrayD<f32>)> {
+        vec![]
+    }
+
+    /// The layers this one is made of, with their names (a block's path, a branch's index),
+    /// for the summary. Leaves have none.
+    fn children(&self) -> Vec<(String, &dyn Layer)> {
+        vec![]
+    }
+
     /// What the summary shows for this layer.
     fn describe(&self) -> Describe;
-
-    /// A ReLU-family activation: the layer before it gets He initialisation.
-    fn relu_family(&self) -> bool {
-        false
-    }
 }
 
 /// A leaf layer's own parameters, named as they are: the usual body of [`Layer::params`].

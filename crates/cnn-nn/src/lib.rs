@@ -22,7 +22,7 @@ pub use cnn_core;
 pub use cnn_core::lowrank::RankPolicy;
 pub use cnn_core::{Padding, Window};
 pub use error::{NnError, Result};
-pub use layer::{BuildError, Describe, Init, Layer, ModelRng, Param};
+pub use layer::{BuildError, Describe, Init, Layer, ModelRng, Param, WeightInit};
 pub use ndarray;
 pub use sequential::{Classification, Sequential, SequentialBuilder};
 pub mod checkpoint;

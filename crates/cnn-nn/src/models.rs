@@ -1,13 +1,15 @@
 //! Ready-made models.
 
-use crate::layers::{Conv2d, Dense, Flatten, MaxPool2d, ReLU, Softmax};
+use crate::layer::WeightInit;
+use crate::layers::{Conv2d, Dense, Flatten, MaxPool2d, ReLU};
 use crate::sequential::Sequential;
 use cnn_core::Padding;
 
 /// The course material's reference network for 28x28 grey images and 10 classes:
 ///
 /// Conv(3x3, 32, VALID) → ReLU → MaxPool(2,2) → Conv(64) → ReLU → MaxPool → Conv(128) → ReLU →
-/// MaxPool → Flatten → Dense(64) → ReLU → Dense(10) → Softmax
+/// MaxPool → Flatten → Dense(64) → ReLU → Dense(10), whose 10 outputs are the logits: the
+/// softmax is applied by the loss in training and by [`Sequential::predict`].
 pub fn reference_cnn(seed: u64) -> Sequential {
     Sequential::builder(&[1, 28, 28])
         .add(Conv2d::new(32, 3).padding(Padding::Valid))
@@ -22,8 +24,7 @@ pub fn reference_cnn(seed: u64) -> Sequential {
         .add(Flatten::new())
         .add(Dense::new(64))
         .add(ReLU::new())
-        .add(Dense::new(10))
-        .add(Softmax::new())
+        .add(Dense::new(10).init(WeightInit::GlorotUniform))
         .seed(seed)
         .build()
         .expect("the reference network's shapes fit")

@@ -61,7 +61,7 @@ impl SequentialBuilder {
     }
 
     /// Infers every layer's input shape, rejecting impossible stacks, and initialises the
-    /// weights: He before a ReLU, Glorot otherwise.
+    /// weights, each layer by its own [`crate::WeightInit`].
     ///
     /// # Errors
     /// [`NnError::Build`] naming the first layer that cannot take its input, and the shapes.
@@ -73,12 +73,8 @@ impl SequentialBuilder {
         let mut rng = ModelRng::seed_from_u64(self.seed);
         let mut shape = self.input.clone();
         let mut shapes = vec![];
-        let relu_next: Vec<bool> = (0..self.layers.len())
-            .map(|i| self.layers.get(i + 1).is_some_and(|next| next.relu_family()))
-            .collect();
         for (index, layer) in self.layers.iter_mut().enumerate() {
-            let mut init = Init { rng: &mut rng, relu_follows: relu_next[index] };
-            shape = layer.build(&shape, &mut init).map_err(|reason| NnError::Build {
+            shape = layer.build(&shape, &mut Init { rng: &mut rng }).map_err(|reason| NnError::Build {
                 index,
                 layer: layer.describe().name,
                 input: shape.clone(),
@@ -132,9 +128,8 @@ impl Sequential {
         };
         let input = if index == 0 { self.input.clone() } else { self.shapes[index - 1].clone() };
         let mut rng = ModelRng::seed_from_u64(0);
-        let relu_follows = self.layers.get(index + 1).is_some_and(|l| l.relu_family());
         let output = layer
-            .build(&input, &mut Init { rng: &mut rng, relu_follows })
+            .build(&input, &mut Init { rng: &mut rng })
             .map_err(|reason| NnError::Build { index, layer: name.clone(), input: input.clone(), reason })?;
         if output != expected {
             let reason = crate::layer::BuildError::Input(format!("gives {output:?}, the next layer needs {expected:?}"));
@@ -156,8 +151,9 @@ impl Sequential {
 
     fn check_unique_names(&self) -> Result<()> {
         let mut seen = HashSet::new();
-        match self.named_params().into_iter().find(|(name, _)| !seen.insert(name.clone())) {
-            Some((name, _)) => Err(NnError::DuplicateName { name }),
+        let params = self.named_params().into_iter().map(|(n, _)| n);
+        match params.chain(self.named_buffers().into_iter().map(|(n, _)| n)).find(|name| !seen.insert(name.clone())) {
+            Some(name) => Err(NnError::DuplicateName { name }),
             None => Ok(()),
         }
     }
@@ -170,14 +166,6 @@ impl Sequential {
             return Err(NnError::Shape { what: "model input (0 = any batch size)".into(), expected, got: x.shape().to_vec() });
         }
         Ok(())
-    }
-
-    /// Layers that produce the logits: all but a final [`crate::layers::Softmax`].
-    fn logit_layers(&self) -> usize {
-        match self.layers.last() {
-            Some(last) if (last.as_ref() as &dyn std::any::Any).is::<crate::layers::Softmax>() => self.layers.len() - 1,
-            _ => self.layers.len(),
-        }
     }
 
     /// Inference through every layer (evaluation mode: dropout off). Takes `&self`: one model
@@ -225,15 +213,6 @@ impl Sequential {
         Ok(self.layers.iter_mut().rev().fold(dy, |d, layer| layer.backward(d)))
     }
 
-    /// The logits (the output before a final softmax), in evaluation mode.
-    ///
-    /// # Errors
-    /// An input of the wrong shape.
-    pub fn logits(&self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
-        self.check_input(&x.view())?;
-        let k = self.logit_layers();
-        Ok(self.layers[..k].iter().fold(x, |x, layer| layer.forward(x)))
-    }
 
     /// The output of every layer, in evaluation mode (for looking at feature maps).
     ///
@@ -250,12 +229,21 @@ impl Sequential {
         Ok(outputs)
     }
 
-    /// The model's output in evaluation mode (probabilities, when it ends with Softmax).
+    /// A classifier's probabilities, in evaluation mode: the softmax of its output (the
+    /// logits: the softmax is not a layer of the trained stack, the loss takes logits).
+    ///
+    /// # Shapes
+    /// `x`: `[n, ...input_shape]` → `[n, classes]`
     ///
     /// # Errors
-    /// An input of the wrong shape.
+    /// An input of the wrong shape, a model whose output is not `[classes]` per sample.
     pub fn predict(&self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
-        self.forward(x)
+        if self.output_shape().len() != 1 {
+            return Err(NnError::Config(format!("predict needs a classifier, whose output is [classes]; this one gives {:?}", self.output_shape())));
+        }
+        let mut p = self.forward(x)?;
+        crate::layers::softmax_rows(&mut p);
+        Ok(p)
     }
 
     /// Classifies one sample given without the batch axis (`[c, h, w]` for images): the most
@@ -276,7 +264,7 @@ impl Sequential {
     pub fn classify<D: Dimension>(&self, sample: ArrayView<f32, D>) -> Result<Classification> {
         let x = sample.insert_axis(Axis(0)).into_dyn();
         self.check_input(&x)?;
-        let mut scores = self.logits(x.to_owned())?;
+        let mut scores = self.forward(x.to_owned())?;
         if scores.ndim() != 2 {
             return Err(NnError::Config(format!("classify needs a model with one score per class, its output is {:?}", self.output_shape())));
         }
@@ -290,23 +278,31 @@ impl Sequential {
     }
 
     /// One training step's forward and backward: the fused softmax cross-entropy on the
-    /// logits, gradients left in the parameters. Returns the mean loss and the number of
-    /// correct predictions.
+    /// logits (the model's output), gradients **added** to the parameters' (call
+    /// [`Sequential::zero_grad`] first, as [`crate::train::fit`] does). Returns the mean loss
+    /// and the number of correct predictions.
     ///
     /// # Errors
     /// An input of the wrong shape, labels that do not match it, a model whose output is not
     /// `[n, classes]`.
     pub fn loss_and_gradients(&mut self, x: ArrayD<f32>, labels: &[u8]) -> Result<(f32, usize)> {
         self.check_input(&x.view())?;
-        let k = self.logit_layers();
-        let logits = self.layers[..k].iter_mut().fold(x, |x, layer| layer.forward_train(x));
+        let logits = self.layers.iter_mut().fold(x, |x, layer| layer.forward_train(x));
         let logits = logits
             .into_dimensionality::<Ix2>()
             .map_err(|_| NnError::Config("the loss needs a model whose output is [n, classes]".into()))?;
         let (loss, dlogits) = softmax_cross_entropy(logits.view(), labels)?;
         let correct = argmax_rows(logits.view()).iter().zip(labels).filter(|(p, &l)| **p == l as usize).count();
-        self.layers[..k].iter_mut().rev().fold(dlogits.into_dyn(), |d, layer| layer.backward(d));
+        self.layers.iter_mut().rev().fold(dlogits.into_dyn(), |d, layer| layer.backward(d));
+        self.pending_backward = None;
         Ok((loss, correct))
+    }
+
+    /// Sets every gradient to zero (backward passes add to them).
+    pub fn zero_grad(&mut self) {
+        for p in self.params_mut() {
+            p.grad.fill(0.0);
+        }
     }
 
     /// Every parameter with its unique path as name (`"{layer index}.{name in the layer}"`,
@@ -333,9 +329,33 @@ impl Sequential {
         self.named_params_mut().into_iter().map(|(_, p)| p).collect()
     }
 
+    /// Every buffer (non-trainable state, such as BatchNorm's running statistics) with its
+    /// unique path as name, in a fixed order.
+    pub fn named_buffers(&self) -> Vec<(String, &ArrayD<f32>)> {
+        let mut named = vec![];
+        for (i, layer) in self.layers.iter().enumerate() {
+            named.extend(crate::layer::prefixed(&i.to_string(), layer.buffers()));
+        }
+        named
+    }
+
+    /// Every buffer, mutably, with the names and in the order of [`Sequential::named_buffers`].
+    pub fn named_buffers_mut(&mut self) -> Vec<(String, &mut ArrayD<f32>)> {
+        let mut named = vec![];
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            named.extend(crate::layer::prefixed(&i.to_string(), layer.buffers_mut()));
+        }
+        named
+    }
+
     /// Total number of trainable values.
     pub fn num_params(&self) -> usize {
         self.named_params().iter().map(|(_, p)| p.value.len()).sum()
+    }
+
+    /// Total number of non-trainable values (the buffers).
+    pub fn num_buffers(&self) -> usize {
+        self.named_buffers().iter().map(|(_, b)| b.len()).sum()
     }
 }
 

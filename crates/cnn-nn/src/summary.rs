@@ -1,5 +1,6 @@
 //! The model summary table, as the course material prints it.
 
+use crate::layer::Layer;
 use crate::sequential::Sequential;
 use std::fmt::Write as _;
 
@@ -37,11 +38,12 @@ struct Row {
 
 impl Sequential {
     /// The summary table: Layer, Number of Filters, Padding, Activation Shape (H,W,C),
-    /// Activation Size, Parameters, and the totals.
+    /// Activation Size, Parameters (trainable and non-trainable, as Keras counts them), and the
+    /// totals.
     ///
-    /// Element-wise activations are not rows of their own: they are listed under the table,
-    /// and a final Softmax names the row of the layer it follows ("Softmax", as the material
-    /// calls the output layer).
+    /// Element-wise activations are not rows of their own: they are listed under the table.
+    /// A layer made of layers (a residual block, an inception module) is one row with its
+    /// output and totals, followed by its children, indented.
     pub fn summary(&self) -> String {
         let mut rows = vec![Row {
             layer: "Input".into(),
@@ -54,14 +56,9 @@ impl Sequential {
         let mut activations = vec![];
         for (layer, shape) in self.layers().iter().zip(self.shapes()) {
             let d = layer.describe();
-            let params = layer.params().iter().map(|(_, p)| p.value.len()).sum();
             if d.is_activation && rows.len() > 1 {
-                let row = rows.last_mut().expect("there is a row before");
-                if (layer.as_ref() as &dyn std::any::Any).is::<crate::layers::Softmax>() {
-                    row.layer = d.name;
-                } else {
-                    activations.push(format!("{} after {}", d.name, row.layer));
-                }
+                let row = rows.last().expect("there is a row before");
+                activations.push(format!("{} after {}", d.name, row.layer));
                 continue;
             }
             rows.push(Row {
@@ -70,10 +67,10 @@ impl Sequential {
                 padding: d.padding.unwrap_or_default(),
                 shape: material_shape(shape),
                 size: thousands(shape.iter().product()),
-                params,
+                params: size(layer.as_ref()),
             });
+            child_rows(layer.as_ref(), 1, &mut rows);
         }
-
         let header = ["Layer", "Number of Filters", "Padding", "Activation Shape", "Activation Size", "Parameters"];
         let cells: Vec<[String; 6]> = rows
             .iter()
@@ -101,10 +98,39 @@ impl Sequential {
             let _ = writeln!(out, "{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
         }
         let _ = writeln!(out, "{}", "-".repeat(widths.iter().sum::<usize>() + 2 * 5));
-        let _ = writeln!(out, "Total parameters: {}", thousands(self.num_params()));
+        let (trainable, fixed) = (self.num_params(), self.num_buffers());
+        let _ = writeln!(out, "Total parameters: {}", thousands(trainable + fixed));
+        if fixed > 0 {
+            let _ = writeln!(out, "Trainable parameters: {}", thousands(trainable));
+            let _ = writeln!(out, "Non-trainable parameters: {}", thousands(fixed));
+        }
         if !activations.is_empty() {
             let _ = writeln!(out, "Activations: {}", activations.join(", "));
         }
+        if let [classes] = self.output_shape() {
+            let _ = writeln!(out, "Output: {classes} logits (the softmax is applied by the loss and by predict)");
+        }
         out
+    }
+}
+
+/// Parameters and buffers of a layer, its children's included.
+fn size(layer: &dyn Layer) -> usize {
+    layer.params().iter().map(|(_, p)| p.value.len()).sum::<usize>() + layer.buffers().iter().map(|(_, b)| b.len()).sum::<usize>()
+}
+
+/// The rows of `layer`'s children, indented by `depth`, recursively.
+fn child_rows(layer: &dyn Layer, depth: usize, rows: &mut Vec<Row>) {
+    for (name, child) in layer.children() {
+        let d = child.describe();
+        rows.push(Row {
+            layer: format!("{}{name}: {}", "  ".repeat(depth), d.name),
+            filters: d.filters.map(|f| f.to_string()).unwrap_or_default(),
+            padding: d.padding.unwrap_or_default(),
+            shape: String::new(),
+            size: String::new(),
+            params: size(child),
+        });
+        child_rows(child, depth + 1, rows);
     }
 }

@@ -243,7 +243,7 @@ pub fn evaluate(model: &Sequential, data: &Dataset, batch_size: usize) -> Result
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(batch_size) {
         let (x, labels) = data.batch(chunk);
-        let logits = model.logits(x)?.into_dimensionality::<Ix2>().map_err(|_| NnError::Config("model output is not [n, classes]".into()))?;
+        let logits = model.forward(x)?.into_dimensionality::<Ix2>().map_err(|_| NnError::Config("model output is not [n, classes]".into()))?;
         let (l, _) = softmax_cross_entropy(logits.view(), &labels)?;
         loss += l as f64 * chunk.len() as f64;
         correct += argmax_rows(logits.view()).iter().zip(&labels).filter(|(p, &l)| **p == l as usize).count();
@@ -332,6 +332,7 @@ pub fn fit(
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for (b, chunk) in order.chunks(config.batch_size).enumerate() {
             let (x, labels) = train.batch(chunk);
+            model.zero_grad();
             let (loss, right) = model.loss_and_gradients(x, &labels)?;
             let diverged = |reason: String| {
                 bar.abandon();

@@ -40,7 +40,7 @@ fn skipped_layers_leave_the_model_unchanged() {
     let decisions = factorise(&mut model, &[(3, RankPolicy::Fixed(64)), (6, RankPolicy::Energy(1.0))]).unwrap();
     assert!(decisions.iter().all(|d| matches!(d, Decision::Skipped { .. })), "{decisions:?}");
     assert_eq!(conv_layers(&model), [0, 3, 6]);
-    assert_eq!(original.logits(input()).unwrap(), model.logits(input()).unwrap());
+    assert_eq!(original.forward(input()).unwrap(), model.forward(input()).unwrap());
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn a_converted_model_round_trips_through_a_checkpoint() {
         assert_eq!((na, &a.value), (&nb, &b.value));
     }
     assert!(model.named_params().iter().any(|(n, _)| n == "3.mix"));
-    assert_eq!(model.logits(input()).unwrap(), loaded.logits(input()).unwrap());
+    assert_eq!(model.forward(input()).unwrap(), loaded.forward(input()).unwrap());
 
     // a full-rank model cannot take it, and says which tensor is missing
     let e = checkpoint::load(&path, &mut reference_cnn(0), None).unwrap_err();

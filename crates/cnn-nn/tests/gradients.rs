@@ -40,7 +40,7 @@ fn dot(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
 fn check_layer(mut layer: impl Layer, shape: &[usize], eps: f32, seed: u64) {
     let name = layer.describe().name;
     let mut rng = ModelRng::seed_from_u64(seed);
-    layer.build(&shape[1..], &mut Init { rng: &mut rng, relu_follows: false }).unwrap();
+    layer.build(&shape[1..], &mut Init { rng: &mut rng }).unwrap();
     let x = spread_input(shape, seed);
     let y = layer.forward_train(x.clone());
     let r = ArrayD::from_shape_simple_fn(y.raw_dim(), || rng.gen_range(-1.0f32..1.0));
@@ -117,7 +117,6 @@ fn whole_model_with_the_loss() {
         .add(Sigmoid::new())
         .add(Flatten::new())
         .add(Dense::new(5))
-        .add(Softmax::new())
         .seed(3)
         .build()
         .unwrap();
@@ -126,7 +125,7 @@ fn whole_model_with_the_loss() {
     model.loss_and_gradients(x.clone(), &labels).unwrap();
     let grads: Vec<ArrayD<f32>> = model.params_mut().iter().map(|p| p.grad.clone()).collect();
     let loss = |model: &mut Sequential| {
-        let logits = model.logits(x.clone()).unwrap().into_dimensionality::<Ix2>().unwrap();
+        let logits = model.forward(x.clone()).unwrap().into_dimensionality::<Ix2>().unwrap();
         softmax_cross_entropy(logits.view(), &labels).unwrap().0 as f64
     };
     let eps = SMOOTH;
@@ -149,7 +148,7 @@ fn whole_model_with_the_loss() {
 fn dropout_scales_and_routes_through_its_mask() {
     let mut drop = Dropout::new(0.5);
     let mut rng = ModelRng::seed_from_u64(1);
-    drop.build(&[1000], &mut Init { rng: &mut rng, relu_follows: false }).unwrap();
+    drop.build(&[1000], &mut Init { rng: &mut rng }).unwrap();
     let x = ArrayD::ones(IxDyn(&[4, 1000]));
     let y = drop.forward_train(x.clone());
     let kept = y.iter().filter(|&&v| v != 0.0).count();

@@ -10,6 +10,8 @@ use cnn_nn::train::{evaluate, fit, FitConfig};
 use cnn_nn::{checkpoint, NnError, Sequential};
 use common::{small_model, small_model_with, toy_data};
 
+/// The course material's table; its last row, "Softmax", is the `Dense(10)` whose logits the
+/// softmax turns into probabilities (in the loss and in `predict`, not as a layer).
 #[test]
 fn reference_summary_is_the_material_table() {
     let expected = "\
@@ -24,10 +26,11 @@ Conv2d(f=3,s=1)   128                Valid    (3,3,128)                   1,152 
 MaxPool(f=2,s=2)                              (1,1,128)                     128           0
 Flatten                                       (128)                         128           0
 Dense                                         (64)                           64       8,256
-Softmax                                       (10)                           10         650
+Dense                                         (10)                           10         650
 -------------------------------------------------------------------------------------------
 Total parameters: 101,578
 Activations: ReLU after Conv2d(f=3,s=1), ReLU after Conv2d(f=3,s=1), ReLU after Conv2d(f=3,s=1), ReLU after Dense
+Output: 10 logits (the softmax is applied by the loss and by predict)
 ";
     assert_eq!(reference_cnn(0).summary(), expected);
 }
@@ -149,4 +152,37 @@ fn mismatched_checkpoint_is_refused_naming_the_tensor() {
     assert!(e.to_string().contains("tensor `0.weight`"), "{e}");
     std::fs::write(&path, b"garbage").unwrap();
     assert!(checkpoint::load(&path, &mut small_model(1), None).unwrap_err().to_string().contains("not a safetensors file"));
+}
+
+#[test]
+fn gradients_accumulate_until_zero_grad() {
+    let data = toy_data(8, 4);
+    let (x, labels) = data.batch(&[0, 1, 2, 3]);
+    let mut model = small_model(3);
+    model.loss_and_gradients(x.clone(), &labels).unwrap();
+    let once: Vec<ArrayD<f32>> = model.named_params().iter().map(|(_, p)| p.grad.clone()).collect();
+    assert!(once.iter().any(|g| g.iter().any(|&v| v != 0.0)));
+    // a second pass adds the same gradients (micro-batches, shared parameters)
+    model.loss_and_gradients(x.clone(), &labels).unwrap();
+    for ((name, p), g) in model.named_params().iter().zip(&once) {
+        assert_eq!(p.grad, g * 2.0, "{name}");
+    }
+    model.zero_grad();
+    assert!(model.named_params().iter().all(|(_, p)| p.grad.iter().all(|&v| v == 0.0)));
+    model.loss_and_gradients(x, &labels).unwrap();
+    let again: Vec<ArrayD<f32>> = model.named_params().iter().map(|(_, p)| p.grad.clone()).collect();
+    assert_eq!(again, once);
+}
+
+#[test]
+fn predict_is_the_softmax_of_the_logits() {
+    let model = reference_cnn(2);
+    let x = ArrayD::from_elem(vec![2, 1, 28, 28], 0.3);
+    let logits = model.forward(x.clone()).unwrap();
+    let p = model.predict(x).unwrap();
+    let (l0, p0) = (logits.index_axis(cnn_nn::ndarray::Axis(0), 0), p.index_axis(cnn_nn::ndarray::Axis(0), 0));
+    let z: f32 = l0.iter().map(|v| v.exp()).sum();
+    for (l, q) in l0.iter().zip(p0.iter()) {
+        assert!((l.exp() / z - q).abs() < 1e-6);
+    }
 }

@@ -19,7 +19,7 @@ fn par_clone(x: &ArrayD<f32>) -> ArrayD<f32> {
 /// An element-wise function and its derivative, written in terms of the output `y` (so only
 /// the output is cached).
 macro_rules! elementwise {
-    ($(#[$doc:meta])* $name:ident, $label:literal, relu_family = $relu:literal,
+    ($(#[$doc:meta])* $name:ident, $label:literal,
      forward: |$x:ident| $f:expr, backward: |$y:ident| $df:expr) => {
         $(#[$doc])*
         #[derive(Default)]
@@ -59,10 +59,6 @@ macro_rules! elementwise {
             fn describe(&self) -> Describe {
                 Describe { name: $label.into(), is_activation: true, ..Describe::default() }
             }
-
-            fn relu_family(&self) -> bool {
-                $relu
-            }
         }
     };
 }
@@ -71,21 +67,21 @@ elementwise!(
     /// `max(0, x)`; the gradient is 1 where `x > 0` (where `y > 0`), else 0. NaN stays NaN
     /// (as in PyTorch): `x.max(0.0)` would turn it into 0 and hide a broken input. A select,
     /// not a branch: on real activations the sign is unpredictable.
-    ReLU, "ReLU", relu_family = true,
+    ReLU, "ReLU",
     forward: |x| std::hint::select_unpredictable(x < 0.0, 0.0, x),
     backward: |y| if y > 0.0 { 1.0 } else { 0.0 }
 );
 
 elementwise!(
     /// `1 / (1 + e^-x)`; the gradient is `y (1 - y)`.
-    Sigmoid, "Sigmoid", relu_family = false,
+    Sigmoid, "Sigmoid",
     forward: |x| 1.0 / (1.0 + (-x).exp()),
     backward: |y| y * (1.0 - y)
 );
 
 elementwise!(
     /// `tanh x`; the gradient is `1 - y²`.
-    Tanh, "Tanh", relu_family = false,
+    Tanh, "Tanh",
     forward: |x| x.tanh(),
     backward: |y| 1.0 - y * y
 );
@@ -131,10 +127,6 @@ impl Layer for LeakyReLU {
 
     fn describe(&self) -> Describe {
         Describe { name: format!("LeakyReLU({})", self.slope), is_activation: true, ..Describe::default() }
-    }
-
-    fn relu_family(&self) -> bool {
-        true
     }
 }
 

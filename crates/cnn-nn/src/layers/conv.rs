@@ -1,6 +1,6 @@
 //! Convolution layers: `Conv2d` and `Conv1d`, calling cnn-core's im2col kernels.
 
-use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
+use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param, WeightInit};
 use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d, conv2d_backward, Padding, Window};
 use ndarray::{Array3, Array4, ArrayD, ArrayView3, ArrayView4, Ix3, Ix4};
 
@@ -19,6 +19,7 @@ pub struct Conv2d {
     filters: usize,
     window: Window,
     use_bias: bool,
+    init: WeightInit,
     params: Vec<Param>,
     x: Option<ndarray::Array4<f32>>,
 }
@@ -26,7 +27,7 @@ pub struct Conv2d {
 impl Conv2d {
     /// `filters` square `k x k` filters, stride 1, VALID, with bias. Input channels are inferred.
     pub fn new(filters: usize, k: usize) -> Self {
-        Conv2d { filters, window: Window::square(k), use_bias: true, params: vec![], x: None }
+        Conv2d { filters, window: Window::square(k), use_bias: true, init: WeightInit::default(), params: vec![], x: None }
     }
 
     /// A non-square kernel.
@@ -52,6 +53,11 @@ impl Conv2d {
     /// Without a bias term.
     pub fn no_bias(self) -> Self {
         Conv2d { use_bias: false, ..self }
+    }
+
+    /// How the filters are drawn (He uniform unless set).
+    pub fn init(self, init: WeightInit) -> Self {
+        Conv2d { init, ..self }
     }
 
     /// The window (kernel, stride, padding).
@@ -86,7 +92,7 @@ impl Layer for Conv2d {
         }
         let g = self.window.geometry(*h, *w)?;
         let (kh, kw) = (self.window.kh, self.window.kw);
-        let weight = init.weights(&[self.filters, *c_in, kh, kw])?;
+        let weight = init.weights(&[self.filters, *c_in, kh, kw], self.init)?;
         self.params = vec![Param::new("weight", weight)];
         if self.use_bias {
             self.params.push(Param::new("bias", ArrayD::zeros(vec![self.filters])));
@@ -110,9 +116,9 @@ impl Layer for Conv2d {
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
         let dy = dy.into_dimensionality::<Ix4>().expect("Conv2d dy is [n, c, oh, ow]");
         let g = conv2d_backward(x.view(), w, dy.view(), &self.window).expect("Conv2d: shapes were checked at build");
-        self.params[0].grad = g.dw.into_dyn();
+        self.params[0].accumulate(&g.dw);
         if let Some(bias) = self.params.get_mut(1) {
-            bias.grad = g.db.into_dyn();
+            bias.accumulate(&g.db);
         }
         g.dx.into_dyn()
     }
@@ -140,6 +146,7 @@ impl Layer for Conv2d {
 pub struct Conv1d {
     filters: usize,
     window: Window,
+    init: WeightInit,
     params: Vec<Param>,
     x: Option<ndarray::Array3<f32>>,
 }
@@ -147,7 +154,7 @@ pub struct Conv1d {
 impl Conv1d {
     /// `filters` filters of length `k`, stride 1, VALID, with bias.
     pub fn new(filters: usize, k: usize) -> Self {
-        Conv1d { filters, window: Window::row(k), params: vec![], x: None }
+        Conv1d { filters, window: Window::row(k), init: WeightInit::default(), params: vec![], x: None }
     }
 
     /// The stride along the signal.
@@ -159,6 +166,11 @@ impl Conv1d {
     /// that would add rows is refused at build).
     pub fn padding(self, padding: Padding) -> Self {
         Conv1d { window: self.window.padding(padding), ..self }
+    }
+
+    /// How the filters are drawn (He uniform unless set).
+    pub fn init(self, init: WeightInit) -> Self {
+        Conv1d { init, ..self }
     }
 
     fn run(&self, x: ArrayView3<f32>) -> Array3<f32> {
@@ -178,7 +190,7 @@ impl Layer for Conv1d {
         }
         let ol = conv1d_output_len(&self.window, *l)?;
         let k = self.window.kw;
-        let weight = init.weights(&[self.filters, *c_in, k])?;
+        let weight = init.weights(&[self.filters, *c_in, k], self.init)?;
         self.params = vec![Param::new("weight", weight), Param::new("bias", ArrayD::zeros(vec![self.filters]))];
         Ok(vec![self.filters, ol])
     }
@@ -199,8 +211,8 @@ impl Layer for Conv1d {
         let w = self.params[0].value.view().into_dimensionality::<Ix3>().expect("weight is 3-D");
         let dy = dy.into_dimensionality::<Ix3>().expect("Conv1d dy is [n, c, ol]");
         let g = conv1d_backward(x.view(), w, dy.view(), &self.window).expect("Conv1d: shapes were checked at build");
-        self.params[0].grad = g.dw.into_dyn();
-        self.params[1].grad = g.db.into_dyn();
+        self.params[0].accumulate(&g.dw);
+        self.params[1].accumulate(&g.db);
         g.dx.into_dyn()
     }
 

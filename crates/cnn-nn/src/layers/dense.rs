@@ -1,6 +1,6 @@
 //! `Dense`: a fully connected layer, `y = x · Wᵀ + b`.
 
-use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
+use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param, WeightInit};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayD, Axis, Ix2};
 
@@ -18,6 +18,7 @@ use ndarray::{Array2, ArrayD, Axis, Ix2};
 /// ```
 pub struct Dense {
     units: usize,
+    init: WeightInit,
     params: Vec<Param>,
     x: Option<Array2<f32>>,
 }
@@ -25,7 +26,12 @@ pub struct Dense {
 impl Dense {
     /// A layer with `units` outputs; the input size is inferred.
     pub fn new(units: usize) -> Self {
-        Dense { units, params: vec![], x: None }
+        Dense { units, init: WeightInit::default(), params: vec![], x: None }
+    }
+
+    /// How the weights are drawn (He uniform unless set; Glorot for a last layer).
+    pub fn init(self, init: WeightInit) -> Self {
+        Dense { init, ..self }
     }
 
     fn weight(&self) -> ndarray::ArrayView2<'_, f32> {
@@ -50,7 +56,7 @@ impl Layer for Dense {
         if self.units == 0 {
             return Err(BuildError::Setting("Dense needs at least one unit".into()));
         }
-        let weight = init.weights(&[self.units, *fan_in])?;
+        let weight = init.weights(&[self.units, *fan_in], self.init)?;
         self.params = vec![Param::new("weight", weight), Param::new("bias", ArrayD::zeros(vec![self.units]))];
         Ok(vec![self.units])
     }
@@ -69,8 +75,8 @@ impl Layer for Dense {
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let x = self.x.take().expect("Dense::backward needs a training forward first");
         let dy = dy.into_dimensionality::<Ix2>().expect("Dense dy is [n, units]");
-        self.params[0].grad = dy.t().dot(&x).into_dyn(); // [units, in]
-        self.params[1].grad = dy.sum_axis(Axis(0)).into_dyn();
+        self.params[0].accumulate(&dy.t().dot(&x)); // [units, in]
+        self.params[1].accumulate(&dy.sum_axis(Axis(0)));
         dy.dot(&self.weight()).into_dyn() // [n, in]
     }
 

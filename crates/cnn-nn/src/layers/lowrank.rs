@@ -1,7 +1,7 @@
 //! `LowRankConv2d`: a convolution whose lowered filter matrix is stored as two thin factors.
 
 use super::Conv2d;
-use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
+use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param, WeightInit};
 use cnn_core::lowrank::{lowrank_conv2d, lowrank_conv2d_backward, LowRankFilters};
 use cnn_core::Window;
 use ndarray::{Array4, ArrayD, ArrayView4, Ix1, Ix2, Ix4};
@@ -75,8 +75,9 @@ impl Layer for LowRankConv2d {
         let basis_shape = [self.rank, *c_in, kh, kw];
         if self.params.is_empty() {
             // basis: a plain conv with `rank` filters; mix: a 1x1 conv, followed by the activation
-            let basis = init.weights(&basis_shape)?;
-            let mix = init.weights(&[self.filters, self.rank])?;
+            // the thin filters feed the mix linearly: Glorot; the mix is followed by the activation
+            let basis = init.weights(&basis_shape, WeightInit::GlorotUniform)?;
+            let mix = init.weights(&[self.filters, self.rank], WeightInit::HeUniform)?;
             self.params = vec![Param::new("mix", mix), Param::new("basis", basis), Param::new("bias", ArrayD::zeros(vec![self.filters]))];
         } else if self.params[1].value.shape() != basis_shape {
             return Err(BuildError::Input(format!("basis {:?} does not fit the input: expected {basis_shape:?}", self.params[1].value.shape())));
@@ -100,10 +101,10 @@ impl Layer for LowRankConv2d {
         let dy = dy.into_dimensionality::<Ix4>().expect("LowRankConv2d dy is 4-D");
         let (mix, basis) = self.factors();
         let g = lowrank_conv2d_backward(x.view(), mix, basis, dy.view(), &self.window).expect("LowRankConv2d: shapes were checked at build");
-        self.params[0].grad = g.dmix.into_dyn();
-        self.params[1].grad = g.dbasis.into_dyn();
+        self.params[0].accumulate(&g.dmix);
+        self.params[1].accumulate(&g.dbasis);
         if let Some(bias) = self.params.get_mut(2) {
-            bias.grad = g.db.into_dyn();
+            bias.accumulate(&g.db);
         }
         g.dx.into_dyn()
     }

@@ -4,7 +4,7 @@
 use cnn_nn::data::Dataset;
 use cnn_nn::layers::{Conv2d, Dense, Flatten, MaxPool2d, ReLU};
 use cnn_nn::ndarray::Array4;
-use cnn_nn::{ModelRng, Padding, Sequential};
+use cnn_nn::{ModelRng, Padding, Sequential, WeightInit};
 use rand::{Rng, SeedableRng};
 use std::io::Write;
 
@@ -48,7 +48,7 @@ pub fn small_model_with(filters: usize, seed: u64) -> Sequential {
         .add(Flatten::new())
         .add(Dense::new(16))
         .add(ReLU::new())
-        .add(Dense::new(4))
+        .add(Dense::new(4).init(WeightInit::GlorotUniform))
         .seed(seed)
         .build()
         .unwrap()
