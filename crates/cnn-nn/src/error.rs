@@ -6,10 +6,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum NnError {
     /// A layer cannot take the shape the previous one produces.
-    #[error("layer {index} ({layer}) cannot take input of shape {input:?}: {reason}")]
+    #[error("layer {path} ({layer}) cannot take input of shape {input:?}: {reason}")]
     Build {
-        /// Position of the layer in the model.
-        index: usize,
+        /// Where the layer is: its index in the model, then its path inside blocks (`3.main.0`).
+        path: String,
         /// The layer's name.
         layer: String,
         /// The per-sample input shape it was given.

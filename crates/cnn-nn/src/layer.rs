@@ -21,6 +21,30 @@ pub enum BuildError {
     /// The compute core refused the geometry (kernel larger than the input, sizes that overflow, ...).
     #[error(transparent)]
     Core(#[from] CnnError),
+    /// A layer inside a chain or a block refused its input: `path` leads to it (`3.main.0`).
+    #[error("layer {path} ({layer}) cannot take input of shape {input:?}: {reason}")]
+    At {
+        /// The dotted path from the container to the layer.
+        path: String,
+        /// The layer's name.
+        layer: String,
+        /// The per-sample input shape it was given.
+        input: Vec<usize>,
+        /// Why.
+        reason: Box<BuildError>,
+    },
+}
+
+impl BuildError {
+    /// This error seen from the container that holds the failing layer under `name`: the
+    /// path grows by `name`, or starts there (with the layer's name and input) if the error
+    /// came from the layer itself.
+    pub fn within(self, name: &str, layer: &str, input: &[usize]) -> BuildError {
+        match self {
+            BuildError::At { path, layer, input, reason } => BuildError::At { path: format!("{name}.{path}"), layer, input, reason },
+            other => BuildError::At { path: name.to_string(), layer: layer.to_string(), input: input.to_vec(), reason: Box::new(other) },
+        }
+    }
 }
 
 /// How a layer's weights are drawn. Each layer carries its own (chosen explicitly, never

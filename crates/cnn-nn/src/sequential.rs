@@ -1,7 +1,8 @@
 //! `Sequential`: a stack of layers built from an input shape, trained end to end.
 
 use crate::error::{NnError, Result};
-use crate::layer::{Init, Layer, ModelRng, Param};
+use crate::layer::{BuildError, Init, Layer, ModelRng, Param};
+use crate::layers::Chain;
 use crate::loss::softmax_cross_entropy;
 use ndarray::{ArrayD, ArrayView, Axis, Dimension, Ix2};
 use rand::SeedableRng;
@@ -25,9 +26,7 @@ use std::collections::HashSet;
 /// ```
 pub struct Sequential {
     input: Vec<usize>,
-    layers: Vec<Box<dyn Layer>>,
-    /// Per-sample output shape of each layer.
-    shapes: Vec<Vec<usize>>,
+    chain: Chain,
     /// Batch size of the last training forward whose backward has not run yet.
     pending_backward: Option<usize>,
 }
@@ -44,15 +43,14 @@ pub struct Classification {
 /// Collects layers, then checks the stack and initialises it ([`SequentialBuilder::build`]).
 pub struct SequentialBuilder {
     input: Vec<usize>,
-    layers: Vec<Box<dyn Layer>>,
+    chain: Chain,
     seed: u64,
 }
 
 impl SequentialBuilder {
     /// Appends a layer.
-    pub fn add(mut self, layer: impl Layer + 'static) -> Self {
-        self.layers.push(Box::new(layer));
-        self
+    pub fn add(self, layer: impl Layer + 'static) -> Self {
+        SequentialBuilder { chain: self.chain.add(layer), ..self }
     }
 
     /// The seed of the weight initialisation (and of dropout): the same seed, the same model.
@@ -71,18 +69,8 @@ impl SequentialBuilder {
         }
         cnn_core::threads::init(); // the best BLAS kernels, before any product
         let mut rng = ModelRng::seed_from_u64(self.seed);
-        let mut shape = self.input.clone();
-        let mut shapes = vec![];
-        for (index, layer) in self.layers.iter_mut().enumerate() {
-            shape = layer.build(&shape, &mut Init { rng: &mut rng }).map_err(|reason| NnError::Build {
-                index,
-                layer: layer.describe().name,
-                input: shape.clone(),
-                reason,
-            })?;
-            shapes.push(shape.clone());
-        }
-        let model = Sequential { input: self.input, layers: self.layers, shapes, pending_backward: None };
+        self.chain.build(&self.input, &mut Init { rng: &mut rng }).map_err(build_error)?;
+        let model = Sequential { input: self.input, chain: self.chain, pending_backward: None };
         model.check_unique_names()?;
         Ok(model)
     }
@@ -91,7 +79,7 @@ impl SequentialBuilder {
 impl Sequential {
     /// Starts a model taking samples of shape `input` (without the batch axis), e.g. `[1, 28, 28]`.
     pub fn builder(input: &[usize]) -> SequentialBuilder {
-        SequentialBuilder { input: input.to_vec(), layers: vec![], seed: 0 }
+        SequentialBuilder { input: input.to_vec(), chain: Chain::new(), seed: 0 }
     }
 
     /// Per-sample input shape.
@@ -101,17 +89,17 @@ impl Sequential {
 
     /// Per-sample output shape.
     pub fn output_shape(&self) -> &[usize] {
-        self.shapes.last().map_or(&self.input, Vec::as_slice)
+        self.chain.shapes().last().map_or(&self.input, Vec::as_slice)
     }
 
     /// The layers.
     pub fn layers(&self) -> &[Box<dyn Layer>] {
-        &self.layers
+        self.chain.layers()
     }
 
     /// The layers, mutably (to call them one by one).
     pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer>] {
-        &mut self.layers
+        self.chain.layers_mut()
     }
 
     /// Replaces layer `index` by `layer`, which must take the same input and give the same
@@ -121,23 +109,16 @@ impl Sequential {
     /// # Errors
     /// A missing index, a layer that does not fit between its neighbours, or parameter names
     /// that clash; the model is unchanged then.
-    pub fn replace_layer(&mut self, index: usize, mut layer: Box<dyn Layer>) -> Result<()> {
-        let name = layer.describe().name;
-        let Some(expected) = self.shapes.get(index).cloned() else {
-            return Err(NnError::Config(format!("no layer {index} to replace: the model has {} layers", self.layers.len())));
-        };
-        let input = if index == 0 { self.input.clone() } else { self.shapes[index - 1].clone() };
-        let mut rng = ModelRng::seed_from_u64(0);
-        let output = layer
-            .build(&input, &mut Init { rng: &mut rng })
-            .map_err(|reason| NnError::Build { index, layer: name.clone(), input: input.clone(), reason })?;
-        if output != expected {
-            let reason = crate::layer::BuildError::Input(format!("gives {output:?}, the next layer needs {expected:?}"));
-            return Err(NnError::Build { index, layer: name, input, reason });
+    pub fn replace_layer(&mut self, index: usize, layer: Box<dyn Layer>) -> Result<()> {
+        let count = self.layers().len();
+        if index >= count {
+            return Err(NnError::Config(format!("no layer {index} to replace: the model has {count} layers")));
         }
-        let old = std::mem::replace(&mut self.layers[index], layer);
+        let input = if index == 0 { self.input.clone() } else { self.shapes()[index - 1].clone() };
+        let mut rng = ModelRng::seed_from_u64(0);
+        let old = self.chain.replace(index, layer, &input, &mut Init { rng: &mut rng }).map_err(build_error)?;
         if let Err(e) = self.check_unique_names() {
-            self.layers[index] = old;
+            self.chain.layers_mut()[index] = old;
             return Err(e);
         }
         self.pending_backward = None;
@@ -146,7 +127,7 @@ impl Sequential {
 
     /// Per-sample output shape of each layer.
     pub fn shapes(&self) -> &[Vec<usize>] {
-        &self.shapes
+        self.chain.shapes()
     }
 
     fn check_unique_names(&self) -> Result<()> {
@@ -178,7 +159,7 @@ impl Sequential {
     /// An input of the wrong shape.
     pub fn forward(&self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
         self.check_input(&x.view())?;
-        Ok(self.layers.iter().fold(x, |x, layer| layer.forward(x)))
+        Ok(self.chain.forward(x))
     }
 
     /// Training forward through every layer, caching what [`Sequential::backward`] needs.
@@ -191,7 +172,7 @@ impl Sequential {
     pub fn forward_train(&mut self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
         self.check_input(&x.view())?;
         self.pending_backward = Some(x.shape()[0]);
-        Ok(self.layers.iter_mut().fold(x, |x, layer| layer.forward_train(x)))
+        Ok(self.chain.forward_train(x))
     }
 
     /// Backward pass through every layer, from the gradient of the output; fills the
@@ -210,7 +191,7 @@ impl Sequential {
             return Err(NnError::Shape { what: "output gradient dy".into(), expected, got: dy.shape().to_vec() });
         }
         self.pending_backward = None;
-        Ok(self.layers.iter_mut().rev().fold(dy, |d, layer| layer.backward(d)))
+        Ok(self.chain.backward(dy))
     }
 
 
@@ -220,9 +201,9 @@ impl Sequential {
     /// An input of the wrong shape.
     pub fn activations(&self, x: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         self.check_input(&x.view())?;
-        let mut outputs = Vec::with_capacity(self.layers.len());
+        let mut outputs = Vec::with_capacity(self.layers().len());
         let mut a = x;
-        for layer in &self.layers {
+        for layer in self.layers() {
             a = layer.forward(a);
             outputs.push(a.clone());
         }
@@ -287,13 +268,13 @@ impl Sequential {
     /// `[n, classes]`.
     pub fn loss_and_gradients(&mut self, x: ArrayD<f32>, labels: &[u8]) -> Result<(f32, usize)> {
         self.check_input(&x.view())?;
-        let logits = self.layers.iter_mut().fold(x, |x, layer| layer.forward_train(x));
+        let logits = self.chain.forward_train(x);
         let logits = logits
             .into_dimensionality::<Ix2>()
             .map_err(|_| NnError::Config("the loss needs a model whose output is [n, classes]".into()))?;
         let (loss, dlogits) = softmax_cross_entropy(logits.view(), labels)?;
         let correct = argmax_rows(logits.view()).iter().zip(labels).filter(|(p, &l)| **p == l as usize).count();
-        self.layers.iter_mut().rev().fold(dlogits.into_dyn(), |d, layer| layer.backward(d));
+        self.chain.backward(dlogits.into_dyn());
         self.pending_backward = None;
         Ok((loss, correct))
     }
@@ -306,22 +287,14 @@ impl Sequential {
     }
 
     /// Every parameter with its unique path as name (`"{layer index}.{name in the layer}"`,
-    /// e.g. `3.weight` or `2.block.0.bias`), in a fixed order.
+    /// e.g. `3.weight` or `2.main.0.bias`), in a fixed order.
     pub fn named_params(&self) -> Vec<(String, &Param)> {
-        let mut named = vec![];
-        for (i, layer) in self.layers.iter().enumerate() {
-            named.extend(crate::layer::prefixed(&i.to_string(), layer.params()));
-        }
-        named
+        self.chain.params()
     }
 
     /// Every parameter, mutably, with the names and in the order of [`Sequential::named_params`].
     pub fn named_params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        let mut named = vec![];
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            named.extend(crate::layer::prefixed(&i.to_string(), layer.params_mut()));
-        }
-        named
+        self.chain.params_mut()
     }
 
     /// Every parameter, mutably, in the order of [`Sequential::named_params`].
@@ -332,20 +305,12 @@ impl Sequential {
     /// Every buffer (non-trainable state, such as BatchNorm's running statistics) with its
     /// unique path as name, in a fixed order.
     pub fn named_buffers(&self) -> Vec<(String, &ArrayD<f32>)> {
-        let mut named = vec![];
-        for (i, layer) in self.layers.iter().enumerate() {
-            named.extend(crate::layer::prefixed(&i.to_string(), layer.buffers()));
-        }
-        named
+        self.chain.buffers()
     }
 
     /// Every buffer, mutably, with the names and in the order of [`Sequential::named_buffers`].
     pub fn named_buffers_mut(&mut self) -> Vec<(String, &mut ArrayD<f32>)> {
-        let mut named = vec![];
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            named.extend(crate::layer::prefixed(&i.to_string(), layer.buffers_mut()));
-        }
-        named
+        self.chain.buffers_mut()
     }
 
     /// Total number of trainable values.
@@ -356,6 +321,14 @@ impl Sequential {
     /// Total number of non-trainable values (the buffers).
     pub fn num_buffers(&self) -> usize {
         self.named_buffers().iter().map(|(_, b)| b.len()).sum()
+    }
+}
+
+/// The model-level error for a layer that refused its input (the chain names its path).
+fn build_error(e: BuildError) -> NnError {
+    match e {
+        BuildError::At { path, layer, input, reason } => NnError::Build { path, layer, input, reason: *reason },
+        other => NnError::Build { path: String::new(), layer: "model".into(), input: vec![], reason: other },
     }
 }
 

@@ -48,7 +48,7 @@ fn impossible_stacks_are_refused_at_build() {
         "layer 1 (Conv2d(f=3,s=1)) cannot take input of shape [1, 2, 2]: kernel 3x3 is larger than the padded input 2x2 (input 2x2)"
     );
     let e = Sequential::builder(&[5]).add(Conv2d::new(2, 3)).build().err().unwrap();
-    assert!(matches!(e, NnError::Build { index: 0, .. }), "{e}");
+    assert!(matches!(e, NnError::Build { ref path, .. } if path == "0"), "{e}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The layers: each file holds a family, each layer a forward/backward pair.
 
 mod activation;
+mod chain;
 mod conv;
 mod dense;
 mod lowrank;
@@ -9,6 +10,7 @@ mod shape;
 
 pub(crate) use activation::softmax_rows;
 pub use activation::{LeakyReLU, ReLU, Sigmoid, Softmax, Tanh};
+pub use chain::Chain;
 pub use conv::{Conv1d, Conv2d};
 pub use dense::Dense;
 pub use lowrank::LowRankConv2d;

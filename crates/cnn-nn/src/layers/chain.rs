@@ -1,0 +1,123 @@
+//! `Chain`: layers applied one after the other, itself a layer, so that blocks can hold
+//! sequences and sequences blocks, to any depth. [`crate::Sequential`] is a `Chain` with an
+//! input shape and the training API around it.
+
+use crate::layer::{prefixed, BuildError, Describe, Init, Layer, Param};
+use ndarray::ArrayD;
+
+/// Layers applied in order; its children are named by their index (`0`, `1`, ...), so a
+/// parameter of the third layer of a chain named `main` is `main.2.weight`.
+///
+/// ```
+/// use cnn_nn::layers::{Chain, Conv2d, ReLU};
+/// let block = Chain::new().add(Conv2d::new(16, 3)).add(ReLU::new());
+/// assert_eq!(block.layers().len(), 2);
+/// ```
+///
+/// # Shapes
+/// input: what the first layer takes → output: what the last layer gives
+#[derive(Default)]
+pub struct Chain {
+    layers: Vec<Box<dyn Layer>>,
+    /// Per-sample output shape of each layer (after `build`).
+    shapes: Vec<Vec<usize>>,
+}
+
+impl Chain {
+    /// An empty chain (the identity).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a layer.
+    pub fn add(mut self, layer: impl Layer + 'static) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// Appends a boxed layer.
+    pub fn push(&mut self, layer: Box<dyn Layer>) {
+        self.layers.push(layer);
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+
+    /// The layers, mutably.
+    pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer>] {
+        &mut self.layers
+    }
+
+    /// Per-sample output shape of each layer (empty before `build`).
+    pub fn shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
+    }
+
+    /// Builds `layer` for `input`, naming it `index` in errors.
+    pub(crate) fn build_child(layer: &mut dyn Layer, index: &str, input: &[usize], init: &mut Init) -> Result<Vec<usize>, BuildError> {
+        layer.build(input, init).map_err(|e| e.within(index, &layer.describe().name, input))
+    }
+
+    /// Replaces layer `index`, which must give the same output shape from the same input.
+    /// Returns the layer replaced.
+    pub(crate) fn replace(&mut self, index: usize, mut layer: Box<dyn Layer>, input: &[usize], init: &mut Init) -> Result<Box<dyn Layer>, BuildError> {
+        let name = layer.describe().name;
+        let expected = self.shapes[index].clone();
+        let output = Chain::build_child(layer.as_mut(), &index.to_string(), input, init)?;
+        if output != expected {
+            let reason = BuildError::Input(format!("gives {output:?}, the next layer needs {expected:?}"));
+            return Err(reason.within(&index.to_string(), &name, input));
+        }
+        Ok(std::mem::replace(&mut self.layers[index], layer))
+    }
+}
+
+impl Layer for Chain {
+    fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, BuildError> {
+        let mut shape = input.to_vec();
+        self.shapes.clear();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            shape = Chain::build_child(layer.as_mut(), &i.to_string(), &shape, init)?;
+            self.shapes.push(shape.clone());
+        }
+        Ok(shape)
+    }
+
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.layers.iter().fold(x, |x, layer| layer.forward(x))
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.layers.iter_mut().fold(x, |x, layer| layer.forward_train(x))
+    }
+
+    fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
+        self.layers.iter_mut().rev().fold(dy, |d, layer| layer.backward(d))
+    }
+
+    fn params(&self) -> Vec<(String, &Param)> {
+        self.layers.iter().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.params())).collect()
+    }
+
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        self.layers.iter_mut().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.params_mut())).collect()
+    }
+
+    fn buffers(&self) -> Vec<(String, &ArrayD<f32>)> {
+        self.layers.iter().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.buffers())).collect()
+    }
+
+    fn buffers_mut(&mut self) -> Vec<(String, &mut ArrayD<f32>)> {
+        self.layers.iter_mut().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.buffers_mut())).collect()
+    }
+
+    fn children(&self) -> Vec<(String, &dyn Layer)> {
+        self.layers.iter().enumerate().map(|(i, l)| (i.to_string(), l.as_ref())).collect()
+    }
+
+    fn describe(&self) -> Describe {
+        Describe { name: "Chain".into(), ..Describe::default() }
+    }
+}
