@@ -50,8 +50,8 @@ fn check_layer(mut layer: impl Layer, shape: &[usize], eps: f32, seed: u64) {
     let tol = |numeric: f64, analytic: f32| (numeric - analytic as f64).abs() <= 1e-3 * (0.1 + numeric.abs());
     let probes = 40;
 
-    // the input
-    let loss_at = |x: &ArrayD<f32>, layer: &mut dyn Layer| dot(&layer.forward(x.clone()), &r);
+    // the input (through the training forward: BatchNorm's differs from its evaluation)
+    let loss_at = |x: &ArrayD<f32>, layer: &mut dyn Layer| dot(&layer.forward_train(x.clone()), &r);
     for i in (0..x.len()).step_by((x.len() / probes).max(1)) {
         let (mut plus, mut minus) = (x.clone(), x.clone());
         plus.as_slice_mut().unwrap()[i] += eps;
@@ -65,7 +65,7 @@ fn check_layer(mut layer: impl Layer, shape: &[usize], eps: f32, seed: u64) {
         for i in (0..grad.len()).step_by((grad.len() / probes).max(1)) {
             let shifted = |delta: f32, layer: &mut dyn Layer| {
                 layer.params_mut()[k].1.value.as_slice_mut().unwrap()[i] += delta;
-                let l = dot(&layer.forward(x.clone()), &r);
+                let l = dot(&layer.forward_train(x.clone()), &r);
                 layer.params_mut()[k].1.value.as_slice_mut().unwrap()[i] -= delta;
                 l
             };
@@ -105,6 +105,13 @@ fn dense_flatten_and_activations() {
     check_layer(Sigmoid::new(), &[2, 3, 4], SMOOTH, 14);
     check_layer(Tanh::new(), &[2, 3, 4], SMOOTH, 15);
     check_layer(Softmax::new(), &[3, 6], SMOOTH, 16);
+}
+
+#[test]
+fn normalisation_layers() {
+    // the curvature grows as 1/σ: steps well below the channels' spread (σ ≈ 0.6 and 0.1)
+    check_layer(BatchNorm::new(), &[4, 3, 3, 3], SMOOTH, 20);
+    check_layer(BatchNorm::new(), &[5, 4], 0.001, 21);
 }
 
 #[test]

@@ -186,3 +186,46 @@ fn predict_is_the_softmax_of_the_logits() {
         assert!((l.exp() / z - q).abs() < 1e-6);
     }
 }
+
+fn bn_model(seed: u64) -> Sequential {
+    Sequential::builder(&[1, 8, 8])
+        .add(Conv2d::new(4, 3).no_bias())
+        .add(BatchNorm::new())
+        .add(ReLU::new())
+        .add(GlobalAvgPool2d::new())
+        .add(Dense::new(4).init(cnn_nn::WeightInit::GlorotUniform))
+        .seed(seed)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn batchnorm_buffers_are_saved_counted_apart_and_left_to_training() {
+    let data = toy_data(32, 7);
+    let mut model = bn_model(1);
+    let names: Vec<String> = model.named_buffers().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["1.running_mean", "1.running_var"]);
+    let summary = model.summary();
+    // conv 4·9 = 36, BatchNorm γ, β 8 (+ running mean and variance 8), dense 4·4 + 4 = 20
+    assert!(summary.contains("Total parameters: 72\nTrainable parameters: 64\nNon-trainable parameters: 8\n"), "{summary}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bn.safetensors");
+    let mut opt = Adam::new(1e-2);
+    fit(&mut model, &mut opt, &data, None, None, &quiet(2, 8), |_, m, o| {
+        checkpoint::save(&path, m, Some(o), &checkpoint::Metadata::new())
+    })
+    .unwrap();
+    // the running statistics moved with training (the forward passes), not from the optimiser
+    let running_mean = model.named_buffers()[0].1.clone();
+    assert!(running_mean.iter().all(|&v| v != 0.0), "{running_mean}");
+    // evaluation does not move them
+    model.forward(data.batch(&[0, 1]).0).unwrap();
+    assert_eq!(model.named_buffers()[0].1, &running_mean);
+
+    let mut loaded = bn_model(2);
+    checkpoint::load(&path, &mut loaded, None).unwrap();
+    assert_eq!(loaded.named_buffers(), model.named_buffers());
+    let x = data.batch(&[3, 4, 5]).0;
+    assert_eq!(loaded.forward(x.clone()).unwrap(), model.forward(x).unwrap());
+}

@@ -5,6 +5,7 @@ mod chain;
 mod conv;
 mod dense;
 mod lowrank;
+mod norm;
 mod pool;
 mod shape;
 
@@ -14,5 +15,6 @@ pub use chain::Chain;
 pub use conv::{Conv1d, Conv2d};
 pub use dense::Dense;
 pub use lowrank::LowRankConv2d;
+pub use norm::BatchNorm;
 pub use pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};
 pub use shape::{Dropout, Flatten};

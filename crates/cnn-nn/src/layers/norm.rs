@@ -1,0 +1,221 @@
+//! Normalisation layers: `BatchNorm` (per channel, over the batch) and `LocalResponseNorm`
+//! (AlexNet's, across neighbouring channels).
+
+use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
+use ndarray::{Array1, Array3, ArrayD, ArrayView3, Axis, Ix1, IxDyn, Zip};
+
+/// The `[n, c, rest]` view of an `[n, c, ...]` tensor: every channel's values as one row per
+/// sample.
+fn channels(x: &ArrayD<f32>) -> ArrayView3<'_, f32> {
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    x.view().into_shape_with_order((n, c, x.len() / (n * c).max(1))).expect("standard layout")
+}
+
+/// Batch normalisation over the channel axis (1) of `[n, c]`, `[n, c, l]` or `[n, c, h, w]`,
+/// with PyTorch's conventions (momentum 0.1, eps 1e-5).
+///
+/// ```text
+/// training:   μ, σ² = mean and (biased) variance of the channel over the batch and positions
+///             x̂ = (x − μ) / sqrt(σ² + ε)      y = γ·x̂ + β
+///             running_mean ← (1 − m)·running_mean + m·μ
+///             running_var  ← (1 − m)·running_var  + m·σ²·k/(k − 1)   (unbiased, k values)
+/// evaluation: x̂ = (x − running_mean) / sqrt(running_var + ε)
+/// backward:   dβ = Σ dy    dγ = Σ dy·x̂    dx = γ/sqrt(σ² + ε) · (dy − mean(dy) − x̂·mean(dy·x̂))
+/// ```
+///
+/// `weight` (γ) and `bias` (β) are trainable; `running_mean` and `running_var` are buffers.
+///
+/// # Shapes
+/// input `[n, c, ...]` → output of the same shape; every tensor of the layer `[c]`
+pub struct BatchNorm {
+    momentum: f32,
+    eps: f32,
+    params: Vec<Param>,
+    running_mean: ArrayD<f32>,
+    running_var: ArrayD<f32>,
+    /// x̂ and 1/sqrt(σ² + ε) of the last training forward.
+    cache: Option<(ArrayD<f32>, Array1<f32>)>,
+}
+
+impl Default for BatchNorm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BatchNorm {
+    /// Momentum 0.1 and eps 1e-5, as PyTorch; the channel count is inferred.
+    pub fn new() -> Self {
+        let empty = ArrayD::zeros(IxDyn(&[0]));
+        BatchNorm { momentum: 0.1, eps: 1e-5, params: vec![], running_mean: empty.clone(), running_var: empty, cache: None }
+    }
+
+    /// The weight of the new batch in the running statistics (Keras' `1 − momentum`).
+    pub fn momentum(self, momentum: f32) -> Self {
+        BatchNorm { momentum, ..self }
+    }
+
+    /// Added to the variance before the square root (Keras uses 1e-3).
+    pub fn eps(self, eps: f32) -> Self {
+        BatchNorm { eps, ..self }
+    }
+
+    /// `y = γ·(x − mean)·inv_std + β`, per channel.
+    fn normalise(&self, x: ArrayD<f32>, mean: &Array1<f32>, inv_std: &Array1<f32>) -> (ArrayD<f32>, ArrayD<f32>) {
+        let gamma = self.params[0].value.view().into_dimensionality::<Ix1>().expect("weight is [c]");
+        let beta = self.params[1].value.view().into_dimensionality::<Ix1>().expect("bias is [c]");
+        let mut x_hat = x;
+        let (n, c) = (x_hat.shape()[0], x_hat.shape()[1]);
+        let rest = x_hat.len() / (n * c).max(1);
+        let mut planes = x_hat.view_mut().into_shape_with_order((n, c, rest)).expect("standard layout");
+        for mut sample in planes.outer_iter_mut() {
+            Zip::from(sample.outer_iter_mut()).and(mean).and(inv_std).for_each(|mut row, &m, &s| row.mapv_inplace(|v| (v - m) * s));
+        }
+        let mut y = x_hat.clone();
+        let mut out = y.view_mut().into_shape_with_order((n, c, rest)).expect("standard layout");
+        for mut sample in out.outer_iter_mut() {
+            Zip::from(sample.outer_iter_mut()).and(&gamma).and(&beta).for_each(|mut row, &g, &b| row.mapv_inplace(|v| g * v + b));
+        }
+        (x_hat, y)
+    }
+}
+
+impl Layer for BatchNorm {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
+        let Some(&c) = input.first() else {
+            return Err(BuildError::Input("BatchNorm needs (channels, ...) per sample".into()));
+        };
+        if !(self.eps > 0.0 && (0.0..=1.0).contains(&self.momentum)) {
+            return Err(BuildError::Setting(format!("BatchNorm needs eps > 0 and momentum in [0, 1], got {} and {}", self.eps, self.momentum)));
+        }
+        self.params = vec![Param::new("weight", ArrayD::ones(IxDyn(&[c]))), Param::new("bias", ArrayD::zeros(IxDyn(&[c])))];
+        self.running_mean = ArrayD::zeros(IxDyn(&[c]));
+        self.running_var = ArrayD::ones(IxDyn(&[c]));
+        Ok(input.to_vec())
+    }
+
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
+        let mean = self.running_mean.view().into_dimensionality::<Ix1>().expect("[c]").to_owned();
+        let inv_std = self.running_var.mapv(|v| 1.0 / (v + self.eps).sqrt()).into_dimensionality::<Ix1>().expect("[c]");
+        let x = x.as_standard_layout().into_owned();
+        self.normalise(x, &mean, &inv_std).1
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        let x = x.as_standard_layout().into_owned();
+        let planes = channels(&x);
+        let (n, c, rest) = planes.dim();
+        let k = (n * rest) as f64;
+        // per channel, in f64 and in a fixed order: deterministic for any thread count
+        let mut mean = Array1::<f32>::zeros(c);
+        let mut var = Array1::<f32>::zeros(c);
+        for ch in 0..c {
+            let values = planes.index_axis(Axis(1), ch);
+            let mu = values.iter().map(|&v| v as f64).sum::<f64>() / k;
+            let sigma2 = values.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / k;
+            mean[ch] = mu as f32;
+            var[ch] = sigma2 as f32;
+        }
+        let m = self.momentum;
+        let unbiased = if k > 1.0 { k / (k - 1.0) } else { 1.0 } as f32;
+        Zip::from(&mut self.running_mean).and(&mean.view().into_dyn()).for_each(|r, &mu| *r = (1.0 - m) * *r + m * mu);
+        Zip::from(&mut self.running_var).and(&var.view().into_dyn()).for_each(|r, &v| *r = (1.0 - m) * *r + m * v * unbiased);
+        let inv_std = var.mapv(|v| 1.0 / (v + self.eps).sqrt());
+        let (x_hat, y) = self.normalise(x, &mean, &inv_std);
+        self.cache = Some((x_hat, inv_std));
+        y
+    }
+
+    fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
+        let (x_hat, inv_std) = self.cache.take().expect("BatchNorm::backward needs a training forward first");
+        let dy = dy.as_standard_layout().into_owned();
+        let (dyp, xhp) = (channels(&dy), channels(&x_hat));
+        let (n, c, rest) = dyp.dim();
+        let k = (n * rest) as f32;
+        let gamma = self.params[0].value.clone();
+        let mut dgamma = Array1::<f32>::zeros(c);
+        let mut dbeta = Array1::<f32>::zeros(c);
+        for ch in 0..c {
+            let (d, h) = (dyp.index_axis(Axis(1), ch), xhp.index_axis(Axis(1), ch));
+            dbeta[ch] = d.iter().map(|&v| v as f64).sum::<f64>() as f32;
+            dgamma[ch] = d.iter().zip(h.iter()).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32;
+        }
+        let mut dx = Array3::<f32>::zeros((n, c, rest));
+        for ((mut dx_s, dy_s), xh_s) in dx.outer_iter_mut().zip(dyp.outer_iter()).zip(xhp.outer_iter()) {
+            for ch in 0..c {
+                let scale = gamma[[ch]] * inv_std[ch];
+                let (mean_dy, mean_dyx) = (dbeta[ch] / k, dgamma[ch] / k);
+                Zip::from(dx_s.index_axis_mut(Axis(0), ch))
+                    .and(dy_s.index_axis(Axis(0), ch))
+                    .and(xh_s.index_axis(Axis(0), ch))
+                    .for_each(|dx, &d, &h| *dx = scale * (d - mean_dy - h * mean_dyx));
+            }
+        }
+        self.params[0].accumulate(&dgamma);
+        self.params[1].accumulate(&dbeta);
+        dx.into_shape_with_order(dy.raw_dim()).expect("same size")
+    }
+
+    fn params(&self) -> Vec<(String, &Param)> {
+        own_params(&self.params)
+    }
+
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        own_params_mut(&mut self.params)
+    }
+
+    fn buffers(&self) -> Vec<(String, &ArrayD<f32>)> {
+        vec![("running_mean".into(), &self.running_mean), ("running_var".into(), &self.running_var)]
+    }
+
+    fn buffers_mut(&mut self) -> Vec<(String, &mut ArrayD<f32>)> {
+        vec![("running_mean".into(), &mut self.running_mean), ("running_var".into(), &mut self.running_var)]
+    }
+
+    fn describe(&self) -> Describe {
+        Describe { name: "BatchNorm".into(), ..Describe::default() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::ModelRng;
+    use ndarray::array;
+    use rand::SeedableRng;
+
+    fn built(input: &[usize]) -> BatchNorm {
+        let mut bn = BatchNorm::new();
+        bn.build(input, &mut Init { rng: &mut ModelRng::seed_from_u64(0) }).unwrap();
+        bn
+    }
+
+    #[test]
+    fn training_normalises_with_the_batch_and_updates_the_running_statistics() {
+        // one channel, values 1, 2, 3, 4 over two samples of two positions:
+        // mean 2.5, biased variance 1.25, unbiased 1.25·4/3 = 5/3
+        let mut bn = built(&[1, 2]);
+        let x = array![[[1.0f32, 2.0]], [[3.0, 4.0]]].into_dyn();
+        let y = bn.forward_train(x.clone());
+        let s = (1.25f32 + 1e-5).sqrt();
+        assert_eq!(y, array![[[-1.5 / s, -0.5 / s]], [[0.5 / s, 1.5 / s]]].into_dyn());
+        assert!((bn.running_mean[[0]] - 0.25).abs() < 1e-7);
+        assert!((bn.running_var[[0]] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-6);
+        // evaluation uses the running statistics, and changes nothing
+        let e = bn.forward(x);
+        let s = (bn.running_var[[0]] + 1e-5).sqrt();
+        assert!((e[[0, 0, 0]] - (1.0 - 0.25) / s).abs() < 1e-6);
+        assert!((bn.running_mean[[0]] - 0.25).abs() < 1e-7);
+    }
+
+    #[test]
+    fn gamma_and_beta_scale_and_shift_each_channel() {
+        let mut bn = built(&[2]);
+        bn.params[0].value = array![2.0f32, 1.0].into_dyn();
+        bn.params[1].value = array![0.0f32, 5.0].into_dyn();
+        let y = bn.forward_train(array![[1.0f32, 10.0], [3.0, 10.0]].into_dyn());
+        // channel 0: x̂ = ∓1 (up to eps), times 2; channel 1: constant, x̂ = 0, plus 5
+        assert!((y[[0, 0]] + 2.0).abs() < 1e-4 && (y[[1, 0]] - 2.0).abs() < 1e-4, "{y}");
+        assert_eq!((y[[0, 1]], y[[1, 1]]), (5.0, 5.0));
+    }
+}
