@@ -58,7 +58,7 @@ fn check_layer(mut layer: impl Layer, shape: &[usize], eps: f32, seed: u64) {
         minus.as_slice_mut().unwrap()[i] -= eps;
         let numeric = (loss_at(&plus, &mut layer) - loss_at(&minus, &mut layer)) / (2.0 * eps as f64);
         let analytic = dx.as_slice().unwrap()[i];
-        assert!(tol(numeric, analytic), "{name}: dx[{i}] numeric {numeric} analytic {analytic}");
+        assert!(tol(numeric, analytic), "{name} on {shape:?}: dx[{i}] numeric {numeric} analytic {analytic}");
     }
     // each parameter
     for (k, grad) in grads.iter().enumerate() {
@@ -114,6 +114,48 @@ fn normalisation_layers() {
     check_layer(BatchNorm::new(), &[5, 4], 0.001, 21);
 }
 
+/// A 3x3 SAME convolution without bias.
+fn conv3(c: usize) -> Conv2d {
+    Conv2d::new(c, 3).padding(Padding::Same).no_bias()
+}
+
+#[test]
+fn blocks() {
+    // identity shortcut: y = tanh(conv(tanh(conv(x))) + x)
+    let main = Chain::new().add(conv3(3)).add(Tanh::new()).add(conv3(3));
+    check_layer(Residual::new(main).then(Tanh::new()), &[2, 3, 5, 5], SMOOTH, 30);
+    // option A: stride 2 and twice the channels, the shortcut subsampled and zero-padded
+    let main = Chain::new().add(conv3(6).stride(2)).add(Tanh::new());
+    let shortcut = Chain::new().add(SubsampleZeroPad::new(2, 6));
+    check_layer(Residual::new(main).shortcut(shortcut), &[2, 3, 6, 6], SMOOTH, 31);
+    // projection shortcut with BatchNorm: a step between its curvature (error ~eps²) and the
+    // f32 rounding of the outputs (error ~1/eps)
+    let main = Chain::new().add(conv3(4).stride(2)).add(BatchNorm::new());
+    let shortcut = Chain::new().add(Conv2d::new(4, 1).stride(2).no_bias()).add(BatchNorm::new());
+    check_layer(Residual::new(main).shortcut(shortcut).then(Tanh::new()), &[3, 2, 6, 6], 0.004, 32);
+    // an inception-like module: 1x1, 3x3 after a 1x1, a pooled branch, concatenated
+    let module = Concat::new()
+        .branch(Chain::new().add(Conv2d::new(2, 1)))
+        .branch(Chain::new().add(Conv2d::new(2, 1)).add(Tanh::new()).add(conv3(3)))
+        .branch(Chain::new().add(AvgPool2d::with_window(Window::square(3).padding(Padding::Same))).add(Conv2d::new(1, 1)));
+    check_layer(module, &[2, 3, 5, 5], SMOOTH, 33);
+}
+
+#[test]
+fn whole_residual_model_with_the_loss() {
+    let block = |c: usize| Residual::new(Chain::new().add(conv3(c)).add(Tanh::new()).add(conv3(c))).then(Tanh::new());
+    let mut model = Sequential::builder(&[2, 6, 6])
+        .add(conv3(3))
+        .add(block(3))
+        .add(Residual::new(Chain::new().add(conv3(4).stride(2)).add(Tanh::new())).shortcut(Chain::new().add(SubsampleZeroPad::new(2, 4))))
+        .add(GlobalAvgPool2d::new())
+        .add(Dense::new(5))
+        .seed(4)
+        .build()
+        .unwrap();
+    check_model_loss(&mut model, spread_input(&[4, 2, 6, 6], 34), &[0, 3, 4, 1]);
+}
+
 #[test]
 fn whole_model_with_the_loss() {
     let mut model = Sequential::builder(&[2, 8, 8])
@@ -127,20 +169,25 @@ fn whole_model_with_the_loss() {
         .seed(3)
         .build()
         .unwrap();
-    let x = spread_input(&[4, 2, 8, 8], 17);
-    let labels = [0u8, 3, 4, 1];
-    model.loss_and_gradients(x.clone(), &labels).unwrap();
+    check_model_loss(&mut model, spread_input(&[4, 2, 8, 8], 17), &[0, 3, 4, 1]);
+}
+
+/// Checks every parameter's gradient of the mean cross-entropy of `model` on `x` against
+/// central differences (smooth layers only: step [`SMOOTH`]).
+fn check_model_loss(model: &mut Sequential, x: ArrayD<f32>, labels: &[u8]) {
+    model.zero_grad();
+    model.loss_and_gradients(x.clone(), labels).unwrap();
     let grads: Vec<ArrayD<f32>> = model.params_mut().iter().map(|p| p.grad.clone()).collect();
     let loss = |model: &mut Sequential| {
-        let logits = model.forward(x.clone()).unwrap().into_dimensionality::<Ix2>().unwrap();
-        softmax_cross_entropy(logits.view(), &labels).unwrap().0 as f64
+        let logits = model.forward_train(x.clone()).unwrap().into_dimensionality::<Ix2>().unwrap();
+        softmax_cross_entropy(logits.view(), labels).unwrap().0 as f64
     };
     let eps = SMOOTH;
     for (k, grad) in grads.iter().enumerate() {
         for i in (0..grad.len()).step_by((grad.len() / 15).max(1)) {
             let mut at = |delta: f32| {
                 model.params_mut()[k].value.as_slice_mut().unwrap()[i] += delta;
-                let l = loss(&mut model);
+                let l = loss(model);
                 model.params_mut()[k].value.as_slice_mut().unwrap()[i] -= delta;
                 l
             };

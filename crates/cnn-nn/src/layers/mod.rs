@@ -1,6 +1,7 @@
 //! The layers: each file holds a family, each layer a forward/backward pair.
 
 mod activation;
+mod block;
 mod chain;
 mod conv;
 mod dense;
@@ -11,6 +12,7 @@ mod shape;
 
 pub(crate) use activation::softmax_rows;
 pub use activation::{LeakyReLU, ReLU, Sigmoid, Softmax, Tanh};
+pub use block::{Concat, Residual, SubsampleZeroPad};
 pub use chain::Chain;
 pub use conv::{Conv1d, Conv2d};
 pub use dense::Dense;
