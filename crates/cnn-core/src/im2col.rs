@@ -5,7 +5,7 @@
 //! multiply it in a single GEMM and the product comes out already in NCHW order:
 //!
 //! ```text
-//! cols[(ci * kh + ky) * kw + kx, oy * ow + ox] = x[ci, oy * sh + ky - pad_top, ox * sw + kx - pad_left]
+//! cols[(ci * kh + ky) * kw + kx, oy * ow + ox] = x[ci, oy * sh + ky * dh - pad_top, ox * sw + kx * dw - pad_left]
 //! ```
 //!
 //! (zero where that lands in the padding). Transposed, row `oy * ow + ox` is the flattened patch
@@ -108,8 +108,7 @@ pub(crate) fn im2col_sample(x: ArrayView3<f32>, g: &Geometry, mut cols: ArrayVie
                     if xs.is_empty() {
                         continue;
                     }
-                    let iy = oy * g.sh + ky - g.pad_top;
-                    let ix0 = iy * w + xs.start * g.sw + kx - g.pad_left;
+                    let ix0 = g.input_row(oy, ky) * w + g.input_col(xs.start, kx);
                     let out = &mut out[xs.clone()];
                     if g.sw == 1 {
                         out.copy_from_slice(&plane[ix0..ix0 + out.len()]);
@@ -148,9 +147,9 @@ pub(crate) fn col2im_sample(cols: ArrayView2<f32>, g: &Geometry, mut dx: ArrayVi
                     continue;
                 }
                 for oy in rows.clone() {
-                    let iy = oy * g.sh + ky - g.pad_top;
+                    let iy = g.input_row(oy, ky);
                     let dst = &mut plane[iy * w..(iy + 1) * w];
-                    let ix0 = xs.start * g.sw + kx - g.pad_left;
+                    let ix0 = g.input_col(xs.start, kx);
                     let src = &row[oy * ow + xs.start..oy * ow + xs.end];
                     if g.sw == 1 {
                         // contiguous: a loop the compiler vectorises

@@ -34,6 +34,9 @@ pub fn pool_geometry(x: &[usize], win: &Window) -> Result<Geometry> {
     expect_shape("pooling input rank (n, c, h, w)", &[4], &[x.len()])?;
     expect_nonempty("input", x)?;
     checked_size("input", x)?;
+    if (win.dh, win.dw) != (1, 1) {
+        return Err(CnnError::Invalid { what: "pooling window", reason: format!("pooling windows are not dilated, got {}x{}", win.dh, win.dw) });
+    }
     let g = win.geometry(x[2], x[3])?;
     expect_allocatable("pooled output", checked_size("pooled output", &[x[0], x[1], g.oh, g.ow])?)?;
     let pad = [g.pad_top, g.pad_bottom, g.pad_left, g.pad_right];
@@ -54,9 +57,9 @@ fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usize, Range<u
     let cols: Vec<Range<usize>> = (0..g.kw).map(|kx| g.cols_inside(kx)).collect();
     for ky in 0..g.kh {
         for oy in g.rows_inside(ky) {
-            let iy = oy * g.sh + ky - g.pad_top;
+            let iy = g.input_row(oy, ky);
             for (kx, xs) in cols.iter().enumerate().filter(|(_, xs)| !xs.is_empty()) {
-                f(oy, iy, xs.start * g.sw + kx - g.pad_left, xs.clone());
+                f(oy, iy, g.input_col(xs.start, kx), xs.clone());
             }
         }
     }

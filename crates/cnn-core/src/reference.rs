@@ -10,8 +10,8 @@ use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 
 /// The input pixel under tap `(ky, kx)` of the window at output `(oy, ox)`, if inside the image.
 fn tap(g: &Geometry, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
-    let iy = (oy * g.sh + ky).checked_sub(g.pad_top)?;
-    let ix = (ox * g.sw + kx).checked_sub(g.pad_left)?;
+    let iy = (oy * g.sh + ky * g.dh).checked_sub(g.pad_top)?;
+    let ix = (ox * g.sw + kx * g.dw).checked_sub(g.pad_left)?;
     (iy < g.h && ix < g.w).then_some((iy, ix))
 }
 

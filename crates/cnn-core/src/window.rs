@@ -95,14 +95,18 @@ pub struct Window {
     pub sh: usize,
     /// Horizontal stride.
     pub sw: usize,
+    /// Vertical dilation: the taps of a column are `dh` rows apart (1: adjacent).
+    pub dh: usize,
+    /// Horizontal dilation.
+    pub dw: usize,
     /// Padding rule.
     pub padding: Padding,
 }
 
 impl Window {
-    /// A `kh x kw` window with stride 1 and no padding.
+    /// A `kh x kw` window with stride 1, no dilation and no padding.
     pub fn new(kh: usize, kw: usize) -> Self {
-        Window { kh, kw, sh: 1, sw: 1, padding: Padding::Valid }
+        Window { kh, kw, sh: 1, sw: 1, dh: 1, dw: 1, padding: Padding::Valid }
     }
 
     /// A `k x k` window with stride 1 and no padding.
@@ -132,18 +136,36 @@ impl Window {
         Window { padding, ..self }
     }
 
+    /// The same dilation on both axes: a `k x k` kernel then spans `(k − 1)·d + 1` pixels.
+    pub fn dilation(self, d: usize) -> Self {
+        self.dilations(d, d)
+    }
+
+    /// Vertical and horizontal dilations.
+    pub fn dilations(self, dh: usize, dw: usize) -> Self {
+        Window { dh, dw, ..self }
+    }
+
     /// Where this window goes on an `h x w` input: output size and padding per side.
     ///
     /// # Errors
-    /// A zero stride or kernel side, an empty input, or a kernel larger than the padded input.
+    /// A zero stride, dilation or kernel side, an empty input, or a (dilated) kernel larger than
+    /// the padded input.
     pub fn geometry(&self, h: usize, w: usize) -> Result<Geometry> {
-        let &Window { kh, kw, sh, sw, padding } = self;
+        let &Window { kh, kw, sh, sw, dh, dw, padding } = self;
         if sh == 0 || sw == 0 {
             return Err(CnnError::ZeroStride { sh, sw });
         }
         if kh == 0 || kw == 0 {
             return Err(CnnError::ZeroKernel { kh, kw });
         }
+        if dh == 0 || dw == 0 {
+            return Err(CnnError::Invalid { what: "dilation", reason: format!("must be at least 1, got {dh}x{dw}") });
+        }
+        // the span of a dilated kernel: (k − 1)·d + 1 pixels
+        let span = |k: usize, d: usize| (k - 1).checked_mul(d).and_then(|v| v.checked_add(1));
+        let too_large = || CnnError::TooLarge { what: "dilated kernel", detail: format!("{kh}x{kw} dilated by {dh}x{dw} overflows") };
+        let (ekh, ekw) = (span(kh, dh).ok_or_else(too_large)?, span(kw, dw).ok_or_else(too_large)?);
         if h == 0 || w == 0 {
             return Err(CnnError::Empty { what: "input image", shape: vec![h, w] });
         }
@@ -154,12 +176,14 @@ impl Window {
                 (AxisPadding::Explicit(top, bottom), AxisPadding::Explicit(left, right))
             }
         };
-        match (axis(h, kh, sh, rows)?, axis(w, kw, sw, cols)?) {
+        match (axis(h, ekh, sh, rows)?, axis(w, ekw, sw, cols)?) {
             (Some((oh, pad_top, pad_bottom)), Some((ow, pad_left, pad_right))) => Ok(Geometry {
                 kh,
                 kw,
                 sh,
                 sw,
+                dh,
+                dw,
                 h,
                 w,
                 oh,
@@ -174,19 +198,25 @@ impl Window {
                     Padding::Explicit { top, bottom, left, right } => (h + top + bottom, w + left + right), // no overflow: axis checked
                     _ => (h, w),
                 };
-                Err(CnnError::KernelTooLarge { kh, kw, h, w, padded_h, padded_w })
+                Err(CnnError::KernelTooLarge { kh: ekh, kw: ekw, h, w, padded_h, padded_w })
             }
         }
     }
 }
 
-/// As the summary writes it: `f=3,s=1`, or `f=3x5,s=1x2` when not square.
+/// As the summary writes it: `f=3,s=1`, or `f=3x5,s=1x2` when not square, and `,d=2` when
+/// dilated.
 impl std::fmt::Display for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if (self.kh, self.sh) == (self.kw, self.sw) {
-            write!(f, "f={},s={}", self.kw, self.sw)
+            write!(f, "f={},s={}", self.kw, self.sw)?;
         } else {
-            write!(f, "f={}x{},s={}x{}", self.kh, self.kw, self.sh, self.sw)
+            write!(f, "f={}x{},s={}x{}", self.kh, self.kw, self.sh, self.sw)?;
+        }
+        match (self.dh, self.dw) {
+            (1, 1) => Ok(()),
+            (dh, dw) if dh == dw => write!(f, ",d={dh}"),
+            (dh, dw) => write!(f, ",d={dh}x{dw}"),
         }
     }
 }
@@ -203,6 +233,10 @@ pub struct Geometry {
     pub sh: usize,
     /// Horizontal stride.
     pub sw: usize,
+    /// Vertical dilation.
+    pub dh: usize,
+    /// Horizontal dilation.
+    pub dw: usize,
     /// Input height.
     pub h: usize,
     /// Input width.
@@ -227,14 +261,26 @@ impl Geometry {
         self.oh * self.ow
     }
 
-    /// Output rows `oy` whose input row `oy * sh + ky - pad_top` lies inside the image.
-    pub fn rows_inside(&self, ky: usize) -> Range<usize> {
-        inside(self.oh, self.h, self.sh, self.pad_top, ky)
+    /// The input row of tap row `ky` for output row `oy`: `oy·sh + ky·dh − pad_top` (only
+    /// for `oy` in [`Geometry::rows_inside`]).
+    pub fn input_row(&self, oy: usize, ky: usize) -> usize {
+        oy * self.sh + ky * self.dh - self.pad_top
     }
 
-    /// Output columns `ox` whose input column `ox * sw + kx - pad_left` lies inside the image.
+    /// The input column of tap column `kx` for output column `ox`: `ox·sw + kx·dw − pad_left`
+    /// (only for `ox` in [`Geometry::cols_inside`]).
+    pub fn input_col(&self, ox: usize, kx: usize) -> usize {
+        ox * self.sw + kx * self.dw - self.pad_left
+    }
+
+    /// Output rows `oy` whose input row `oy·sh + ky·dh − pad_top` lies inside the image.
+    pub fn rows_inside(&self, ky: usize) -> Range<usize> {
+        inside(self.oh, self.h, self.sh, self.pad_top, ky * self.dh)
+    }
+
+    /// Output columns `ox` whose input column `ox·sw + kx·dw − pad_left` lies inside the image.
     pub fn cols_inside(&self, kx: usize) -> Range<usize> {
-        inside(self.ow, self.w, self.sw, self.pad_left, kx)
+        inside(self.ow, self.w, self.sw, self.pad_left, kx * self.dw)
     }
 }
 
@@ -323,6 +369,20 @@ mod tests {
         assert!(matches!(e, CnnError::TooLarge { what: "padded input", .. }), "{e}");
         let e = Window::square(3).padding(Padding::Same).geometry(usize::MAX, 3).unwrap_err();
         assert!(matches!(e, CnnError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn dilation_widens_the_kernel() {
+        // 3x3 dilated by 2 spans 5x5: VALID on 7 gives 3; SAME pads (5 - 1) = 4, 2 / 2
+        let g = Window::square(3).dilation(2).geometry(7, 7).unwrap();
+        assert_eq!((g.oh, g.ow), (3, 3));
+        let g = Window::square(3).dilation(2).padding(Padding::Same).geometry(7, 7).unwrap();
+        assert_eq!((g.oh, g.pad_top, g.pad_bottom), (7, 2, 2));
+        // tap 2 of output 0 reads input 0·1 + 2·2 − 2 = 2; rows 0..5 keep it inside 0..7
+        assert_eq!((g.input_row(0, 2), g.rows_inside(2)), (2, 0..5));
+        assert!(matches!(Window::square(3).dilation(4).geometry(8, 8), Err(CnnError::KernelTooLarge { kh: 9, .. })));
+        assert!(matches!(Window::square(3).dilation(0).geometry(8, 8), Err(CnnError::Invalid { what: "dilation", .. })));
+        assert_eq!(Window::square(3).dilation(2).to_string(), "f=3,s=1,d=2");
     }
 
     #[test]

@@ -66,6 +66,19 @@ fn reference_network_layers() {
 }
 
 #[test]
+fn dilated_kernels() {
+    let mut seed = 500;
+    for (kh, kw, dh, dw) in [(3, 3, 2, 2), (3, 2, 1, 3), (2, 3, 3, 1)] {
+        for padding in [Padding::Valid, Padding::Same, Padding::uniform(2)] {
+            for stride in [1, 2] {
+                seed += 10;
+                check(2, 3, 4, 9, 8, Window::new(kh, kw).stride(stride).dilations(dh, dw).padding(padding), seed);
+            }
+        }
+    }
+}
+
+#[test]
 fn no_bias_is_zero_bias() {
     let x = random((2, 3, 6, 6), 7);
     let f = random((4, 3, 3, 3), 8);
@@ -145,9 +158,10 @@ proptest! {
         n in 1usize..4, c_in in 1usize..5, c_out in 1usize..5,
         h in 1usize..10, w in 1usize..10, kh in 1usize..5, kw in 1usize..5,
         sh in 1usize..4, sw in 1usize..4, pad in 0usize..3, same in any::<bool>(), seed in 0u64..1000,
+        dh in 1usize..4, dw in 1usize..3,
     ) {
         let padding = if same { Padding::Same } else { Padding::uniform(pad) };
-        let win = Window::new(kh, kw).strides(sh, sw).padding(padding);
+        let win = Window::new(kh, kw).strides(sh, sw).dilations(dh, dw).padding(padding);
         prop_assume!(win.geometry(h, w).is_ok());
         check(n, c_in, c_out, h, w, win, seed);
     }

@@ -34,6 +34,7 @@ fn naive_backward_matches_finite_differences() {
         Window::square(3),
         Window::new(2, 3).strides(2, 1).padding(Padding::Same),
         Window::square(3).stride(2).padding(Padding::Explicit { top: 1, bottom: 0, left: 2, right: 1 }),
+        Window::new(2, 3).dilations(2, 1).padding(Padding::Same),
     ] {
         let x = random((2, 2, 5, 6), 1);
         let w = random((3, 2, win.kh, win.kw), 2);
@@ -58,6 +59,7 @@ fn col2im_is_the_adjoint_of_im2col() {
         ((1, 2, 8, 5), Window::new(3, 2).strides(2, 1).padding(Padding::Same)),
         ((3, 1, 6, 6), Window::square(4).stride(1).padding(Padding::uniform(2))),
         ((2, 2, 9, 9), Window::square(3).stride(3)),
+        ((2, 2, 9, 8), Window::new(3, 2).dilations(2, 3).padding(Padding::Same)),
     ] {
         let x = random(shape, 5);
         let cols = im2col(x.view(), &win).unwrap();
