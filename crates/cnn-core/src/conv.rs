@@ -21,6 +21,7 @@
 //! db    = Σ_samples, positions dy
 //! ```
 
+use crate::depthwise;
 use crate::error::{expect_allocatable, expect_shape, Result};
 use crate::im2col::{col2im_sample, im2col_sample};
 use crate::operands::Conv2dGrads;
@@ -168,6 +169,28 @@ pub(crate) fn lowered_backward<T: Send>(
     Ok((dx, partials))
 }
 
+/// How a convolution is computed: chosen from its shapes in one place, [`Algorithm::of`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Algorithm {
+    /// im2col, then one GEMM per sample (or small group of samples).
+    Lowered,
+    /// Each group of channels through [`Algorithm::Lowered`] on its own.
+    Grouped,
+    /// One input channel per group: direct loops ([`crate::depthwise`]); a GEMM with
+    /// `K = kh·kw` would be too thin for BLAS.
+    Depthwise,
+}
+
+impl Algorithm {
+    fn of(c_in: usize, groups: usize) -> Algorithm {
+        match groups {
+            1 => Algorithm::Lowered,
+            g if g == c_in => Algorithm::Depthwise,
+            _ => Algorithm::Grouped,
+        }
+    }
+}
+
 /// Convolution forward: `y = w ⊛ x + b`, by im2col and one GEMM per sample (or small group).
 ///
 /// # Shapes
@@ -191,11 +214,60 @@ pub(crate) fn lowered_backward<T: Send>(
 /// assert_eq!(y[[1, 3, 2, 2]], 27.0 + 3.0);
 /// ```
 pub fn conv2d(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window) -> Result<Array4<f32>> {
-    let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win)?;
+    conv2d_groups(x, w, b, win, 1)
+}
+
+/// Grouped convolution forward: the `c_in` input channels split into `groups` equal parts,
+/// part `g` convolved with filters `g·c_out/groups ..`, the outputs side by side. `groups =
+/// c_in` is a depthwise convolution (each channel with its own `c_out / c_in` kernels).
+///
+/// # Shapes
+/// - `x`: `[n, c_in, h, w]`
+/// - `w`: `[c_out, c_in / groups, kh, kw]`
+/// - `b`: `[c_out]` (optional)
+/// - returns `y`: `[n, c_out, oh, ow]`
+///
+/// # Errors
+/// As [`conv2d`], and `groups` that does not divide both channel counts.
+///
+/// ```
+/// use cnn_core::{conv2d_groups, Window};
+/// use ndarray::Array4;
+/// // depthwise: 3 channels, 2 kernels each
+/// let y = conv2d_groups(Array4::ones((1, 3, 5, 5)).view(), Array4::ones((6, 1, 3, 3)).view(), None, &Window::square(3), 3).unwrap();
+/// assert_eq!((y.dim(), y[[0, 5, 1, 1]]), ((1, 6, 3, 3), 9.0));
+/// ```
+pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window, groups: usize) -> Result<Array4<f32>> {
+    let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win, groups)?;
+    let (n, c_in, _, _) = x.dim();
+    let c_out = w.dim().0;
+    match Algorithm::of(c_in, groups) {
+        Algorithm::Lowered => lowered_conv(x, w, b, &g),
+        Algorithm::Depthwise => {
+            expect_allocatable("output", n * c_out * g.positions())?;
+            Ok(depthwise::forward(x, w, b, &g))
+        }
+        Algorithm::Grouped => {
+            let (cig, cog) = (c_in / groups, c_out / groups);
+            expect_allocatable("output", n * c_out * g.positions())?;
+            let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
+            for k in 0..groups {
+                let (ins, outs) = (k * cig..(k + 1) * cig, k * cog..(k + 1) * cog);
+                let b_k = b.map(|b| b.slice_move(s![outs.clone()]));
+                let y_k = lowered_conv(x.slice(s![.., ins, .., ..]), w.slice(s![outs.clone(), .., .., ..]), b_k, &g)?;
+                y.slice_mut(s![.., outs, .., ..]).assign(&y_k);
+            }
+            Ok(y)
+        }
+    }
+}
+
+/// im2col and a GEMM per sample (or group of samples): the whole layer as matrix products.
+fn lowered_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Result<Array4<f32>> {
     let (c_out, c_in, kh, kw) = w.dim();
     let w_mat = w.to_shape((c_out, c_in * kh * kw)).expect("filters reshape to [c_out, c_in*kh*kw]");
     let beta = if b.is_some() { 1.0 } else { 0.0 };
-    lowered_forward(x, &g, c_out, b, |cols, y| {
+    lowered_forward(x, g, c_out, b, |cols, y| {
         // y [c_out, m] = w_mat [c_out, k] · cols [k, m] (+ the bias already in y); m = samples·oh·ow
         general_mat_mul(1.0, &w_mat, cols, beta, y);
     })
@@ -214,16 +286,55 @@ pub fn conv2d(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>
 /// # Errors
 /// As [`conv2d`], and a `dy` whose shape is not the output's.
 pub fn conv2d_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, win: &Window) -> Result<Conv2dGrads> {
-    let g = conv_geometry(x.shape(), w.shape(), None, win)?;
+    conv2d_groups_backward(x, w, dy, win, 1)
+}
+
+/// Grouped convolution backward: each group's gradients from its share of `dy`.
+///
+/// # Shapes
+/// As [`conv2d_groups`], with `dy`: `[n, c_out, oh, ow]`; returns `dx` like `x`, `dw` like
+/// `w`, `db`: `[c_out]`.
+///
+/// # Errors
+/// As [`conv2d_groups`], and a `dy` whose shape is not the output's.
+pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, win: &Window, groups: usize) -> Result<Conv2dGrads> {
+    let g = conv_geometry(x.shape(), w.shape(), None, win, groups)?;
+    let (n, c_in, h, wd) = x.dim();
+    let c_out = w.dim().0;
+    expect_shape("output gradient dy", &[n, c_out, g.oh, g.ow], dy.shape())?;
+    match Algorithm::of(c_in, groups) {
+        Algorithm::Lowered => lowered_backward_conv(x, w, dy, &g),
+        Algorithm::Depthwise => {
+            expect_allocatable("input gradient", x.len())?;
+            let (dx, dw, db) = depthwise::backward(x, w, dy, &g);
+            Ok(Conv2dGrads { dx, dw, db })
+        }
+        Algorithm::Grouped => {
+            let (cig, cog) = (c_in / groups, c_out / groups);
+            expect_allocatable("input gradient", x.len())?;
+            let mut grads = Conv2dGrads { dx: Array4::zeros((n, c_in, h, wd)), dw: Array4::zeros(w.raw_dim()), db: Array1::zeros(c_out) };
+            for k in 0..groups {
+                let (ins, outs) = (k * cig..(k + 1) * cig, k * cog..(k + 1) * cog);
+                let part = lowered_backward_conv(x.slice(s![.., ins.clone(), .., ..]), w.slice(s![outs.clone(), .., .., ..]), dy.slice(s![.., outs.clone(), .., ..]), &g)?;
+                grads.dx.slice_mut(s![.., ins, .., ..]).assign(&part.dx);
+                grads.dw.slice_mut(s![outs.clone(), .., .., ..]).assign(&part.dw);
+                grads.db.slice_mut(s![outs]).assign(&part.db);
+            }
+            Ok(grads)
+        }
+    }
+}
+
+/// The backward of [`lowered_conv`].
+fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry) -> Result<Conv2dGrads> {
     let (c_out, c_in, kh, kw) = w.dim();
-    expect_shape("output gradient dy", &[x.dim().0, c_out, g.oh, g.ow], dy.shape())?;
     let k = c_in * kh * kw;
     let w_mat = w.to_shape((c_out, k)).expect("filters reshape to [c_out, c_in*kh*kw]");
 
     let (dx, partials) = lowered_backward(
         x,
         dy,
-        &g,
+        g,
         || (Array2::zeros((c_out, k)), Array1::zeros(c_out)),
         |(dw, db), cols, dy, dcols| {
             // dw [c_out, k] += dy [c_out, m] · colsᵀ [m, k]       (m = samples·oh·ow)

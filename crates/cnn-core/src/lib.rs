@@ -24,6 +24,7 @@ extern crate blas_src;
 
 mod conv;
 mod conv1d;
+mod depthwise;
 mod error;
 mod im2col;
 mod operands;
@@ -33,7 +34,7 @@ pub mod reference;
 pub mod threads;
 mod window;
 
-pub use conv::{conv2d, conv2d_backward};
+pub use conv::{conv2d, conv2d_backward, conv2d_groups, conv2d_groups_backward};
 pub use operands::Conv2dGrads;
 pub use conv1d::{conv1d, conv1d_backward, output_len as conv1d_output_len, Conv1dGrads};
 pub use error::{CnnError, Result};

@@ -191,7 +191,7 @@ impl LowRankFilters {
 fn check(x: &[usize], mix: ArrayView2<f32>, basis: &[usize], win: &Window) -> Result<(crate::Geometry, usize)> {
     let (c_out, k) = mix.dim();
     expect_shape("low-rank mix [c_out, k] vs basis [k, ...]", &[k], &basis[..1])?;
-    let g = conv_geometry(x, basis, None, win)?;
+    let g = conv_geometry(x, basis, None, win, 1)?;
     Ok((g, c_out))
 }
 

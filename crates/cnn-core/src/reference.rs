@@ -23,9 +23,23 @@ fn tap(g: &Geometry, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usiz
 /// # Errors
 /// As [`crate::conv2d`].
 pub fn conv2d(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window) -> Result<Array4<f32>> {
-    let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win)?;
-    let (n, c_in, _, _) = x.dim();
-    let c_out = w.dim().0;
+    conv2d_groups(x, w, b, win, 1)
+}
+
+/// Naive grouped convolution forward: filter `f` of group `f / (c_out / groups)` reads the
+/// input channels `group · c_in_g + c` for `c` in `0..c_in_g` (`c_in_g = w.dim().1`); taps
+/// dilated by `(dh, dw)`.
+///
+/// # Shapes
+/// As [`crate::conv2d_groups`].
+///
+/// # Errors
+/// As [`crate::conv2d_groups`].
+pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window, groups: usize) -> Result<Array4<f32>> {
+    let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win, groups)?;
+    let n = x.dim().0;
+    let (c_out, c_in) = (w.dim().0, w.dim().1);
+    let first_channel = |f: usize| f / (c_out / groups) * c_in;
     let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
     for i in 0..n {
         for f in 0..c_out {
@@ -36,7 +50,7 @@ pub fn conv2d(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>
                         for ky in 0..g.kh {
                             for kx in 0..g.kw {
                                 if let Some((iy, ix)) = tap(&g, oy, ox, ky, kx) {
-                                    sum += w[[f, c, ky, kx]] * x[[i, c, iy, ix]];
+                                    sum += w[[f, c, ky, kx]] * x[[i, first_channel(f) + c, iy, ix]];
                                 }
                             }
                         }
@@ -58,9 +72,22 @@ pub fn conv2d(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>
 /// # Errors
 /// As [`crate::conv2d_backward`].
 pub fn conv2d_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, win: &Window) -> Result<Conv2dGrads> {
-    let g = conv_geometry(x.shape(), w.shape(), None, win)?;
-    let (n, c_in, _, _) = x.dim();
-    let c_out = w.dim().0;
+    conv2d_groups_backward(x, w, dy, win, 1)
+}
+
+/// Naive grouped convolution backward: the loops of [`conv2d_groups`], each multiply-add
+/// sending its gradient back to both factors.
+///
+/// # Shapes
+/// As [`crate::conv2d_groups_backward`].
+///
+/// # Errors
+/// As [`crate::conv2d_groups_backward`].
+pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, win: &Window, groups: usize) -> Result<Conv2dGrads> {
+    let g = conv_geometry(x.shape(), w.shape(), None, win, groups)?;
+    let n = x.dim().0;
+    let (c_out, c_in) = (w.dim().0, w.dim().1);
+    let first_channel = |f: usize| f / (c_out / groups) * c_in;
     expect_shape("output gradient dy", &[n, c_out, g.oh, g.ow], dy.shape())?;
     let mut dx = Array4::zeros(x.raw_dim());
     let mut dw = Array4::zeros(w.raw_dim());
@@ -75,8 +102,9 @@ pub fn conv2d_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f3
                         for ky in 0..g.kh {
                             for kx in 0..g.kw {
                                 if let Some((iy, ix)) = tap(&g, oy, ox, ky, kx) {
-                                    dw[[f, c, ky, kx]] += d * x[[i, c, iy, ix]];
-                                    dx[[i, c, iy, ix]] += d * w[[f, c, ky, kx]];
+                                    let ci = first_channel(f) + c;
+                                    dw[[f, c, ky, kx]] += d * x[[i, ci, iy, ix]];
+                                    dx[[i, ci, iy, ix]] += d * w[[f, c, ky, kx]];
                                 }
                             }
                         }

@@ -2,7 +2,10 @@
 
 mod common;
 
-use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d, conv2d_backward, reference, Padding, Window};
+use cnn_core::{
+    conv1d, conv1d_backward, conv1d_output_len, conv2d, conv2d_backward, conv2d_groups, conv2d_groups_backward, reference, CnnError, Padding,
+    Window,
+};
 use common::{random, rel_err};
 use ndarray::{Array1, Array3, Axis};
 use proptest::prelude::*;
@@ -26,6 +29,62 @@ fn check(n: usize, c_in: usize, c_out: usize, h: usize, w: usize, win: Window, s
     assert!(rel_err(&g.dx, &g_ref.dx) < TOL, "dx {case}");
     assert!(rel_err(&g.dw, &g_ref.dw) < TOL, "dw {case}");
     assert!(rel_err(&g.db, &g_ref.db) < TOL, "db {case}");
+}
+
+/// As [`check`], for a grouped (or depthwise, `groups = c_in`) convolution.
+fn check_groups(n: usize, c_in: usize, c_out: usize, h: usize, w: usize, win: Window, groups: usize, seed: u64) {
+    let x = random((n, c_in, h, w), seed);
+    let f = random((c_out, c_in / groups, win.kh, win.kw), seed + 1);
+    let b = random(c_out, seed + 2);
+    let case = format!("n={n} c_in={c_in} c_out={c_out} groups={groups} {h}x{w} {win:?}");
+
+    let y = conv2d_groups(x.view(), f.view(), Some(b.view()), &win, groups).unwrap();
+    let y_ref = reference::conv2d_groups(x.view(), f.view(), Some(b.view()), &win, groups).unwrap();
+    assert!(rel_err(&y, &y_ref) < TOL, "forward {case}: {}", rel_err(&y, &y_ref));
+
+    let dy = random(y.raw_dim(), seed + 3);
+    let g = conv2d_groups_backward(x.view(), f.view(), dy.view(), &win, groups).unwrap();
+    let g_ref = reference::conv2d_groups_backward(x.view(), f.view(), dy.view(), &win, groups).unwrap();
+    assert!(rel_err(&g.dx, &g_ref.dx) < TOL, "dx {case}");
+    assert!(rel_err(&g.dw, &g_ref.dw) < TOL, "dw {case}");
+    assert!(rel_err(&g.db, &g_ref.db) < TOL, "db {case}");
+}
+
+#[test]
+fn grouped_and_depthwise() {
+    let mut seed = 900;
+    // (c_in, c_out, groups): two groups (AlexNet), depthwise with multipliers 1 and 2, four groups
+    for (c_in, c_out, groups) in [(4, 6, 2), (3, 3, 3), (3, 6, 3), (8, 4, 4)] {
+        for win in [
+            Window::square(3),
+            Window::square(3).stride(2).padding(Padding::Same),
+            Window::new(2, 3).strides(1, 2).dilations(2, 1).padding(Padding::uniform(1)),
+        ] {
+            seed += 10;
+            check_groups(3, c_in, c_out, 7, 6, win, groups, seed);
+        }
+    }
+}
+
+#[test]
+fn the_reference_groups_are_independent_convolutions() {
+    // a 2-group convolution is two convolutions side by side
+    let x = random((2, 4, 5, 5), 1);
+    let w = random((6, 2, 3, 3), 2);
+    let y = reference::conv2d_groups(x.view(), w.view(), None, &Window::square(3), 2).unwrap();
+    let half = |a: usize, b: usize, c: usize, d: usize| reference::conv2d(x.slice(ndarray::s![.., a..b, .., ..]), w.slice(ndarray::s![c..d, .., .., ..]), None, &Window::square(3)).unwrap();
+    assert_eq!(y.slice(ndarray::s![.., ..3, .., ..]), half(0, 2, 0, 3));
+    assert_eq!(y.slice(ndarray::s![.., 3.., .., ..]), half(2, 4, 3, 6));
+}
+
+#[test]
+fn groups_must_divide_the_channels() {
+    let x = random((1, 4, 5, 5), 1);
+    let e = conv2d_groups(x.view(), random((6, 2, 3, 3), 2).view(), None, &Window::square(3), 3).unwrap_err();
+    assert!(matches!(e, CnnError::Invalid { what: "groups", .. }), "{e}");
+    let e = conv2d_groups(x.view(), random((6, 1, 3, 3), 2).view(), None, &Window::square(3), 2).unwrap_err();
+    assert_eq!(e.to_string(), "invalid groups: input [1, 4, 5, 5] has 4 channels, filters [6, 1, 3, 3] take 1 in each of 2 groups");
+    assert!(conv2d_groups(x.view(), random((6, 2, 3, 3), 2).view(), None, &Window::square(3), 0).is_err());
 }
 
 #[test]
@@ -164,5 +223,15 @@ proptest! {
         let win = Window::new(kh, kw).strides(sh, sw).dilations(dh, dw).padding(padding);
         prop_assume!(win.geometry(h, w).is_ok());
         check(n, c_in, c_out, h, w, win, seed);
+    }
+
+    #[test]
+    fn random_groups_agree(
+        n in 1usize..3, groups in 1usize..4, per_in in 1usize..3, per_out in 1usize..3,
+        h in 3usize..8, w in 3usize..8, k in 1usize..4, s in 1usize..3, same in any::<bool>(), seed in 0u64..1000,
+    ) {
+        let win = Window::square(k).stride(s).padding(if same { Padding::Same } else { Padding::Valid });
+        prop_assume!(win.geometry(h, w).is_ok());
+        check_groups(n, groups * per_in, groups * per_out, h, w, win, groups, seed);
     }
 }

@@ -91,3 +91,23 @@ fn same_result_for_any_thread_count() {
     }
     assert_eq!(run(1), one, "run to run");
 }
+
+#[test]
+fn grouped_and_depthwise_are_deterministic_for_any_thread_count() {
+    let x = random((9, 6, 9, 9), 11);
+    let dy = random((9, 12, 9, 9), 12);
+    let win = Window::square(3).padding(Padding::Same);
+    for groups in [2, 6] {
+        let w = random((12, 6 / groups, 3, 3), 13);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let y = cnn_core::conv2d_groups(x.view(), w.view(), None, &win, groups).unwrap();
+                (y, cnn_core::conv2d_groups_backward(x.view(), w.view(), dy.view(), &win, groups).unwrap())
+            })
+        };
+        let one = run(1);
+        assert_eq!(run(2), one, "groups {groups}");
+        assert_eq!(run(3), one, "groups {groups}");
+    }
+}
