@@ -50,6 +50,10 @@ pub fn factorise(model: &mut Sequential, plan: &[(usize, RankPolicy)]) -> Result
         let conv = (layer.as_ref() as &dyn Any)
             .downcast_ref::<Conv2d>()
             .ok_or_else(|| NnError::Config(format!("layer {index} ({}) is not a Conv2d", layer.describe().name)))?;
+        if !conv.is_full() {
+            decisions.push(Decision::Skipped { layer: index, reason: "a grouped or depthwise convolution is not factorised".into() });
+            continue;
+        }
         let weight = conv.weight().expect("built").view().into_dimensionality::<Ix4>().expect("4-D filters");
         let (c_out, c_in, kh, kw) = weight.dim();
         let patch = c_in * kh * kw;

@@ -82,6 +82,9 @@ fn conv_layers() {
     check_layer(Conv2d::new(3, 3).stride(2).padding(Padding::Same), &[2, 2, 7, 6], LINEAR, 2);
     check_layer(Conv2d::new(2, 2).kernel(2, 3).strides(1, 2).no_bias(), &[1, 2, 5, 7], LINEAR, 3);
     check_layer(Conv1d::new(3, 3).stride(2).padding(Padding::Same), &[2, 2, 9], LINEAR, 4);
+    check_layer(Conv2d::new(4, 3).groups(2).padding(Padding::Same), &[2, 4, 5, 5], LINEAR, 22);
+    check_layer(Conv2d::depthwise(3, 2).stride(2).padding(Padding::Same), &[2, 3, 6, 6], LINEAR, 23);
+    check_layer(Conv2d::new(3, 3).dilation(2).padding(Padding::Same), &[2, 2, 7, 7], LINEAR, 24);
     // linear in x, in mix and in basis, each on its own
     check_layer(LowRankConv2d::new(5, 2, Window::square(3).padding(Padding::Same)), &[2, 3, 6, 6], LINEAR, 18);
 }

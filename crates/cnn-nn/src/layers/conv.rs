@@ -1,23 +1,36 @@
 //! Convolution layers: `Conv2d` and `Conv1d`, calling cnn-core's im2col kernels.
 
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param, WeightInit};
-use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d, conv2d_backward, Padding, Window};
+use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d_groups, conv2d_groups_backward, Padding, Window};
 use ndarray::{Array3, Array4, ArrayD, ArrayView3, ArrayView4, Ix3, Ix4};
 
-/// 2-D convolution: `filters` filters of `kh x kw` kernels over all input channels, plus bias.
+/// How a convolution's input channels are split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Groups {
+    /// This many groups of channels, each with its share of the filters (1: a full convolution).
+    Count(usize),
+    /// One group per input channel, `multiplier` filters each: a depthwise convolution.
+    Depthwise { multiplier: usize },
+}
+
+/// 2-D convolution: `filters` filters of `kh x kw` kernels over all input channels (or over
+/// their group's, for a grouped or depthwise convolution), plus bias.
 ///
 /// ```
 /// use cnn_nn::layers::Conv2d;
-/// use cnn_core::Padding;
+/// use cnn_nn::Padding;
 /// let conv = Conv2d::new(32, 3).stride(1).padding(Padding::Valid);
+/// let alexnet_conv2 = Conv2d::new(256, 5).padding(Padding::uniform(2)).groups(2);
+/// let depthwise = Conv2d::depthwise(3, 1).padding(Padding::Same);
 /// ```
 ///
 /// # Shapes
 /// - input `[n, c_in, h, w]` → output `[n, filters, oh, ow]`
-/// - weight `[filters, c_in, kh, kw]`, bias `[filters]`
+/// - weight `[filters, c_in / groups, kh, kw]`, bias `[filters]`
 pub struct Conv2d {
     filters: usize,
     window: Window,
+    groups: Groups,
     use_bias: bool,
     init: WeightInit,
     params: Vec<Param>,
@@ -27,7 +40,42 @@ pub struct Conv2d {
 impl Conv2d {
     /// `filters` square `k x k` filters, stride 1, VALID, with bias. Input channels are inferred.
     pub fn new(filters: usize, k: usize) -> Self {
-        Conv2d { filters, window: Window::square(k), use_bias: true, init: WeightInit::default(), params: vec![], x: None }
+        Conv2d { filters, window: Window::square(k), groups: Groups::Count(1), use_bias: true, init: WeightInit::default(), params: vec![], x: None }
+    }
+
+    /// A depthwise `k x k` convolution: each input channel with its own `multiplier` kernels,
+    /// `c_in · multiplier` output channels, no bias (as Keras' `DepthwiseConv2D` in Xception;
+    /// add one with [`Conv2d::with_bias`]).
+    pub fn depthwise(k: usize, multiplier: usize) -> Self {
+        Conv2d { groups: Groups::Depthwise { multiplier }, use_bias: false, ..Conv2d::new(0, k) }
+    }
+
+    /// Split the channels into `groups` groups (AlexNet's two towers: 2).
+    pub fn groups(self, groups: usize) -> Self {
+        Conv2d { groups: Groups::Count(groups), ..self }
+    }
+
+    /// The same dilation on both axes.
+    pub fn dilation(self, d: usize) -> Self {
+        Conv2d { window: self.window.dilation(d), ..self }
+    }
+
+    /// With a bias term (the default, but for [`Conv2d::depthwise`]).
+    pub fn with_bias(self) -> Self {
+        Conv2d { use_bias: true, ..self }
+    }
+
+    /// Every filter sees every input channel (one group): what low-rank factorisation needs.
+    pub fn is_full(&self) -> bool {
+        self.groups == Groups::Count(1)
+    }
+
+    /// The number of groups for `c_in` input channels, and the number of filters.
+    fn groups_for(&self, c_in: usize) -> (usize, usize) {
+        match self.groups {
+            Groups::Count(g) => (g, self.filters),
+            Groups::Depthwise { multiplier } => (c_in, c_in * multiplier),
+        }
     }
 
     /// A non-square kernel.
@@ -75,10 +123,18 @@ impl Conv2d {
         self.params.get(1).map(|p| &p.value)
     }
 
+    /// The groups once built (a depthwise layer then knows its input channels).
+    fn group_count(&self) -> usize {
+        match self.groups {
+            Groups::Count(g) => g,
+            Groups::Depthwise { .. } => unreachable!("build resolves a depthwise layer's groups"),
+        }
+    }
+
     fn run(&self, x: ArrayView4<f32>) -> Array4<f32> {
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
         let b = self.params.get(1).map(|b| b.value.view().into_dimensionality().expect("bias is 1-D"));
-        conv2d(x, w, b, &self.window).expect("Conv2d: shapes were checked at build")
+        conv2d_groups(x, w, b, &self.window, self.group_count()).expect("Conv2d: shapes were checked at build")
     }
 }
 
@@ -87,17 +143,23 @@ impl Layer for Conv2d {
         let [c_in, h, w] = input else {
             return Err(BuildError::Input("Conv2d needs (channels, height, width) per sample".into()));
         };
-        if self.filters == 0 {
+        let (groups, filters) = self.groups_for(*c_in);
+        if filters == 0 {
             return Err(BuildError::Setting("Conv2d needs at least one filter".into()));
+        }
+        if groups == 0 || c_in % groups != 0 || filters % groups != 0 {
+            return Err(BuildError::Setting(format!("{groups} groups must divide the {c_in} input channels and the {filters} filters")));
         }
         let g = self.window.geometry(*h, *w)?;
         let (kh, kw) = (self.window.kh, self.window.kw);
-        let weight = init.weights(&[self.filters, *c_in, kh, kw], self.init)?;
+        let weight = init.weights(&[filters, c_in / groups, kh, kw], self.init)?;
+        self.filters = filters;
+        self.groups = Groups::Count(groups);
         self.params = vec![Param::new("weight", weight)];
         if self.use_bias {
-            self.params.push(Param::new("bias", ArrayD::zeros(vec![self.filters])));
+            self.params.push(Param::new("bias", ArrayD::zeros(vec![filters])));
         }
-        Ok(vec![self.filters, g.oh, g.ow])
+        Ok(vec![filters, g.oh, g.ow])
     }
 
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
@@ -115,7 +177,7 @@ impl Layer for Conv2d {
         let x = self.x.take().expect("Conv2d::backward needs a training forward first");
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
         let dy = dy.into_dimensionality::<Ix4>().expect("Conv2d dy is [n, c, oh, ow]");
-        let g = conv2d_backward(x.view(), w, dy.view(), &self.window).expect("Conv2d: shapes were checked at build");
+        let g = conv2d_groups_backward(x.view(), w, dy.view(), &self.window, self.group_count()).expect("Conv2d: shapes were checked at build");
         self.params[0].accumulate(&g.dw);
         if let Some(bias) = self.params.get_mut(1) {
             bias.accumulate(&g.db);
@@ -133,7 +195,12 @@ impl Layer for Conv2d {
 
     fn describe(&self) -> Describe {
         let w = &self.window;
-        Describe { name: format!("Conv2d({w})"), filters: Some(self.filters), padding: Some(w.padding.to_string()), is_activation: false }
+        let kind = match self.groups {
+            Groups::Count(1) => String::new(),
+            Groups::Count(g) => format!(",g={g}"),
+            Groups::Depthwise { multiplier } => format!(",depthwise x{multiplier}"),
+        };
+        Describe { name: format!("Conv2d({w}{kind})"), filters: Some(self.filters), padding: Some(w.padding.to_string()), is_activation: false }
     }
 }
 
