@@ -85,6 +85,7 @@ fn conv_layers() {
     check_layer(Conv2d::new(4, 3).groups(2).padding(Padding::Same), &[2, 4, 5, 5], LINEAR, 22);
     check_layer(Conv2d::depthwise(3, 2).stride(2).padding(Padding::Same), &[2, 3, 6, 6], LINEAR, 23);
     check_layer(Conv2d::new(3, 3).dilation(2).padding(Padding::Same), &[2, 2, 7, 7], LINEAR, 24);
+    check_layer(SeparableConv2d::with_multiplier(4, 3, 2).padding(Padding::Same), &[2, 3, 5, 5], LINEAR, 25);
     // linear in x, in mix and in basis, each on its own
     check_layer(LowRankConv2d::new(5, 2, Window::square(3).padding(Padding::Same)), &[2, 3, 6, 6], LINEAR, 18);
 }
@@ -115,6 +116,9 @@ fn normalisation_layers() {
     // the curvature grows as 1/σ: steps well below the channels' spread (σ ≈ 0.6 and 0.1)
     check_layer(BatchNorm::new(), &[4, 3, 3, 3], SMOOTH, 20);
     check_layer(BatchNorm::new(), &[5, 4], 0.001, 21);
+    // large α so the normalisation matters at these input sizes; sizes odd and even
+    check_layer(LocalResponseNorm::new(3).constants(2.0, 0.75, 1.0), &[2, 5, 3, 3], SMOOTH, 26);
+    check_layer(LocalResponseNorm::new(4).constants(1.0, 0.75, 2.0), &[2, 6, 2, 2], SMOOTH, 27);
 }
 
 /// A 3x3 SAME convolution without bias.

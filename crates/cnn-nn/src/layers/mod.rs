@@ -8,6 +8,7 @@ mod dense;
 mod lowrank;
 mod norm;
 mod pool;
+mod separable;
 mod shape;
 
 pub(crate) use activation::softmax_rows;
@@ -17,6 +18,7 @@ pub use chain::Chain;
 pub use conv::{Conv1d, Conv2d};
 pub use dense::Dense;
 pub use lowrank::LowRankConv2d;
-pub use norm::BatchNorm;
+pub use norm::{BatchNorm, LocalResponseNorm};
 pub use pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};
+pub use separable::SeparableConv2d;
 pub use shape::{Dropout, Flatten};

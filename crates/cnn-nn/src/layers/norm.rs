@@ -177,6 +177,119 @@ impl Layer for BatchNorm {
     }
 }
 
+/// Local response normalisation across channels (AlexNet's), as PyTorch defines it:
+///
+/// ```text
+/// y_c = x_c / D_c^β,    D_c = k + (α / size) · Σ_{c' = c − ⌊size/2⌋ ..= c + ⌊(size−1)/2⌋} x_c'²
+/// dx_j = dy_j / D_j^β − (2αβ / size) · x_j · Σ_{c : j in c's window} dy_c · x_c / D_c^(β+1)
+/// ```
+///
+/// No parameters. AlexNet uses size 5, α 1e-4, β 0.75, k 2.
+///
+/// # Shapes
+/// input `[n, c, ...]` → output of the same shape
+pub struct LocalResponseNorm {
+    size: usize,
+    alpha: f32,
+    beta: f32,
+    k: f32,
+    /// The input and `D` of the last training forward.
+    cache: Option<(ArrayD<f32>, ArrayD<f32>)>,
+}
+
+impl LocalResponseNorm {
+    /// Over `size` neighbouring channels, with PyTorch's defaults α 1e-4, β 0.75, k 1.
+    pub fn new(size: usize) -> Self {
+        LocalResponseNorm { size, alpha: 1e-4, beta: 0.75, k: 1.0, cache: None }
+    }
+
+    /// The constants α, β and k.
+    pub fn constants(self, alpha: f32, beta: f32, k: f32) -> Self {
+        LocalResponseNorm { alpha, beta, k, ..self }
+    }
+
+    /// The channels `lo..=hi` in the window of channel `c` (of `channels`).
+    fn window(&self, c: usize, channels: usize) -> std::ops::RangeInclusive<usize> {
+        c.saturating_sub(self.size / 2)..=(c + (self.size - 1) / 2).min(channels - 1)
+    }
+
+    /// `D` for every value of `x`.
+    fn denominators(&self, x: &ArrayD<f32>) -> ArrayD<f32> {
+        let planes = channels(x);
+        let (n, c, rest) = planes.dim();
+        let squares = planes.mapv(|v| v * v);
+        let mut d = Array3::<f32>::from_elem((n, c, rest), self.k);
+        let scale = self.alpha / self.size as f32;
+        for ch in 0..c {
+            for other in self.window(ch, c) {
+                let sq = squares.index_axis(Axis(1), other);
+                Zip::from(d.index_axis_mut(Axis(1), ch)).and(sq).for_each(|d, &s| *d += scale * s);
+            }
+        }
+        d.into_shape_with_order(x.raw_dim()).expect("same size")
+    }
+}
+
+impl Layer for LocalResponseNorm {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
+        if input.is_empty() {
+            return Err(BuildError::Input("LocalResponseNorm needs (channels, ...) per sample".into()));
+        }
+        if self.size == 0 || !(self.k.is_finite() && self.alpha.is_finite() && self.beta.is_finite()) {
+            return Err(BuildError::Setting(format!("LocalResponseNorm needs size >= 1 and finite constants, got size {}", self.size)));
+        }
+        Ok(input.to_vec())
+    }
+
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
+        let x = x.as_standard_layout().into_owned();
+        let d = self.denominators(&x);
+        let beta = self.beta;
+        let mut y = x;
+        Zip::from(&mut y).and(&d).for_each(|y, &d| *y /= d.powf(beta));
+        y
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        let x = x.as_standard_layout().into_owned();
+        let d = self.denominators(&x);
+        let beta = self.beta;
+        let mut y = x.clone();
+        Zip::from(&mut y).and(&d).for_each(|y, &d| *y /= d.powf(beta));
+        self.cache = Some((x, d));
+        y
+    }
+
+    fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
+        let (x, d) = self.cache.take().expect("LocalResponseNorm::backward needs a training forward first");
+        let dy = dy.as_standard_layout().into_owned();
+        let beta = self.beta;
+        // t_c = dy_c · x_c / D_c^(β+1): what channel c sends back to the channels of its window
+        let mut t = dy.clone();
+        Zip::from(&mut t).and(&x).and(&d).for_each(|t, &x, &d| *t = *t * x / d.powf(beta + 1.0));
+        let mut dx = dy;
+        Zip::from(&mut dx).and(&d).for_each(|dx, &d| *dx /= d.powf(beta));
+        let (xs, ts) = (channels(&x), channels(&t));
+        let c = xs.dim().1;
+        let scale = 2.0 * self.alpha * beta / self.size as f32;
+        let mut dxs = dx.view_mut().into_shape_with_order(xs.dim()).expect("standard layout");
+        for ch in 0..c {
+            for other in self.window(ch, c) {
+                // channel `ch` normalised by `other`: other's gradient gets −scale · x_other · t_ch
+                Zip::from(dxs.index_axis_mut(Axis(1), other))
+                    .and(xs.index_axis(Axis(1), other))
+                    .and(ts.index_axis(Axis(1), ch))
+                    .for_each(|dx, &x, &t| *dx -= scale * x * t);
+            }
+        }
+        dx
+    }
+
+    fn describe(&self) -> Describe {
+        Describe { name: format!("LocalResponseNorm({})", self.size), ..Describe::default() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +319,15 @@ mod tests {
         let s = (bn.running_var[[0]] + 1e-5).sqrt();
         assert!((e[[0, 0, 0]] - (1.0 - 0.25) / s).abs() < 1e-6);
         assert!((bn.running_mean[[0]] - 0.25).abs() < 1e-7);
+    }
+
+    #[test]
+    fn lrn_divides_by_the_window_of_squares() {
+        // channels 1, 2, 3 at one position, size 3, α 3, β 1, k 1: D = 1 + (3/3)·Σ window
+        // windows: {0,1} → 1+1+4 = 6, {0,1,2} → 1+1+4+9 = 15, {1,2} → 1+4+9 = 14
+        let lrn = LocalResponseNorm::new(3).constants(3.0, 1.0, 1.0);
+        let y = lrn.forward(array![[1.0f32, 2.0, 3.0]].into_dyn());
+        assert_eq!(y, array![[1.0 / 6.0, 2.0 / 15.0, 3.0 / 14.0]].into_dyn());
     }
 
     #[test]
