@@ -1,4 +1,15 @@
-//! Ready-made models.
+//! Ready-made models: the course material's reference network and the architecture table,
+//! LeNet-5 to Xception, each with the parameter count of its reference implementation.
+
+mod classic;
+mod googlenet;
+mod resnet;
+mod xception;
+
+pub use classic::{alexnet, lenet5, vgg, Vgg};
+pub use googlenet::googlenet;
+pub use resnet::{resnet1202, resnet20, resnet_cifar};
+pub use xception::xception;
 
 use crate::layer::WeightInit;
 use crate::layers::{Conv2d, Dense, Flatten, MaxPool2d, ReLU};

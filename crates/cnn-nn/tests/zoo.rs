@@ -1,0 +1,52 @@
+//! The architecture table, built: every model's parameter count equals its reference
+//! implementation's (the papers' tables, torchvision, Keras). Only the weights are allocated.
+
+use cnn_nn::models::{alexnet, googlenet, lenet5, resnet1202, resnet20, resnet_cifar, vgg, xception, Vgg};
+use cnn_nn::Sequential;
+
+/// (trainable, non-trainable) values of a model.
+fn counts(model: &Sequential) -> (usize, usize) {
+    (model.num_params(), model.num_buffers())
+}
+
+#[test]
+fn lenet5_has_61_706_parameters() {
+    let model = lenet5(0);
+    assert_eq!(counts(&model), (61_706, 0));
+    assert_eq!(model.shapes()[0], [6, 28, 28], "C1 on the 28x28 image padded to 32x32");
+}
+
+#[test]
+fn alexnet_has_60_965_224_parameters() {
+    let model = alexnet(0);
+    assert_eq!(counts(&model), (60_965_224, 0));
+    assert_eq!(model.output_shape(), [1000]);
+}
+
+#[test]
+fn vgg_11_16_19() {
+    for (config, expected) in [(Vgg::A11, 132_863_336), (Vgg::D16, 138_357_544), (Vgg::E19, 143_667_240)] {
+        assert_eq!(counts(&vgg(config, 0)), (expected, 0), "{config:?}");
+    }
+}
+
+#[test]
+fn resnet_20_and_1202() {
+    // trainable as the paper counts them; BatchNorm's running mean and variance apart
+    assert_eq!(counts(&resnet20(0)), (269_722, 1_376));
+    assert_eq!(resnet1202(0).num_params(), 19_421_274);
+    // the Fashion-MNIST variant: one input channel, 28x28
+    let small = resnet_cifar(3, &[1, 28, 28], 10, 0).unwrap();
+    assert_eq!(small.num_params(), 269_722 - 2 * 16 * 9);
+    assert!(resnet_cifar(0, &[3, 32, 32], 10, 0).is_err());
+}
+
+#[test]
+fn googlenet_has_6_998_552_parameters() {
+    assert_eq!(counts(&googlenet(0)), (6_998_552, 0));
+}
+
+#[test]
+fn xception_has_keras_counts() {
+    assert_eq!(counts(&xception(0)), (22_855_952, 54_528));
+}
