@@ -16,6 +16,7 @@ use crate::error::{expect_nonempty, expect_shape, Result};
 use crate::window::{Geometry, Window};
 use ndarray::{Array2, Array4, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Lowers a batch: one column per receptive field, samples side by side.
 ///
@@ -76,30 +77,48 @@ pub fn col2im(cols: ArrayView2<f32>, x_shape: [usize; 4], win: &Window) -> Resul
     Ok(x)
 }
 
+/// The output rows of `inside` that are also in `tile`.
+fn clip(inside: Range<usize>, tile: &Range<usize>) -> Range<usize> {
+    let start = inside.start.max(tile.start);
+    start..inside.end.min(tile.end).max(start)
+}
+
 /// Lowers one sample into `cols` (`[c * kh * kw, oh * ow]`, rows contiguous).
 ///
 /// # Panics
 /// If `cols` has the wrong shape or non-contiguous rows (a bug in the caller).
-pub(crate) fn im2col_sample(x: ArrayView3<f32>, g: &Geometry, mut cols: ArrayViewMut2<f32>) {
+pub(crate) fn im2col_sample(x: ArrayView3<f32>, g: &Geometry, cols: ArrayViewMut2<f32>) {
+    im2col_tile(x, g, 0..g.oh, cols)
+}
+
+/// Lowers the receptive fields of the output rows `tile` of one sample into `cols`
+/// (`[c * kh * kw, tile.len() * ow]`, rows contiguous): a large image is lowered a band of
+/// rows at a time, so the lowered matrix stays small.
+///
+/// # Panics
+/// If `cols` has the wrong shape or non-contiguous rows (a bug in the caller).
+pub(crate) fn im2col_tile(x: ArrayView3<f32>, g: &Geometry, tile: Range<usize>, mut cols: ArrayViewMut2<f32>) {
     let (c, h, w) = x.dim();
     assert_eq!((h, w), (g.h, g.w), "im2col: image does not match geometry");
-    assert_eq!(cols.dim(), (c * g.kh * g.kw, g.positions()), "im2col: wrong cols shape");
+    assert_eq!(cols.dim(), (c * g.kh * g.kw, tile.len() * g.ow), "im2col: wrong cols shape");
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
     let ow = g.ow;
     for ci in 0..c {
         let plane = &x[ci * h * w..(ci + 1) * h * w];
         for ky in 0..g.kh {
-            let rows = g.rows_inside(ky);
+            // output rows (of the tile, counted from its start) whose input row is in the image
+            let rows = clip(g.rows_inside(ky), &tile);
+            let (first, end) = (rows.start - tile.start, rows.end - tile.start);
             for kx in 0..g.kw {
                 let mut row = cols.row_mut((ci * g.kh + ky) * g.kw + kx);
                 let row = row.as_slice_mut().expect("cols rows are contiguous");
                 let xs = g.cols_inside(kx);
                 // output rows whose input row is padding: zeros, in two blocks
-                row[..rows.start * ow].fill(0.0);
-                row[rows.end * ow..].fill(0.0);
+                row[..first * ow].fill(0.0);
+                row[end * ow..].fill(0.0);
                 for oy in rows.clone() {
-                    let out = &mut row[oy * ow..(oy + 1) * ow];
+                    let out = &mut row[(oy - tile.start) * ow..(oy - tile.start + 1) * ow];
                     // padding columns at either end (only with padding)
                     if xs.start > 0 || xs.end < ow {
                         out[..xs.start].fill(0.0);
@@ -128,17 +147,26 @@ pub(crate) fn im2col_sample(x: ArrayView3<f32>, g: &Geometry, mut cols: ArrayVie
 ///
 /// # Panics
 /// If the shapes disagree with the geometry (a bug in the caller).
-pub(crate) fn col2im_sample(cols: ArrayView2<f32>, g: &Geometry, mut dx: ArrayViewMut3<f32>) {
+pub(crate) fn col2im_sample(cols: ArrayView2<f32>, g: &Geometry, dx: ArrayViewMut3<f32>) {
+    col2im_tile(cols, g, 0..g.oh, dx)
+}
+
+/// The mirror image of [`im2col_tile`]: adds the columns of the output rows `tile` back onto
+/// `dx`.
+///
+/// # Panics
+/// If the shapes disagree with the geometry (a bug in the caller).
+pub(crate) fn col2im_tile(cols: ArrayView2<f32>, g: &Geometry, tile: Range<usize>, mut dx: ArrayViewMut3<f32>) {
     let (c, h, w) = dx.dim();
     assert_eq!((h, w), (g.h, g.w), "col2im: image does not match geometry");
-    assert_eq!(cols.dim(), (c * g.kh * g.kw, g.positions()), "col2im: wrong cols shape");
+    assert_eq!(cols.dim(), (c * g.kh * g.kw, tile.len() * g.ow), "col2im: wrong cols shape");
     let dx = dx.as_slice_mut().expect("col2im: dx must be contiguous");
     let cols = cols.as_standard_layout();
     let ow = g.ow;
     for ci in 0..c {
         let plane = &mut dx[ci * h * w..(ci + 1) * h * w];
         for ky in 0..g.kh {
-            let rows = g.rows_inside(ky);
+            let rows = clip(g.rows_inside(ky), &tile);
             for kx in 0..g.kw {
                 let row = cols.row((ci * g.kh + ky) * g.kw + kx);
                 let row = row.as_slice().expect("standard layout rows are contiguous");
@@ -150,7 +178,8 @@ pub(crate) fn col2im_sample(cols: ArrayView2<f32>, g: &Geometry, mut dx: ArrayVi
                     let iy = g.input_row(oy, ky);
                     let dst = &mut plane[iy * w..(iy + 1) * w];
                     let ix0 = g.input_col(xs.start, kx);
-                    let src = &row[oy * ow + xs.start..oy * ow + xs.end];
+                    let at = (oy - tile.start) * ow;
+                    let src = &row[at + xs.start..at + xs.end];
                     if g.sw == 1 {
                         // contiguous: a loop the compiler vectorises
                         dst[ix0..ix0 + src.len()].iter_mut().zip(src).for_each(|(d, s)| *d += s);

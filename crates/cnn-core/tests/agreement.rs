@@ -138,6 +138,14 @@ fn dilated_kernels() {
 }
 
 #[test]
+fn large_images_are_lowered_in_bands() {
+    // K = 32·9 = 288 and 92 outputs per row: a band holds 2^20 / (288·92) = 39 rows, so the
+    // 92 rows go in three bands (and in two at stride 2), forward and backward
+    check(2, 32, 4, 92, 92, Window::square(3).padding(Padding::Same), 41);
+    check(1, 32, 3, 92, 92, Window::square(3).stride(2).padding(Padding::uniform(1)), 42);
+}
+
+#[test]
 fn no_bias_is_zero_bias() {
     let x = random((2, 3, 6, 6), 7);
     let f = random((4, 3, 3, 3), 8);
