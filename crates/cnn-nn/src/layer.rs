@@ -206,6 +206,16 @@ pub trait Layer: std::any::Any + Send + Sync {
 
     /// What the summary shows for this layer.
     fn describe(&self) -> Describe;
+
+    /// Multiply-adds of one sample's forward pass, given this layer's per-sample `output`
+    /// shape: by default every weight (a parameter other than a bias) used once per output
+    /// position, which is exact for convolutions (grouped, depthwise, low-rank) and dense
+    /// layers. Containers sum their children's.
+    fn macs(&self, output: &[usize]) -> u64 {
+        let positions: usize = output.iter().skip(1).product();
+        let weights: usize = self.params().iter().filter(|(name, _)| !name.ends_with("bias")).map(|(_, p)| p.value.len()).sum();
+        (weights * positions) as u64
+    }
 }
 
 /// A leaf layer's own parameters, named as they are: the usual body of [`Layer::params`].

@@ -318,6 +318,17 @@ impl Sequential {
         self.named_params().iter().map(|(_, p)| p.value.len()).sum()
     }
 
+    /// Multiply-adds of one sample's forward pass (convolutions and dense layers).
+    pub fn macs(&self) -> u64 {
+        self.chain.macs(self.output_shape())
+    }
+
+    /// Values of every top-level layer's output for one sample: what a training step keeps
+    /// for the backward pass, at the least.
+    pub fn activation_values(&self) -> usize {
+        self.shapes().iter().map(|s| s.iter().product::<usize>()).sum()
+    }
+
     /// Total number of non-trainable values (the buffers).
     pub fn num_buffers(&self) -> usize {
         self.named_buffers().iter().map(|(_, b)| b.len()).sum()

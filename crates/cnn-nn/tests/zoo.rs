@@ -13,6 +13,8 @@ fn counts(model: &Sequential) -> (usize, usize) {
 fn lenet5_has_61_706_parameters() {
     let model = lenet5(0);
     assert_eq!(counts(&model), (61_706, 0));
+    // C1 150·784 + C3 2,400·100 + C5 48,000·1 + F6 10,080 + 840 multiply-adds
+    assert_eq!(model.macs(), 150 * 784 + 2_400 * 100 + 48_000 + 10_080 + 840);
     assert_eq!(model.shapes()[0], [6, 28, 28], "C1 on the 28x28 image padded to 32x32");
 }
 
@@ -28,6 +30,9 @@ fn vgg_11_16_19() {
     for (config, expected) in [(Vgg::A11, 132_863_336), (Vgg::D16, 138_357_544), (Vgg::E19, 143_667_240)] {
         assert_eq!(counts(&vgg(config, 0)), (expected, 0), "{config:?}");
     }
+    // VGG-16's often quoted 15.5 G multiply-adds (15,470,264,320 by the count of torchvision's
+    // profilers: convolutions and dense layers)
+    assert_eq!(vgg(Vgg::D16, 0).macs(), 15_470_264_320);
 }
 
 #[test]

@@ -109,6 +109,10 @@ impl Layer for Residual {
     fn describe(&self) -> Describe {
         Describe { name: "Residual".into(), ..Describe::default() }
     }
+
+    fn macs(&self, output: &[usize]) -> u64 {
+        self.paths().into_iter().map(|(_, c)| c.macs(output)).sum()
+    }
 }
 
 /// Parallel branches on the same input, their outputs concatenated along the channels: an
@@ -206,6 +210,10 @@ impl Layer for Concat {
 
     fn describe(&self) -> Describe {
         Describe { name: format!("Concat({} branches)", self.branches.len()), ..Describe::default() }
+    }
+
+    fn macs(&self, output: &[usize]) -> u64 {
+        self.branches.iter().map(|b| b.macs(output)).sum()
     }
 }
 

@@ -120,4 +120,8 @@ impl Layer for Chain {
     fn describe(&self) -> Describe {
         Describe { name: "Chain".into(), ..Describe::default() }
     }
+
+    fn macs(&self, _output: &[usize]) -> u64 {
+        self.layers.iter().zip(&self.shapes).map(|(l, shape)| l.macs(shape)).sum()
+    }
 }
