@@ -4,6 +4,7 @@
 //! - `cargo xtask bench [--quick]`: criterion benchmarks, HTML report and a summary table.
 //! - `cargo xtask train [...]`: trains the reference network, writes weights, metrics, pictures.
 //! - `cargo xtask lowrank [...]`: the low-rank speed/accuracy trade-off table.
+//! - `cargo xtask zoo [...]`: the architecture table, built and measured.
 //! - `cargo xtask info`: what cnn-nn makes of this machine (threads, BLAS kernels, GFLOP/s).
 
 mod bench;
@@ -20,6 +21,8 @@ tasks:
   train [options]    train the reference network on Fashion-MNIST (release build); options:
                      --data DIR --epochs N --batch N --lr X --optimizer adam|sgd --seed N --out DIR
                      --resume FILE --val FRACTION|N --limit N --lr-step N --lr-gamma X  (see `cargo xtask train --help`)
+  zoo [options]      build LeNet-5 … Xception: parameters, multiply-adds, activations, forward times
+                     (--rounds N --only NAME --out FILE)
   info               threads, the OpenBLAS kernels cnn-nn selected, and a GEMM's GFLOP/s
   lowrank [options]  factorise the trained network's convolutions by truncated SVD at several ranks:
                      ranks, FLOPs, measured speed-up, accuracy before/after one epoch of fine-tuning;
@@ -58,6 +61,12 @@ fn run(args: &[String]) -> Result<(), String> {
         "lowrank" => {
             setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST, setup::FONT])?;
             let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-cli", "--bin", "cnn-lowrank", "--"];
+            args.extend(&rest);
+            cargo(&args)
+        }
+        "zoo" => {
+            setup::ensure_packages(&[setup::OPENBLAS])?;
+            let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-cli", "--bin", "cnn-zoo", "--"];
             args.extend(&rest);
             cargo(&args)
         }

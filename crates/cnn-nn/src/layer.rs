@@ -216,6 +216,12 @@ pub trait Layer: std::any::Any + Send + Sync {
         let weights: usize = self.params().iter().filter(|(name, _)| !name.ends_with("bias")).map(|(_, p)| p.value.len()).sum();
         (weights * positions) as u64
     }
+
+    /// Values of every tensor one sample's forward pass produces, given this layer's
+    /// `output` shape: its output, and its children's for a container.
+    fn activations(&self, output: &[usize]) -> usize {
+        output.iter().product()
+    }
 }
 
 /// A leaf layer's own parameters, named as they are: the usual body of [`Layer::params`].

@@ -323,10 +323,10 @@ impl Sequential {
         self.chain.macs(self.output_shape())
     }
 
-    /// Values of every top-level layer's output for one sample: what a training step keeps
-    /// for the backward pass, at the least.
+    /// Values of every tensor one sample's forward pass produces (each layer's output, inside
+    /// blocks too): about what a training step keeps for its backward pass.
     pub fn activation_values(&self) -> usize {
-        self.shapes().iter().map(|s| s.iter().product::<usize>()).sum()
+        self.chain.activations(self.output_shape())
     }
 
     /// Total number of non-trainable values (the buffers).

@@ -15,6 +15,9 @@ fn lenet5_has_61_706_parameters() {
     assert_eq!(counts(&model), (61_706, 0));
     // C1 150·784 + C3 2,400·100 + C5 48,000·1 + F6 10,080 + 840 multiply-adds
     assert_eq!(model.macs(), 150 * 784 + 2_400 * 100 + 48_000 + 10_080 + 840);
+    // C1 and its tanh 2·4,704, S2 1,176, C3 and tanh 2·1,600, S4 400, C5 and tanh 240,
+    // flatten 120, F6 and tanh 168, output 10
+    assert_eq!(model.activation_values(), 2 * 4_704 + 1_176 + 2 * 1_600 + 400 + 240 + 120 + 168 + 10);
     assert_eq!(model.shapes()[0], [6, 28, 28], "C1 on the 28x28 image padded to 32x32");
 }
 

@@ -113,6 +113,11 @@ impl Layer for Residual {
     fn macs(&self, output: &[usize]) -> u64 {
         self.paths().into_iter().map(|(_, c)| c.macs(output)).sum()
     }
+
+    /// The paths' tensors and the sum.
+    fn activations(&self, output: &[usize]) -> usize {
+        self.paths().into_iter().map(|(_, c)| c.activations(output)).sum::<usize>() + output.iter().product::<usize>()
+    }
 }
 
 /// Parallel branches on the same input, their outputs concatenated along the channels: an
@@ -214,6 +219,11 @@ impl Layer for Concat {
 
     fn macs(&self, output: &[usize]) -> u64 {
         self.branches.iter().map(|b| b.macs(output)).sum()
+    }
+
+    /// The branches' tensors and their concatenation.
+    fn activations(&self, output: &[usize]) -> usize {
+        self.branches.iter().map(|b| b.activations(output)).sum::<usize>() + output.iter().product::<usize>()
     }
 }
 

@@ -124,4 +124,8 @@ impl Layer for Chain {
     fn macs(&self, _output: &[usize]) -> u64 {
         self.layers.iter().zip(&self.shapes).map(|(l, shape)| l.macs(shape)).sum()
     }
+
+    fn activations(&self, _output: &[usize]) -> usize {
+        self.layers.iter().zip(&self.shapes).map(|(l, shape)| l.activations(shape)).sum()
+    }
 }
