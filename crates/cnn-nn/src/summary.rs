@@ -54,13 +54,14 @@ impl Sequential {
             params: 0,
         }];
         let mut activations = vec![];
+        let mut previous: Option<String> = None;
         for (layer, shape) in self.layers().iter().zip(self.shapes()) {
             let d = layer.describe();
-            if d.is_activation && rows.len() > 1 {
-                let row = rows.last().expect("there is a row before");
-                activations.push(format!("{} after {}", d.name, row.layer));
+            if let (true, Some(previous)) = (d.is_activation, &previous) {
+                activations.push(format!("{} after {previous}", d.name));
                 continue;
             }
+            previous = Some(d.name.clone());
             rows.push(Row {
                 layer: d.name,
                 filters: d.filters.map(|f| f.to_string()).unwrap_or_default(),
