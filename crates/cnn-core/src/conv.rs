@@ -86,8 +86,9 @@ pub(crate) fn lowered_forward(
     let (k, p) = (c_in * g.kh * g.kw, g.positions());
     let group = group_size(p);
     let rows = band_rows(g, k);
-    // a group of several small samples side by side, or a band of one sample's rows
-    let width = if group > 1 { group * p } else { rows * g.ow };
+    // a group of several small samples side by side, a band of one sample's rows, or nothing
+    // for a 1x1 convolution (the sample is its own lowering)
+    let width = if group > 1 { group * p } else if g.is_identity() { 0 } else { rows * g.ow };
     // sizes were checked by conv_geometry; the memory is asked for before any work
     expect_allocatable("lowered matrix", k * width)?;
     expect_allocatable("output", n * c_out * p)?;
@@ -107,6 +108,12 @@ pub(crate) fn lowered_forward(
                 // one sample, band by band: the product lands in its output directly
                 let x_i = x_group.index_axis(Axis(0), 0);
                 let mut y_i = y_group.index_axis_mut(Axis(0), 0).into_shape_with_order((c_out, p)).expect("y sample is contiguous");
+                if g.is_identity() {
+                    // a 1x1 convolution: the sample is its own lowered matrix, no copy
+                    let x_i = x_i.as_standard_layout();
+                    run(&x_i.view().into_shape_with_order((k, p)).expect("standard layout"), &mut y_i);
+                    return;
+                }
                 for band in bands(g, rows) {
                     let (start, end) = (band.start * g.ow, band.end * g.ow);
                     let mut cols = cols.slice_mut(s![.., ..end - start]);
@@ -154,7 +161,7 @@ pub(crate) fn lowered_backward<T: Send>(
     let group = group_size(p);
     let chunk = backward_chunk(group);
     let rows = band_rows(g, k);
-    let width = if group > 1 { group * p } else { rows * g.ow };
+    let width = if group > 1 { group * p } else if g.is_identity() { 0 } else { rows * g.ow };
     expect_allocatable("lowered matrix and its gradient", 2 * k * width)?;
     expect_allocatable("input gradient", x.len())?;
     let dy = dy.as_standard_layout();
@@ -175,6 +182,14 @@ pub(crate) fn lowered_backward<T: Send>(
                         // one sample, band by band: its dy is the block already
                         let (x_i, mut dx_i) = (x_group.index_axis(Axis(0), 0), dx_group.index_axis_mut(Axis(0), 0));
                         let dy_i = dy_group.index_axis(Axis(0), 0).into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
+                        if g.is_identity() {
+                            // a 1x1 convolution: the sample is its own lowering, dx its dcols
+                            let x_i = x_i.as_standard_layout();
+                            let cols = x_i.view().into_shape_with_order((k, p)).expect("standard layout");
+                            let mut dx_i = dx_i.into_shape_with_order((k, p)).expect("dx sample is contiguous");
+                            step(&mut partial, &cols, &dy_i, &mut dx_i);
+                            continue;
+                        }
                         for band in bands(g, rows) {
                             let (start, end) = (band.start * g.ow, band.end * g.ow);
                             let mut cols = cols.slice_mut(s![.., ..end - start]);

@@ -261,6 +261,12 @@ impl Geometry {
         self.oh * self.ow
     }
 
+    /// A 1x1 window with stride 1 and no padding: every output reads its own pixel, so the
+    /// lowered matrix of a sample is the sample itself (`[c, h·w]`).
+    pub fn is_identity(&self) -> bool {
+        (self.kh, self.kw, self.sh, self.sw) == (1, 1, 1, 1) && (self.pad_top, self.pad_bottom, self.pad_left, self.pad_right) == (0, 0, 0, 0)
+    }
+
     /// The input row of tap row `ky` for output row `oy`: `oy·sh + ky·dh − pad_top` (only
     /// for `oy` in [`Geometry::rows_inside`]).
     pub fn input_row(&self, oy: usize, ky: usize) -> usize {

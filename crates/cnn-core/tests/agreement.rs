@@ -138,6 +138,17 @@ fn dilated_kernels() {
 }
 
 #[test]
+fn pointwise_convolutions_skip_the_lowering() {
+    // 1x1, stride 1, no padding, 64 positions or more: the sample is its own lowered matrix
+    check(3, 5, 4, 9, 9, Window::square(1), 51);
+    check(2, 7, 3, 8, 12, Window::square(1).padding(Padding::Same), 52);
+    // strided or padded 1x1 convolutions still lower (subsampling, or zeros)
+    check(2, 5, 4, 16, 16, Window::square(1).stride(2), 53);
+    check(2, 5, 4, 9, 9, Window::square(1).padding(Padding::uniform(1)), 54);
+    check_groups(2, 6, 6, 9, 9, Window::square(1), 2, 55);
+}
+
+#[test]
 fn large_images_are_lowered_in_bands() {
     // K = 32·9 = 288 and 92 outputs per row: a band holds 2^20 / (288·92) = 39 rows, so the
     // 92 rows go in three bands (and in two at stride 2), forward and backward
