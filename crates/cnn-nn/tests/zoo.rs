@@ -56,5 +56,11 @@ fn googlenet_has_6_998_552_parameters() {
 
 #[test]
 fn xception_has_keras_counts() {
-    assert_eq!(counts(&xception(0)), (22_855_952, 54_528));
+    let model = xception(0);
+    assert_eq!(counts(&model), (22_855_952, 54_528));
+    // the totals as Keras' summary prints them
+    let summary = model.summary();
+    assert!(summary.contains("Total parameters: 22,910,480\nTrainable parameters: 22,855,952\nNon-trainable parameters: 54,528\n"), "{summary}");
+    let row = |name: &str, filters: &str| summary.lines().any(|l| l.contains(name) && l.split_whitespace().any(|w| w == filters));
+    assert!(row("SeparableConv2d(f=3,s=1)", "1536") && row("Conv2d(f=1,s=2)", "128"), "{summary}");
 }

@@ -31,6 +31,8 @@ pub struct Conv2d {
     filters: usize,
     window: Window,
     groups: Groups,
+    /// The number of groups, once built (a depthwise layer learns it from its input).
+    group_count: usize,
     use_bias: bool,
     init: WeightInit,
     params: Vec<Param>,
@@ -40,7 +42,7 @@ pub struct Conv2d {
 impl Conv2d {
     /// `filters` square `k x k` filters, stride 1, VALID, with bias. Input channels are inferred.
     pub fn new(filters: usize, k: usize) -> Self {
-        Conv2d { filters, window: Window::square(k), groups: Groups::Count(1), use_bias: true, init: WeightInit::default(), params: vec![], x: None }
+        Conv2d { filters, window: Window::square(k), groups: Groups::Count(1), group_count: 1, use_bias: true, init: WeightInit::default(), params: vec![], x: None }
     }
 
     /// A depthwise `k x k` convolution: each input channel with its own `multiplier` kernels,
@@ -123,18 +125,10 @@ impl Conv2d {
         self.params.get(1).map(|p| &p.value)
     }
 
-    /// The groups once built (a depthwise layer then knows its input channels).
-    fn group_count(&self) -> usize {
-        match self.groups {
-            Groups::Count(g) => g,
-            Groups::Depthwise { .. } => unreachable!("build resolves a depthwise layer's groups"),
-        }
-    }
-
     fn run(&self, x: ArrayView4<f32>) -> Array4<f32> {
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
         let b = self.params.get(1).map(|b| b.value.view().into_dimensionality().expect("bias is 1-D"));
-        conv2d_groups(x, w, b, &self.window, self.group_count()).expect("Conv2d: shapes were checked at build")
+        conv2d_groups(x, w, b, &self.window, self.group_count).expect("Conv2d: shapes were checked at build")
     }
 }
 
@@ -154,7 +148,7 @@ impl Layer for Conv2d {
         let (kh, kw) = (self.window.kh, self.window.kw);
         let weight = init.weights(&[filters, c_in / groups, kh, kw], self.init)?;
         self.filters = filters;
-        self.groups = Groups::Count(groups);
+        self.group_count = groups;
         self.params = vec![Param::new("weight", weight)];
         if self.use_bias {
             self.params.push(Param::new("bias", ArrayD::zeros(vec![filters])));
@@ -177,7 +171,7 @@ impl Layer for Conv2d {
         let x = self.x.take().expect("Conv2d::backward needs a training forward first");
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
         let dy = dy.into_dimensionality::<Ix4>().expect("Conv2d dy is [n, c, oh, ow]");
-        let g = conv2d_groups_backward(x.view(), w, dy.view(), &self.window, self.group_count()).expect("Conv2d: shapes were checked at build");
+        let g = conv2d_groups_backward(x.view(), w, dy.view(), &self.window, self.group_count).expect("Conv2d: shapes were checked at build");
         self.params[0].accumulate(&g.dw);
         if let Some(bias) = self.params.get_mut(1) {
             bias.accumulate(&g.db);

@@ -87,8 +87,7 @@ impl Layer for SeparableConv2d {
     }
 
     fn describe(&self) -> Describe {
-        let d = self.pointwise.describe();
-        let w = self.depthwise.describe();
-        Describe { name: format!("SeparableConv2d({})", w.name.trim_start_matches("Conv2d(").trim_end_matches(')')), filters: d.filters, padding: w.padding, is_activation: false }
+        let window = self.depthwise.window();
+        Describe { name: format!("SeparableConv2d({window})"), filters: self.pointwise.describe().filters, padding: Some(window.padding.to_string()), is_activation: false }
     }
 }
