@@ -25,6 +25,7 @@ pub use error::{NnError, Result};
 pub use layer::{BuildError, Describe, Init, Layer, ModelRng, Param, WeightInit};
 pub use ndarray;
 pub use sequential::{Classification, Sequential, SequentialBuilder};
+pub use summary::thousands;
 pub mod checkpoint;
 pub mod compress;
 pub mod data;

@@ -4,8 +4,8 @@ use crate::layer::Layer;
 use crate::sequential::Sequential;
 use std::fmt::Write as _;
 
-/// `1234567` → `"1,234,567"`.
-pub(crate) fn thousands(n: usize) -> String {
+/// `1234567` → `"1,234,567"`: counts as the summary (and Keras) writes them.
+pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

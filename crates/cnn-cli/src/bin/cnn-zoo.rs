@@ -6,7 +6,7 @@ use clap::Parser;
 use cnn_cli::{main_with, write_atomic};
 use cnn_nn::models::{alexnet, googlenet, lenet5, resnet1202, resnet20, vgg, xception, Vgg};
 use cnn_nn::ndarray::{ArrayD, Dimension};
-use cnn_nn::{NnError, Result, Sequential};
+use cnn_nn::{thousands, NnError, Result, Sequential};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,19 +26,6 @@ struct Args {
     /// Also write the table to this Markdown file.
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-/// `1234567` → `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Median seconds of `rounds` inference passes of `batch` images (after one warm-up pass).
@@ -91,10 +78,10 @@ fn run(args: Args) -> Result<()> {
         let row = format!(
             "| {name} | {} | {} | {} | {} | {course} | {} | {:.1} MiB | {:.1} ms | {:.1} ms |\n",
             shape(model.input_shape()),
-            thousands(trainable + fixed),
-            thousands(trainable),
-            thousands(fixed),
-            thousands(model.macs()),
+            thousands((trainable + fixed) as usize),
+            thousands(trainable as usize),
+            thousands(fixed as usize),
+            thousands(model.macs() as usize),
             (model.activation_values() * 4) as f64 / (1 << 20) as f64,
             one * 1e3,
             eight * 1e3
