@@ -30,6 +30,7 @@ pub mod checkpoint;
 pub mod compress;
 pub mod data;
 pub mod optim;
+pub mod schedule;
 pub mod train;
 #[cfg(feature = "plots")]
 pub mod plots;

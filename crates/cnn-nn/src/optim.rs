@@ -1,4 +1,5 @@
-//! Optimisers (SGD with momentum and weight decay, Adam) and learning-rate schedules.
+//! Optimisers: SGD with momentum (Nesterov's too) and weight decay, Adam; their state for
+//! checkpoints. Learning-rate schedules are in [`crate::schedule`].
 
 use crate::error::{NnError, Result};
 use crate::layer::Param;
@@ -188,24 +189,6 @@ impl Optimizer for Adam {
     }
 }
 
-/// Step decay: the learning rate is multiplied by `gamma` every `every` epochs.
-#[derive(Clone, Copy, Debug)]
-pub struct StepDecay {
-    /// Initial learning rate.
-    pub initial: f32,
-    /// Epochs between decays.
-    pub every: usize,
-    /// Factor applied at each decay.
-    pub gamma: f32,
-}
-
-impl StepDecay {
-    /// The learning rate for `epoch` (0-based).
-    pub fn lr(&self, epoch: usize) -> f32 {
-        self.initial * self.gamma.powi((epoch / self.every.max(1)) as i32)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,11 +250,5 @@ mod tests {
         }
         let e = Sgd::new(0.1, 0.9, 0.0).load_state(Adam::new(0.1).state()).unwrap_err();
         assert_eq!(e.to_string(), "invalid configuration: optimizer state is adam's, this optimizer is sgd");
-    }
-
-    #[test]
-    fn step_decay() {
-        let s = StepDecay { initial: 1.0, every: 2, gamma: 0.5 };
-        assert_eq!([s.lr(0), s.lr(1), s.lr(2), s.lr(5)], [1.0, 1.0, 0.5, 0.25]);
     }
 }

@@ -8,7 +8,9 @@
 use crate::data::Dataset;
 use crate::error::{NnError, Result};
 use crate::loss::softmax_cross_entropy;
-use crate::optim::{Optimizer, StepDecay};
+use crate::optim::Optimizer;
+use crate::schedule::{Progress, Schedule};
+use std::sync::Arc;
 use crate::sequential::{argmax_rows, Sequential};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Ix2;
@@ -76,8 +78,8 @@ pub struct FitConfig {
     pub batch_size: usize,
     /// Seed of the shuffling (epoch `e` shuffles with `seed + e`).
     pub seed: u64,
-    /// Learning-rate schedule; `None` keeps the optimiser's rate.
-    pub schedule: Option<StepDecay>,
+    /// Learning-rate schedule, asked before every step; `None` keeps the optimiser's rate.
+    pub schedule: Option<Arc<dyn Schedule>>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
     /// The divergence rule.
@@ -267,13 +269,13 @@ fn check_fit(model: &Sequential, optimizer: &dyn Optimizer, train: &Dataset, oth
     if config.start_epoch.checked_add(config.epochs).is_none() {
         return Err(NnError::Config(format!("{} epochs after epoch {} overflow the epoch counter", config.epochs, config.start_epoch)));
     }
-    let lr = config.schedule.map_or(optimizer.lr(), |s| s.initial);
-    if !(lr.is_finite() && lr > 0.0) {
-        return Err(NnError::Config(format!("the learning rate must be a positive number, got {lr}")));
-    }
-    if let Some(s) = config.schedule {
-        if s.every == 0 || !(s.gamma.is_finite() && s.gamma > 0.0) {
-            return Err(NnError::Config(format!("a step decay needs a period of at least 1 epoch and a positive factor, got every {} and gamma {}", s.every, s.gamma)));
+    match &config.schedule {
+        Some(schedule) => schedule.check().map_err(NnError::Config)?,
+        None => {
+            let lr = optimizer.lr();
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(NnError::Config(format!("the learning rate must be a positive number, got {lr}")));
+            }
         }
     }
     let d = config.divergence;
@@ -321,16 +323,18 @@ pub fn fit(
     let mut first_loss: Option<f32> = None;
     let mut recent: VecDeque<f32> = VecDeque::with_capacity(rule.window);
     let mut history = vec![];
+    let steps_per_epoch = train.len().div_ceil(config.batch_size);
+    let total_steps = (config.start_epoch + config.epochs).saturating_mul(steps_per_epoch);
     for epoch in config.start_epoch + 1..=config.start_epoch + config.epochs {
-        if let Some(schedule) = config.schedule {
-            optimizer.set_lr(schedule.lr(epoch - 1));
-        }
         let order = train.shuffled(config.seed.wrapping_add(epoch as u64));
         let batches = order.len().div_ceil(config.batch_size);
         let bar = bar(batches, config.progress, format!("epoch {epoch}"));
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+            if let Some(schedule) = &config.schedule {
+                optimizer.set_lr(schedule.lr(Progress { step: (epoch - 1) * steps_per_epoch + b, steps_per_epoch, total_steps }));
+            }
             let (x, labels) = train.batch(chunk);
             model.zero_grad();
             let (loss, right) = model.loss_and_gradients(x, &labels)?;

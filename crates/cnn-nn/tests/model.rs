@@ -307,3 +307,22 @@ fn a_residual_network_is_deterministic_at_any_thread_count() {
     assert_eq!(train(2), one);
     assert_eq!(train(3), one);
 }
+
+#[test]
+fn fit_asks_the_schedule_before_every_step() {
+    use cnn_nn::schedule::{Cosine, Progress, Schedule, Warmup};
+    let data = toy_data(40, 11); // 5 batches of 8 per epoch
+    let schedule = Warmup { steps: 3, then: Cosine::per_step(0.05) };
+    let config = FitConfig { schedule: Some(std::sync::Arc::new(schedule.clone())), ..quiet(3, 8) };
+    let history = fit(&mut small_model(3), &mut Sgd::new(1.0, 0.9, 0.0), &data, None, None, &config, |_, _, _| Ok(())).unwrap();
+    // each epoch reports the rate of its last step: steps 4, 9, 14 of 15
+    for (epoch, m) in history.iter().enumerate() {
+        let last = Progress { step: epoch * 5 + 4, steps_per_epoch: 5, total_steps: 15 };
+        assert_eq!(m.lr, schedule.lr(last), "epoch {}", m.epoch);
+    }
+    assert!(history[2].lr < history[0].lr);
+    // a bad schedule is refused before training, whatever the optimiser's own rate
+    let bad = FitConfig { schedule: Some(std::sync::Arc::new(Cosine::per_step(-0.1))), ..quiet(1, 8) };
+    let e = fit(&mut small_model(3), &mut Sgd::new(1.0, 0.0, 0.0), &data, None, None, &bad, |_, _, _| Ok(())).unwrap_err();
+    assert_eq!(e.to_string(), "invalid configuration: the learning rate must be a positive number, got -0.1");
+}

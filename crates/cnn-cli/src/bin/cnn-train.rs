@@ -7,7 +7,9 @@ use cnn_nn::checkpoint::{self, Metadata};
 use cnn_nn::data::{Dataset, FASHION_MNIST_DIR};
 use cnn_nn::models::reference_cnn;
 use cnn_nn::ndarray::{s, Ix4};
-use cnn_nn::optim::{Adam, Optimizer, Sgd, StepDecay};
+use cnn_nn::optim::{Adam, Optimizer, Sgd};
+use cnn_nn::schedule::{Schedule, StepDecay};
+use std::sync::Arc;
 use cnn_nn::train::{evaluate, fit, history_csv, parse_history_csv, EpochMetrics, FitConfig};
 use cnn_nn::{plots, NnError, Result};
 use std::path::PathBuf;
@@ -125,7 +127,7 @@ fn run(args: Args) -> Result<()> {
         start_epoch,
         batch_size: args.batch,
         seed: args.seed,
-        schedule: (args.lr_step > 0).then_some(StepDecay { initial: args.lr, every: args.lr_step, gamma: args.lr_gamma }),
+        schedule: (args.lr_step > 0).then(|| Arc::new(StepDecay { initial: args.lr, every: args.lr_step, gamma: args.lr_gamma }) as Arc<dyn Schedule>),
         ..FitConfig::default()
     };
 
