@@ -69,7 +69,7 @@ fn buffers(state: &mut Vec<ArrayD<f32>>, params: &[&mut Param]) {
 /// ```text
 /// g = grad + weight_decay · w
 /// v = momentum · v + g
-/// w = w − lr · v
+/// w = w − lr · v                  (Nesterov: w = w − lr · (g + momentum · v))
 /// ```
 pub struct Sgd {
     /// Learning rate.
@@ -78,14 +78,29 @@ pub struct Sgd {
     pub momentum: f32,
     /// L2 weight decay.
     pub weight_decay: f32,
+    /// Nesterov's momentum: the step looks ahead along the velocity.
+    pub nesterov: bool,
+    /// Decay one-dimensional parameters too (biases, BatchNorm's γ and β), as PyTorch does
+    /// by default; many recipes leave them out.
+    pub decay_vectors: bool,
     velocity: Vec<ArrayD<f32>>,
     steps: u64,
 }
 
 impl Sgd {
-    /// SGD with the given learning rate, momentum and weight decay.
+    /// SGD with the given learning rate, momentum and weight decay (on every parameter).
     pub fn new(lr: f32, momentum: f32, weight_decay: f32) -> Self {
-        Sgd { lr, momentum, weight_decay, velocity: vec![], steps: 0 }
+        Sgd { lr, momentum, weight_decay, nesterov: false, decay_vectors: true, velocity: vec![], steps: 0 }
+    }
+
+    /// With Nesterov's momentum.
+    pub fn nesterov(self) -> Self {
+        Sgd { nesterov: true, ..self }
+    }
+
+    /// Without weight decay on one-dimensional parameters (biases, BatchNorm's γ and β).
+    pub fn no_decay_on_vectors(self) -> Self {
+        Sgd { decay_vectors: false, ..self }
     }
 }
 
@@ -93,11 +108,13 @@ impl Optimizer for Sgd {
     fn step(&mut self, params: &mut [&mut Param]) {
         buffers(&mut self.velocity, params);
         self.steps += 1;
-        let (lr, momentum, decay) = (self.lr, self.momentum, self.weight_decay);
+        let (lr, momentum, nesterov) = (self.lr, self.momentum, self.nesterov);
         for (p, v) in params.iter_mut().zip(&mut self.velocity) {
+            let decay = if p.value.ndim() > 1 || self.decay_vectors { self.weight_decay } else { 0.0 };
             Zip::from(&mut p.value).and(&p.grad).and(v).for_each(|w, &g, v| {
-                *v = momentum * *v + g + decay * *w;
-                *w -= lr * *v;
+                let g = g + decay * *w;
+                *v = momentum * *v + g;
+                *w -= lr * if nesterov { g + momentum * *v } else { *v };
             });
         }
     }
@@ -208,6 +225,21 @@ mod tests {
         sgd.step(&mut [&mut p]);
         // v = 0.9*0.51 + 0.5 + 0.00949 = 0.96849; w = 0.949 - 0.096849
         assert!((p.value[[0]] - (0.949 - 0.096849)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nesterov_looks_ahead_and_vectors_can_skip_the_decay() {
+        // Nesterov, first step: g = 0.5 + 0.01 = 0.51, v = 0.51, w = 1 − 0.1·(0.51 + 0.9·0.51)
+        let mut p = param(1.0, 0.5);
+        Sgd::new(0.1, 0.9, 0.01).nesterov().step(&mut [&mut p]);
+        assert!((p.value[[0]] - (1.0 - 0.1 * 0.51 * 1.9)).abs() < 1e-6, "{}", p.value[[0]]);
+        // a vector (a bias, BatchNorm's γ) is not decayed: g = 0.5; a matrix is
+        let mut bias = param(1.0, 0.5);
+        let mut weight = Param::new("weight", ndarray::arr2(&[[1.0f32]]).into_dyn());
+        weight.grad.fill(0.5);
+        Sgd::new(0.1, 0.0, 0.01).no_decay_on_vectors().step(&mut [&mut bias, &mut weight]);
+        assert!((bias.value[[0]] - 0.95).abs() < 1e-6);
+        assert!((weight.value[[0, 0]] - 0.949).abs() < 1e-6);
     }
 
     #[test]
