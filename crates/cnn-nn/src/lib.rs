@@ -26,6 +26,7 @@ pub use layer::{BuildError, Describe, Init, Layer, ModelRng, Param, WeightInit};
 pub use ndarray;
 pub use sequential::{Classification, Sequential, SequentialBuilder};
 pub use summary::thousands;
+pub mod augment;
 pub mod checkpoint;
 pub mod compress;
 pub mod data;

@@ -5,6 +5,7 @@
 //! trouble: a non-finite loss or parameter, or a loss that grew far beyond where it started
 //! ([`Divergence`]).
 
+use crate::augment::{augment_batch, Transform};
 use crate::data::Dataset;
 use crate::error::{NnError, Result};
 use crate::loss::softmax_cross_entropy;
@@ -84,11 +85,14 @@ pub struct FitConfig {
     pub progress: bool,
     /// The divergence rule.
     pub divergence: Divergence,
+    /// Augmentation applied to every training batch, each sample seeded by (`seed`, epoch,
+    /// its index): the same at any thread count.
+    pub augment: Option<Arc<dyn Transform>>,
 }
 
 impl Default for FitConfig {
     fn default() -> Self {
-        FitConfig { epochs: 5, start_epoch: 0, batch_size: 64, seed: 0, schedule: None, progress: true, divergence: Divergence::default() }
+        FitConfig { epochs: 5, start_epoch: 0, batch_size: 64, seed: 0, schedule: None, progress: true, divergence: Divergence::default(), augment: None }
     }
 }
 
@@ -336,6 +340,14 @@ pub fn fit(
                 optimizer.set_lr(schedule.lr(Progress { step: (epoch - 1) * steps_per_epoch + b, steps_per_epoch, total_steps }));
             }
             let (x, labels) = train.batch(chunk);
+            let x = match &config.augment {
+                Some(transform) => {
+                    let mut x = x.into_dimensionality::<ndarray::Ix4>().expect("data sets hold [n, c, h, w] images");
+                    augment_batch(transform.as_ref(), &mut x, chunk, config.seed, epoch);
+                    x.into_dyn()
+                }
+                None => x,
+            };
             model.zero_grad();
             let (loss, right) = model.loss_and_gradients(x, &labels)?;
             let diverged = |reason: String| {

@@ -326,3 +326,24 @@ fn fit_asks_the_schedule_before_every_step() {
     let e = fit(&mut small_model(3), &mut Sgd::new(1.0, 0.0, 0.0), &data, None, None, &bad, |_, _, _| Ok(())).unwrap_err();
     assert_eq!(e.to_string(), "invalid configuration: the learning rate must be a positive number, got -0.1");
 }
+
+#[test]
+fn augmented_training_is_deterministic_at_any_thread_count() {
+    use cnn_nn::augment::{Compose, HorizontalFlip, RandomCrop};
+    let data = toy_data(24, 12);
+    let augment: std::sync::Arc<dyn cnn_nn::augment::Transform> =
+        std::sync::Arc::new(Compose(vec![Box::new(RandomCrop { padding: 2 }), Box::new(HorizontalFlip { probability: 0.5 })]));
+    let train = |threads: usize, augment: Option<std::sync::Arc<dyn cnn_nn::augment::Transform>>| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut model = small_model(8);
+            let config = FitConfig { augment, ..quiet(2, 8) };
+            fit(&mut model, &mut Adam::new(1e-2), &data, None, None, &config, |_, _, _| Ok(())).unwrap();
+            model.named_params().into_iter().map(|(n, p)| (n, p.value.clone())).collect::<Vec<_>>()
+        })
+    };
+    let one = train(1, Some(augment.clone()));
+    assert_eq!(train(2, Some(augment.clone())), one);
+    assert_eq!(train(3, Some(augment)), one);
+    assert_ne!(train(1, None), one, "the augmentation changes what is learned");
+}
