@@ -188,6 +188,32 @@ fn read_state(
     Ok(OptimizerState { kind: kind.clone(), steps, buffers })
 }
 
+/// Metadata key naming the architecture ([`crate::models::by_name`]).
+pub const MODEL: &str = "model";
+/// Metadata key of the low-rank factorisation applied to it (`layer:rank,…`).
+pub const FACTORISED: &str = "factorised";
+
+/// Rebuilds the model a checkpoint was saved from — its architecture named under [`MODEL`],
+/// factorised as [`FACTORISED`] says — and loads its weights. Returns it with the metadata.
+///
+/// # Errors
+/// A file that is not a checkpoint, one that names no model or an unknown one, a
+/// factorisation plan that does not parse or fit, and [`load`]'s errors (the first tensor that
+/// does not fit the architecture).
+pub fn load_model(path: &Path) -> Result<(Sequential, Metadata)> {
+    let bytes = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_error(path, format!("not a safetensors file: {e}")))?;
+    let metadata: Metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let name = metadata.get(MODEL).ok_or_else(|| ckpt_error(path, format!("metadata names no `{MODEL}`: the file does not say what it holds")))?;
+    let mut model = crate::models::by_name(name, 0).map_err(|e| ckpt_error(path, e.to_string()))?;
+    if let Some(plan) = metadata.get(FACTORISED) {
+        let plan = crate::compress::parse_plan(plan).map_err(|e| ckpt_error(path, format!("metadata `{FACTORISED}`: {e}")))?;
+        crate::compress::factorise(&mut model, &plan)?;
+    }
+    load(path, &mut model, None)?;
+    Ok((model, metadata))
+}
+
 /// Deletes the temporary files an interrupted run left in `dir` (every output is written to
 /// a temporary file, then renamed): `*.tmp`, and `*.tmp.png` for pictures, whose extension
 /// chooses their format. Returns the files removed.

@@ -83,3 +83,28 @@ pub fn factorise(model: &mut Sequential, plan: &[(usize, RankPolicy)]) -> Result
     }
     Ok(decisions)
 }
+
+/// The factorisations of `decisions` as a plan string, `layer:rank,…` (what checkpoints record
+/// under [`crate::checkpoint::FACTORISED`]).
+pub fn plan_string(decisions: &[Decision]) -> String {
+    let ranks = decisions.iter().filter_map(|d| match d {
+        Decision::Factorised { layer, rank, .. } => Some(format!("{layer}:{rank}")),
+        Decision::Skipped { .. } => None,
+    });
+    ranks.collect::<Vec<_>>().join(",")
+}
+
+/// Parses a plan written by [`plan_string`] into fixed ranks for [`factorise`].
+///
+/// # Errors
+/// An entry that is not `layer:rank` with two numbers.
+pub fn parse_plan(plan: &str) -> std::result::Result<Vec<(usize, RankPolicy)>, String> {
+    plan.split(',')
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (layer, rank) = entry.split_once(':').ok_or_else(|| format!("`{entry}` is not layer:rank"))?;
+            let number = |s: &str| s.trim().parse::<usize>().map_err(|e| format!("`{entry}`: {e}"));
+            Ok((number(layer)?, RankPolicy::Fixed(number(rank)?)))
+        })
+        .collect()
+}

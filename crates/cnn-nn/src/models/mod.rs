@@ -40,3 +40,20 @@ pub fn reference_cnn(seed: u64) -> Sequential {
         .build()
         .expect("the reference network's shapes fit")
 }
+
+/// The models [`by_name`] builds for 1x28x28 images and 10 classes (Fashion-MNIST).
+pub const NAMES: [&str; 3] = ["reference", "lenet5", "resnet20"];
+
+/// A model of the zoo for 1x28x28 images and 10 classes, by name (see [`NAMES`]): what a
+/// checkpoint records to be rebuilt from the file alone.
+///
+/// # Errors
+/// An unknown name, listing the known ones.
+pub fn by_name(name: &str, seed: u64) -> crate::Result<Sequential> {
+    match name {
+        "reference" => Ok(reference_cnn(seed)),
+        "lenet5" => Ok(lenet5(seed)),
+        "resnet20" => resnet_cifar(3, &[1, 28, 28], 10, seed),
+        other => Err(crate::NnError::Config(format!("unknown model `{other}`; the models for 28x28 grey images are {}", NAMES.join(", ")))),
+    }
+}
