@@ -114,3 +114,52 @@ fn resume_keeps_the_history_and_equals_training_on() {
     let e = refused(&data, &dir.path().join("overflow"), &["--epochs", &usize::MAX.to_string(), "--resume", ckpt.to_str().unwrap()]);
     assert!(e.contains("overflows the epoch counter"), "{e}");
 }
+
+#[test]
+fn any_zoo_model_for_28x28_trains_with_its_recipe_and_describes_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir(dir.path(), 160, 20, None);
+    let out = dir.path().join("resnet");
+    // the ResNet-20 recipe (SGD, cosine, crop-flip), shortened
+    let o = train(&data, &out, &["--model", "resnet20", "--epochs", "1", "--warmup", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("optimizer: Sgd") && stdout(&o).contains("crop_flip: true"), "{}", stdout(&o));
+    let (model, meta) = checkpoint::load_model(&out.join("model.safetensors")).unwrap();
+    assert_eq!((meta["model"].as_str(), model.num_params()), ("resnet20", 269_722 - 2 * 16 * 9));
+    assert!(refused(&data, &dir.path().join("x"), &["--model", "vgg99"]).contains("unknown model `vgg99`"));
+    assert!(refused(&data, &dir.path().join("x"), &["--model", "resnet20", "--weight-decay", "-1"]).contains("--weight-decay must be a number >= 0"));
+    // a checkpoint of one model does not resume another
+    let e = refused(&data, &dir.path().join("y"), &["--model", "lenet5", "--resume", out.join("model.safetensors").to_str().unwrap()]);
+    assert!(e.contains("holds a `resnet20` model, not --model lenet5"), "{e}");
+}
+
+#[test]
+fn lowrank_factorises_a_checkpoint_that_describes_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir(dir.path(), 120, 40, None);
+    let base = dir.path().join("base.safetensors");
+    let meta = checkpoint::Metadata::from([(checkpoint::MODEL.into(), "reference".into())]);
+    checkpoint::save(&base, &reference_cnn(1), None, &meta).unwrap();
+    let out = dir.path().join("low");
+    let o = Command::new(env!("CARGO_BIN_EXE_cnn-lowrank"))
+        .args(["--rounds", "1", "--batch", "32", "--model"])
+        .arg(&base)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(out.join("lowrank.csv")).unwrap();
+    assert!(csv.lines().count() >= 9, "{csv}");
+    // every factorised model it wrote is rebuilt from its file alone
+    let (model, meta) = checkpoint::load_model(&out.join("conv2_r8.safetensors")).unwrap();
+    assert_eq!(meta[checkpoint::FACTORISED], "3:8");
+    assert!(model.num_params() < reference_cnn(0).num_params());
+    // a model without three top-level convolutions is refused by name
+    let resnet = dir.path().join("resnet.safetensors");
+    checkpoint::save(&resnet, &cnn_nn::models::by_name("resnet20", 0).unwrap(), None, &checkpoint::Metadata::from([(checkpoint::MODEL.into(), "resnet20".into())])).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cnn-lowrank")).arg("--model").arg(&resnet).arg("--data").arg(&data).arg("--out").arg(&out).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("the `resnet20` model has 0 (it needs 3)"), "{}", stderr(&o));
+}

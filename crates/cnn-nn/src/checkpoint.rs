@@ -193,6 +193,16 @@ pub const MODEL: &str = "model";
 /// Metadata key of the low-rank factorisation applied to it (`layer:rank,…`).
 pub const FACTORISED: &str = "factorised";
 
+/// The metadata of a checkpoint, without loading its tensors.
+///
+/// # Errors
+/// An unreadable file, or one that is not safetensors.
+pub fn read_metadata(path: &Path) -> Result<Metadata> {
+    let bytes = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_error(path, format!("not a safetensors file: {e}")))?;
+    Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
+}
+
 /// Rebuilds the model a checkpoint was saved from — its architecture named under [`MODEL`],
 /// factorised as [`FACTORISED`] says — and loads its weights. Returns it with the metadata.
 ///
@@ -201,9 +211,7 @@ pub const FACTORISED: &str = "factorised";
 /// factorisation plan that does not parse or fit, and [`load`]'s errors (the first tensor that
 /// does not fit the architecture).
 pub fn load_model(path: &Path) -> Result<(Sequential, Metadata)> {
-    let bytes = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_error(path, format!("not a safetensors file: {e}")))?;
-    let metadata: Metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let metadata = read_metadata(path)?;
     let name = metadata.get(MODEL).ok_or_else(|| ckpt_error(path, format!("metadata names no `{MODEL}`: the file does not say what it holds")))?;
     let mut model = crate::models::by_name(name, 0).map_err(|e| ckpt_error(path, e.to_string()))?;
     if let Some(plan) = metadata.get(FACTORISED) {

@@ -105,9 +105,18 @@ fn conv_macs(model: &Sequential) -> f64 {
     macs
 }
 
-fn fresh_copy(path: &Path, seed: u64) -> Result<Sequential> {
-    let mut model = reference_cnn(seed);
-    checkpoint::load(path, &mut model, None)?;
+/// The model of a checkpoint, rebuilt from the file alone; this tool factorises the
+/// top-level convolutions of a plain chain, the second and third of them.
+fn fresh_copy(path: &Path, _seed: u64) -> Result<Sequential> {
+    let (model, meta) = checkpoint::load_model(path)?;
+    let convs = conv_layers(&model).len();
+    if convs < 3 {
+        let name = meta.get(checkpoint::MODEL).map_or("?", String::as_str);
+        return Err(NnError::Config(format!(
+            "{}: this tool factorises the top-level convolutions of a plain chain, and the `{name}` model has {convs} (it needs 3)",
+            path.display()
+        )));
+    }
     Ok(model)
 }
 
@@ -147,7 +156,7 @@ fn run(args: Args) -> Result<()> {
                 Ok(())
             })?;
             let path = args.out.join("base.safetensors");
-            checkpoint::save(&path, &model, None, &checkpoint::Metadata::from([("model".into(), "reference".into())]))?;
+            checkpoint::save(&path, &model, None, &checkpoint::Metadata::from([(checkpoint::MODEL.into(), "reference".into())]))?;
             path
         }
     };
@@ -212,7 +221,10 @@ fn run(args: Args) -> Result<()> {
         ));
         points.push(TradeoffPoint { label: setting.name.clone(), speedup, accuracy: acc_ft });
         let path = args.out.join(format!("{}.safetensors", setting.name.replace([' ', '/', '+', '.'], "_")));
-        checkpoint::save(&path, &low, None, &checkpoint::Metadata::from([("model".into(), format!("reference, {}", setting.name))]))?;
+        let meta = checkpoint::read_metadata(&base_path)?;
+        let model_name = meta.get(checkpoint::MODEL).cloned().unwrap_or_else(|| "reference".into());
+        let described = [(checkpoint::MODEL.into(), model_name), (checkpoint::FACTORISED.into(), cnn_nn::compress::plan_string(&decisions))];
+        checkpoint::save(&path, &low, None, &checkpoint::Metadata::from(described))?;
     }
     csv.push(format!(
         "original fine-tuned 1 epoch,full,1,1,,,{acc_before:.2},{acc_before:.2},{acc_original_ft:.2},{:.2}",

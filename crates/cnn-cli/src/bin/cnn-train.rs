@@ -1,15 +1,14 @@
-//! Trains the reference network on Fashion-MNIST (or any MNIST-format directory) and writes
-//! the weights, the metrics, and pictures of what it learned. Run it with `cargo xtask train`.
+//! Trains a model of the zoo (the course's reference network by default) on Fashion-MNIST (or
+//! any MNIST-format directory) and writes the weights, the metrics, and pictures of what it
+//! learned. Run it with `cargo xtask train [--model NAME]`.
 
 use clap::{Parser, ValueEnum};
 use cnn_cli::{check_lr, main_with, peak_memory_mib, validation_size, write_atomic};
 use cnn_nn::checkpoint::{self, Metadata};
 use cnn_nn::data::{Dataset, FASHION_MNIST_DIR};
-use cnn_nn::models::reference_cnn;
+use cnn_nn::models::{by_name, OptimizerKind, Recipe, ScheduleKind};
 use cnn_nn::ndarray::{s, Ix4};
-use cnn_nn::optim::{Adam, Optimizer, Sgd};
-use cnn_nn::schedule::{Schedule, StepDecay};
-use std::sync::Arc;
+
 use cnn_nn::train::{evaluate, fit, history_csv, parse_history_csv, EpochMetrics, FitConfig};
 use cnn_nn::{plots, NnError, Result};
 use std::path::PathBuf;
@@ -20,37 +19,72 @@ use std::path::PathBuf;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum OptimizerKind {
+enum OptimizerArg {
     Adam,
     Sgd,
 }
 
-/// Train the course material's reference CNN.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    Step,
+    Cosine,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AugmentArg {
+    None,
+    CropFlip,
+}
+
+/// Train a model of the zoo on Fashion-MNIST (or any MNIST-format directory). Every training
+/// setting starts from the model's recipe (see `cnn_nn::models::Recipe`) and can be overridden.
 #[derive(Parser, Debug)]
 #[command(version, about, allow_negative_numbers = true)]
 struct Args {
+    /// The model: reference (the course's network), lenet5, resnet20.
+    #[arg(long, default_value = "reference")]
+    model: String,
     /// Directory with the four MNIST-format IDX files (plain or .gz).
     #[arg(long, default_value = FASHION_MNIST_DIR)]
     data: PathBuf,
-    /// Epochs to train (more epochs on top of a --resume checkpoint).
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
-    /// Mini-batch size.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f32,
-    /// Optimiser: adam, or sgd (momentum 0.9, weight decay 5e-4).
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
-    optimizer: OptimizerKind,
-    /// Multiply the learning rate by --lr-gamma every N epochs (0: constant).
-    #[arg(long, default_value_t = 0)]
+    /// Epochs to train (more epochs on top of a --resume checkpoint) [recipe].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Mini-batch size [recipe].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// (Initial) learning rate [recipe].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Optimiser [recipe].
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerArg>,
+    /// SGD's momentum [recipe].
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// SGD with Nesterov's momentum (true/false) [recipe].
+    #[arg(long)]
+    nesterov: Option<bool>,
+    /// L2 weight decay (SGD) [recipe].
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Learning-rate schedule [recipe].
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleArg>,
+    /// With --schedule step: multiply the rate by --lr-gamma every N epochs.
+    #[arg(long, default_value_t = 1)]
     lr_step: usize,
-    /// Step-decay factor.
+    /// With --schedule step: the decay factor.
     #[arg(long, default_value_t = 0.5)]
     lr_gamma: f32,
-    /// Seed of the weights and the shuffling.
+    /// Steps of linear warm-up [recipe].
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Augmentation [recipe].
+    #[arg(long, value_enum)]
+    augment: Option<AugmentArg>,
+    /// Seed of the weights, the shuffling and the augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Training images held out for validation: a fraction in (0, 1), or a number of images.
@@ -68,39 +102,70 @@ struct Args {
     resume: Option<PathBuf>,
 }
 
-/// The reference network classifies into 10 classes.
+/// The models classify into 10 classes.
 const CLASSES: usize = 10;
 
-/// Every setting refused before any data is read or any batch trained.
-fn check_args(args: &Args) -> Result<()> {
-    if args.epochs == 0 {
+/// The model's recipe with the flags applied, every setting checked before any data is read
+/// or any batch trained.
+fn recipe(args: &Args) -> Result<Recipe> {
+    let mut r = Recipe::for_model(&args.model)?;
+    r.epochs = args.epochs.unwrap_or(r.epochs);
+    r.batch = args.batch.unwrap_or(r.batch);
+    r.lr = args.lr.unwrap_or(r.lr);
+    r.momentum = args.momentum.unwrap_or(r.momentum);
+    r.nesterov = args.nesterov.unwrap_or(r.nesterov);
+    r.weight_decay = args.weight_decay.unwrap_or(r.weight_decay);
+    r.warmup = args.warmup.unwrap_or(r.warmup);
+    if let Some(o) = args.optimizer {
+        r.optimizer = match o {
+            OptimizerArg::Adam => OptimizerKind::Adam,
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+        };
+    }
+    if let Some(s) = args.schedule {
+        r.schedule = match s {
+            ScheduleArg::Constant => ScheduleKind::Constant,
+            ScheduleArg::Step => ScheduleKind::Step { every: args.lr_step, gamma: args.lr_gamma },
+            ScheduleArg::Cosine => ScheduleKind::Cosine,
+        };
+    }
+    if let Some(a) = args.augment {
+        r.crop_flip = matches!(a, AugmentArg::CropFlip);
+    }
+    if r.epochs == 0 {
         return Err(NnError::Config("--epochs must be at least 1".into()));
     }
-    if args.batch == 0 {
+    if r.batch == 0 {
         return Err(NnError::Config("--batch must be at least 1".into()));
     }
-    check_lr("--lr", args.lr)?;
-    if !(args.lr_gamma.is_finite() && args.lr_gamma > 0.0) {
-        return Err(NnError::Config(format!("--lr-gamma must be a positive number, got {}", args.lr_gamma)));
+    check_lr("--lr", r.lr)?;
+    if !(r.momentum.is_finite() && (0.0..1.0).contains(&r.momentum)) {
+        return Err(NnError::Config(format!("--momentum must be in [0, 1), got {}", r.momentum)));
     }
-    Ok(())
+    if !(r.weight_decay.is_finite() && r.weight_decay >= 0.0) {
+        return Err(NnError::Config(format!("--weight-decay must be a number >= 0, got {}", r.weight_decay)));
+    }
+    r.schedule().check().map_err(|e| NnError::Config(format!("--schedule: {e}")))?;
+    Ok(r)
 }
 
 fn run(args: Args) -> Result<()> {
-    check_args(&args)?;
+    let recipe = recipe(&args)?;
     std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
     for stale in checkpoint::remove_stale_temporaries(&args.out)? {
         println!("removed {} left by an interrupted run", stale.display());
     }
     println!("cnn-core: rayon threads {}, OpenBLAS core {}", cnn_nn::cnn_core::threads::rayon_threads(), cnn_nn::cnn_core::threads::blas_core());
 
-    let mut model = reference_cnn(args.seed);
-    let mut optimizer: Box<dyn Optimizer> = match args.optimizer {
-        OptimizerKind::Adam => Box::new(Adam::new(args.lr)),
-        OptimizerKind::Sgd => Box::new(Sgd::new(args.lr, 0.9, 5e-4)),
-    };
+    let mut model = by_name(&args.model, args.seed)?;
+    let mut optimizer = recipe.optimizer();
+    println!("model {}: {recipe:?}", args.model);
     let mut earlier: Vec<EpochMetrics> = vec![];
     if let Some(resume) = &args.resume {
+        // the architecture first: a file of another model is refused by name
+        if let Some(other) = checkpoint::read_metadata(resume)?.get(checkpoint::MODEL).filter(|m| **m != args.model) {
+            return Err(NnError::Config(format!("{} holds a `{other}` model, not --model {}", resume.display(), args.model)));
+        }
         let meta = checkpoint::load(resume, &mut model, Some(optimizer.as_mut()))?;
         let bad = |key: &str, why: String| NnError::Checkpoint { path: resume.clone(), reason: format!("metadata `{key}`: {why}") };
         let epoch = meta.get("epoch").ok_or_else(|| bad("epoch", "missing".into()))?;
@@ -109,9 +174,10 @@ fn run(args: Args) -> Result<()> {
         if earlier.len() != epoch {
             return Err(bad("history", format!("{} rows for {epoch} epochs", earlier.len())));
         }
-        if epoch.checked_add(args.epochs).is_none() {
-            return Err(NnError::Config(format!("--epochs {} after the checkpoint's epoch {epoch} overflows the epoch counter", args.epochs)));
+        if epoch.checked_add(recipe.epochs).is_none() {
+            return Err(NnError::Config(format!("--epochs {} after the checkpoint's epoch {epoch} overflows the epoch counter", recipe.epochs)));
         }
+
         println!("resumed from {} after epoch {epoch}, with its {} optimizer state", resume.display(), optimizer.state().kind);
     }
     let start_epoch = earlier.len();
@@ -123,11 +189,12 @@ fn run(args: Args) -> Result<()> {
     println!("\n{}", model.summary());
 
     let config = FitConfig {
-        epochs: args.epochs,
+        epochs: recipe.epochs,
         start_epoch,
-        batch_size: args.batch,
+        batch_size: recipe.batch,
         seed: args.seed,
-        schedule: (args.lr_step > 0).then(|| Arc::new(StepDecay { initial: args.lr, every: args.lr_step, gamma: args.lr_gamma }) as Arc<dyn Schedule>),
+        schedule: Some(recipe.schedule()),
+        augment: recipe.augment(),
         ..FitConfig::default()
     };
 
@@ -143,7 +210,7 @@ fn run(args: Args) -> Result<()> {
         history.push(m.clone());
         let csv = history_csv(&history);
         let meta = Metadata::from([
-            ("model".to_string(), "reference".to_string()),
+            (checkpoint::MODEL.to_string(), args.model.clone()),
             ("epoch".to_string(), m.epoch.to_string()),
             ("seed".to_string(), args.seed.to_string()),
             ("history".to_string(), csv.clone()),
@@ -160,18 +227,22 @@ fn run(args: Args) -> Result<()> {
         100.0 * eval.accuracy, eval.loss, last.images_per_sec, eval.images_per_sec
     );
 
-    // Pictures: the first layer's filters, and the first layers' feature maps for one test image.
-    let weight = model.named_params()[0].1.value.clone().into_dimensionality::<Ix4>().expect("conv1 weight is 4-D");
-    plots::filters(weight.view(), &out.join("filters_conv1.png"))?;
+    // Pictures: the first convolution's filters, and the feature maps of the first layers whose
+    // output is an image, for one test image.
+    if let Some((_, w)) = model.named_params().into_iter().find(|(_, p)| p.value.ndim() == 4) {
+        let weight = w.value.clone().into_dimensionality::<Ix4>().expect("4-D");
+        plots::filters(weight.view(), &out.join("filters_conv1.png"))?;
+    }
     let (image, labels) = test.batch(&[0]);
     let outputs = model.activations(image.clone())?;
     let first = image.into_dimensionality::<Ix4>().expect("images are 4-D");
     plots::feature_maps(first.slice(s![0, .., .., ..]), &out.join("input.png"))?;
-    for (i, name) in [(0, "conv1"), (2, "pool1"), (3, "conv2"), (5, "pool2")] {
-        let maps = outputs[i].view().into_dimensionality::<Ix4>().expect("conv and pool outputs are 4-D");
-        plots::feature_maps(maps.slice(s![0, .., .., ..]), &out.join(format!("features_{i}_{name}.png")))?;
+    let maps = outputs.iter().enumerate().filter(|(_, a)| a.ndim() == 4).take(4);
+    for (i, a) in maps {
+        let a = a.view().into_dimensionality::<Ix4>().expect("4-D");
+        plots::feature_maps(a.slice(s![0, .., .., ..]), &out.join(format!("features_{i}.png")))?;
     }
-    println!("feature maps of test image 0 (label {}) and conv1 filters written", labels[0]);
+    println!("feature maps of test image 0 (label {}) and the first filters written", labels[0]);
     println!("wrote {}: model.safetensors, metrics.csv, curves.png, filters_conv1.png, input.png, features_*.png", out.display());
     if let Some(mib) = peak_memory_mib() {
         println!("peak resident memory: {mib:.0} MiB");

@@ -3,11 +3,13 @@
 
 mod classic;
 mod googlenet;
+mod recipe;
 mod resnet;
 mod xception;
 
 pub use classic::{alexnet, lenet5, vgg, Vgg};
 pub use googlenet::googlenet;
+pub use recipe::{OptimizerKind, Recipe, ScheduleKind};
 pub use resnet::{resnet1202, resnet20, resnet_cifar};
 pub use xception::xception;
 
