@@ -16,7 +16,7 @@ fn train_step(c: &mut Criterion) {
     group.sample_size(20);
     group.throughput(Throughput::Elements(n as u64)); // images
     let x = random((n, 1, 28, 28), 1).mapv(|v: f32| v.abs()).into_dyn();
-    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let labels: Vec<usize> = (0..n).map(|i| i % 10).collect();
     let mut model = reference_cnn(0);
     let mut adam = Adam::new(1e-3);
     group.bench_function("adam/ref_cnn_n64", |bench| {

@@ -113,26 +113,61 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
     Ok(Idx { dims, data })
 }
 
-/// Images and labels.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dataset {
-    /// `[n, 1, h, w]`, pixels scaled to `[0, 1]` (or standardised).
-    pub images: Array4<f32>,
-    /// `n` class labels.
-    pub labels: Vec<u8>,
+/// Labelled samples, as training and evaluation read them: users feed their own data by
+/// implementing it (in-memory arrays, their own files); [`Dataset`] is the in-memory one that
+/// IDX files load into.
+pub trait Data: Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+
+    /// No samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The shape of one sample, e.g. `[1, 28, 28]`.
+    fn sample_shape(&self) -> Vec<usize>;
+
+    /// The class of sample `index`.
+    fn label(&self, index: usize) -> usize;
+
+    /// The samples at `indices`, stacked: `[indices.len(), ...sample_shape]`.
+    fn samples(&self, indices: &[usize]) -> ArrayD<f32>;
+
+    /// The samples at `indices` and their labels: a batch.
+    fn batch(&self, indices: &[usize]) -> (ArrayD<f32>, Vec<usize>) {
+        (self.samples(indices), indices.iter().map(|&i| self.label(i)).collect())
+    }
 }
 
-impl Dataset {
-    /// Number of samples.
-    pub fn len(&self) -> usize {
+/// Images and labels in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// `[n, c, h, w]`, pixels scaled to `[0, 1]` (or standardised).
+    pub images: Array4<f32>,
+    /// `n` class labels.
+    pub labels: Vec<usize>,
+}
+
+impl Data for Dataset {
+    fn len(&self) -> usize {
         self.labels.len()
     }
 
-    /// No samples.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+    fn sample_shape(&self) -> Vec<usize> {
+        self.images.shape()[1..].to_vec()
     }
 
+    fn label(&self, index: usize) -> usize {
+        self.labels[index]
+    }
+
+    fn samples(&self, indices: &[usize]) -> ArrayD<f32> {
+        self.images.select(Axis(0), indices).into_dyn()
+    }
+}
+
+impl Dataset {
     /// Reads an images file and a labels file, checking that they agree and that every label
     /// is one of `classes`.
     ///
@@ -157,7 +192,7 @@ impl Dataset {
         }
         let pixels = img.data.iter().map(|&p| p as f32 / 255.0).collect();
         let images = Array4::from_shape_vec((n, 1, h, w), pixels).expect("size checked by read_idx");
-        Ok(Dataset { images, labels: lab.data })
+        Ok(Dataset { images, labels: lab.data.iter().map(|&l| l as usize).collect() })
     }
 
     /// The standard MNIST layout: `train-images-idx3-ubyte[.gz]` and the three others in `dir`,
@@ -192,16 +227,11 @@ impl Dataset {
         (head, tail)
     }
 
-    /// Sample indices in a seeded random order.
-    pub fn shuffled(&self, seed: u64) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        order.shuffle(&mut ModelRng::seed_from_u64(seed));
-        order
-    }
+}
 
-    /// The samples at `indices`, as a batch: images `[b, 1, h, w]` and labels.
-    pub fn batch(&self, indices: &[usize]) -> (ArrayD<f32>, Vec<u8>) {
-        let images = self.images.select(Axis(0), indices).into_dyn();
-        (images, indices.iter().map(|&i| self.labels[i]).collect())
-    }
+/// The indices `0..n` in a seeded random order.
+pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ModelRng::seed_from_u64(seed));
+    order
 }

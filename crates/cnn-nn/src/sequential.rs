@@ -266,14 +266,14 @@ impl Sequential {
     /// # Errors
     /// An input of the wrong shape, labels that do not match it, a model whose output is not
     /// `[n, classes]`.
-    pub fn loss_and_gradients(&mut self, x: ArrayD<f32>, labels: &[u8]) -> Result<(f32, usize)> {
+    pub fn loss_and_gradients(&mut self, x: ArrayD<f32>, labels: &[usize]) -> Result<(f32, usize)> {
         self.check_input(&x.view())?;
         let logits = self.chain.forward_train(x);
         let logits = logits
             .into_dimensionality::<Ix2>()
             .map_err(|_| NnError::Config("the loss needs a model whose output is [n, classes]".into()))?;
         let (loss, dlogits) = softmax_cross_entropy(logits.view(), labels)?;
-        let correct = argmax_rows(logits.view()).iter().zip(labels).filter(|(p, &l)| **p == l as usize).count();
+        let correct = argmax_rows(logits.view()).iter().zip(labels).filter(|(p, l)| p == l).count();
         self.chain.backward(dlogits.into_dyn());
         self.pending_backward = None;
         Ok((loss, correct))

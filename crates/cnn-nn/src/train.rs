@@ -6,7 +6,7 @@
 //! ([`Divergence`]).
 
 use crate::augment::{augment_batch, Transform};
-use crate::data::Dataset;
+use crate::data::{shuffled, Data};
 use crate::error::{NnError, Result};
 use crate::loss::softmax_cross_entropy;
 use crate::optim::Optimizer;
@@ -212,20 +212,26 @@ fn classes(model: &Sequential) -> Result<usize> {
 
 /// Checks a data set against the model before any work: sample shape, labels in `0..classes`,
 /// finite values. `what` names the set in errors.
-pub fn check_data(model: &Sequential, data: &Dataset, what: &str) -> Result<()> {
+pub fn check_data<D: Data + ?Sized>(model: &Sequential, data: &D, what: &str) -> Result<()> {
     if data.is_empty() {
         return Err(NnError::Config(format!("the {what} set is empty")));
     }
-    let sample = &data.images.shape()[1..];
+    let sample = data.sample_shape();
     if sample != model.input_shape() {
-        return Err(NnError::Shape { what: format!("{what} samples"), expected: model.input_shape().to_vec(), got: sample.to_vec() });
+        return Err(NnError::Shape { what: format!("{what} samples"), expected: model.input_shape().to_vec(), got: sample });
     }
     let classes = classes(model)?;
-    if let Some((index, &label)) = data.labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
-        return Err(NnError::Label { label: label as usize, index, classes });
+    if let Some((index, label)) = (0..data.len()).map(|i| (i, data.label(i))).find(|&(_, l)| l >= classes) {
+        return Err(NnError::Label { label, index, classes });
     }
-    if let Some((index, &value)) = data.images.indexed_iter().find(|(_, v)| !v.is_finite()) {
-        return Err(NnError::NonFinite { what: format!("{what} sample {}", index.0), value, context: String::new() });
+    // a pass over the data in chunks, to find NaN or infinities before they are trained on
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(1024) {
+        let samples = data.samples(chunk);
+        let per_sample = samples.len() / chunk.len();
+        if let Some((flat, &value)) = samples.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(NnError::NonFinite { what: format!("{what} sample {}", chunk[flat / per_sample]), value, context: String::new() });
+        }
     }
     Ok(())
 }
@@ -239,7 +245,7 @@ fn non_finite_param(model: &Sequential) -> Option<(String, f32)> {
 ///
 /// # Errors
 /// Data that does not fit the model, a batch size of 0.
-pub fn evaluate(model: &Sequential, data: &Dataset, batch_size: usize) -> Result<Evaluation> {
+pub fn evaluate<D: Data + ?Sized>(model: &Sequential, data: &D, batch_size: usize) -> Result<Evaluation> {
     if batch_size == 0 {
         return Err(NnError::Config("evaluate needs a batch size of at least 1".into()));
     }
@@ -252,7 +258,7 @@ pub fn evaluate(model: &Sequential, data: &Dataset, batch_size: usize) -> Result
         let logits = model.forward(x)?.into_dimensionality::<Ix2>().map_err(|_| NnError::Config("model output is not [n, classes]".into()))?;
         let (l, _) = softmax_cross_entropy(logits.view(), &labels)?;
         loss += l as f64 * chunk.len() as f64;
-        correct += argmax_rows(logits.view()).iter().zip(&labels).filter(|(p, &l)| **p == l as usize).count();
+        correct += argmax_rows(logits.view()).iter().zip(&labels).filter(|(p, l)| p == l).count();
     }
     let n = data.len() as f64;
     Ok(Evaluation {
@@ -263,7 +269,7 @@ pub fn evaluate(model: &Sequential, data: &Dataset, batch_size: usize) -> Result
 }
 
 /// Everything [`fit`] refuses before it trains a single batch.
-fn check_fit(model: &Sequential, optimizer: &dyn Optimizer, train: &Dataset, others: &[(&str, Option<&Dataset>)], config: &FitConfig) -> Result<()> {
+fn check_fit<D: Data + ?Sized>(model: &Sequential, optimizer: &dyn Optimizer, train: &D, others: &[(&str, Option<&D>)], config: &FitConfig) -> Result<()> {
     if config.batch_size == 0 {
         return Err(NnError::Config("the batch size must be at least 1".into()));
     }
@@ -289,7 +295,7 @@ fn check_fit(model: &Sequential, optimizer: &dyn Optimizer, train: &Dataset, oth
     check_data(model, train, "training")?;
     for (what, data) in others {
         if let Some(data) = data {
-            check_data(model, data, what)?;
+            check_data(model, *data, what)?;
         }
     }
     if let Some((name, value)) = non_finite_param(model) {
@@ -313,12 +319,12 @@ fn check_fit(model: &Sequential, optimizer: &dyn Optimizer, train: &Dataset, oth
 ///
 /// # Errors
 /// As above, and an error from `after_epoch`.
-pub fn fit(
+pub fn fit<D: Data + ?Sized>(
     model: &mut Sequential,
     optimizer: &mut dyn Optimizer,
-    train: &Dataset,
-    val: Option<&Dataset>,
-    test: Option<&Dataset>,
+    train: &D,
+    val: Option<&D>,
+    test: Option<&D>,
     config: &FitConfig,
     mut after_epoch: impl FnMut(&EpochMetrics, &Sequential, &dyn Optimizer) -> Result<()>,
 ) -> Result<Vec<EpochMetrics>> {
@@ -330,7 +336,7 @@ pub fn fit(
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
     let total_steps = (config.start_epoch + config.epochs).saturating_mul(steps_per_epoch);
     for epoch in config.start_epoch + 1..=config.start_epoch + config.epochs {
-        let order = train.shuffled(config.seed.wrapping_add(epoch as u64));
+        let order = shuffled(train.len(), config.seed.wrapping_add(epoch as u64));
         let batches = order.len().div_ceil(config.batch_size);
         let bar = bar(batches, config.progress, format!("epoch {epoch}"));
         let start = Instant::now();

@@ -181,7 +181,7 @@ fn whole_model_with_the_loss() {
 
 /// Checks every parameter's gradient of the mean cross-entropy of `model` on `x` against
 /// central differences (smooth layers only: step [`SMOOTH`]).
-fn check_model_loss(model: &mut Sequential, x: ArrayD<f32>, labels: &[u8]) {
+fn check_model_loss(model: &mut Sequential, x: ArrayD<f32>, labels: &[usize]) {
     model.zero_grad();
     model.loss_and_gradients(x.clone(), labels).unwrap();
     let grads: Vec<ArrayD<f32>> = model.params_mut().iter().map(|p| p.grad.clone()).collect();

@@ -2,6 +2,7 @@
 
 mod common;
 
+use cnn_nn::data::Data;
 use cnn_nn::layers::*;
 use cnn_nn::models::reference_cnn;
 use cnn_nn::ndarray::ArrayD;

@@ -4,6 +4,7 @@
 
 use clap::Parser;
 use cnn_cli::{check_lr, main_with, write_atomic};
+use cnn_nn::data::Data;
 use cnn_nn::compress::{conv_layers, factorise, Decision};
 use cnn_nn::data::{Dataset, FASHION_MNIST_DIR};
 use cnn_nn::layers::{Conv2d, LowRankConv2d};

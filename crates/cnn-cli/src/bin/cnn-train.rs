@@ -4,6 +4,7 @@
 
 use clap::{Parser, ValueEnum};
 use cnn_cli::{check_lr, main_with, peak_memory_mib, validation_size, write_atomic};
+use cnn_nn::data::Data;
 use cnn_nn::checkpoint::{self, Metadata};
 use cnn_nn::data::{Dataset, FASHION_MNIST_DIR};
 use cnn_nn::models::{by_name, OptimizerKind, Recipe, ScheduleKind};

@@ -27,11 +27,11 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// Four classes of 8x8 images: a bright bar in one of four places, plus noise.
 pub fn toy_data(n: usize, seed: u64) -> Dataset {
     let mut rng = ModelRng::seed_from_u64(seed);
-    let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
+    let labels: Vec<usize> = (0..n).map(|i| i % 4).collect();
     let mut images = Array4::from_shape_simple_fn((n, 1, 8, 8), || rng.gen_range(0.0f32..0.3));
     for (i, &l) in labels.iter().enumerate() {
         for t in 0..8 {
-            let (y, x) = [(1, t), (6, t), (t, 1), (t, 6)][l as usize];
+            let (y, x) = [(1, t), (6, t), (t, 1), (t, 6)][l];
             images[[i, 0, y, x]] += 0.7;
         }
     }
