@@ -27,6 +27,7 @@ pub use ndarray;
 pub use sequential::{Classification, Sequential, SequentialBuilder};
 pub use summary::thousands;
 pub mod augment;
+pub mod callbacks;
 pub mod checkpoint;
 pub mod compress;
 pub mod data;

@@ -6,6 +6,7 @@
 //! ([`Divergence`]).
 
 use crate::augment::{augment_batch, Transform};
+use crate::callbacks::Control;
 use crate::data::{shuffled, Data};
 use crate::error::{NnError, Result};
 use crate::loss::softmax_cross_entropy;
@@ -309,7 +310,10 @@ fn check_fit<D: Data + ?Sized>(model: &Sequential, optimizer: &dyn Optimizer, tr
 }
 
 /// Trains `model` on `train` with mini-batches, evaluating on `val` and `test` after each
-/// epoch, and calling `after_epoch` (to print, save a checkpoint, ...).
+/// epoch, and calling `after_epoch` (to print, save a checkpoint, ...), which says whether to
+/// go on: `Ok(())` or `Ok(Control::Continue)` to train the next epoch, `Ok(Control::Stop)` to
+/// end here (see [`crate::callbacks::EarlyStopping`]). The history of the epochs run is
+/// returned either way.
 ///
 /// Before the first batch it checks the settings, the data (shapes, labels in `0..classes`,
 /// finite values) and the weights (finite). While training it stops with
@@ -319,14 +323,14 @@ fn check_fit<D: Data + ?Sized>(model: &Sequential, optimizer: &dyn Optimizer, tr
 ///
 /// # Errors
 /// As above, and an error from `after_epoch`.
-pub fn fit<D: Data + ?Sized>(
+pub fn fit<D: Data + ?Sized, C: Into<Control>>(
     model: &mut Sequential,
     optimizer: &mut dyn Optimizer,
     train: &D,
     val: Option<&D>,
     test: Option<&D>,
     config: &FitConfig,
-    mut after_epoch: impl FnMut(&EpochMetrics, &Sequential, &dyn Optimizer) -> Result<()>,
+    mut after_epoch: impl FnMut(&EpochMetrics, &Sequential, &dyn Optimizer) -> Result<C>,
 ) -> Result<Vec<EpochMetrics>> {
     check_fit(model, optimizer, train, &[("validation", val), ("test", test)], config)?;
     let rule = config.divergence;
@@ -403,8 +407,11 @@ pub fn fit<D: Data + ?Sized>(
             seconds,
             images_per_sec: seen as f32 / seconds,
         };
-        after_epoch(&metrics, model, optimizer)?;
+        let control = after_epoch(&metrics, model, optimizer)?.into();
         history.push(metrics);
+        if control == Control::Stop {
+            break;
+        }
     }
     Ok(history)
 }

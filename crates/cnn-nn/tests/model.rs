@@ -348,3 +348,30 @@ fn augmented_training_is_deterministic_at_any_thread_count() {
     assert_eq!(train(3, Some(augment)), one);
     assert_ne!(train(1, None), one, "the augmentation changes what is learned");
 }
+
+#[test]
+fn early_stopping_stops_keeps_the_best_and_returns_the_history() {
+    use cnn_nn::callbacks::{EarlyStopping, Monitor};
+    let (train, val) = (toy_data(48, 13), toy_data(16, 14));
+    let mut model = small_model(5);
+    let mut early = EarlyStopping::new(Monitor::ValAccuracy, 2).keep_best_weights();
+    let mut best_copy = None;
+    let history = fit(&mut model, &mut Adam::new(2e-2), &train, Some(&val), None, &quiet(60, 8), |m, model, _| {
+        let control = early.update(m, model);
+        if early.improved() {
+            best_copy = Some(model.named_params().into_iter().map(|(n, p)| (n, p.value.clone())).collect::<Vec<_>>());
+        }
+        Ok(control)
+    })
+    .unwrap();
+    // validation accuracy cannot beat 100%: it stops two epochs after its best, long before 60
+    let best = early.best_epoch().unwrap();
+    assert_eq!(history.len(), best + 2, "{history:?}");
+    assert!(history.len() < 60);
+    let best_acc = history[best - 1].val_acc.unwrap();
+    assert!(history.iter().all(|m| m.val_acc.unwrap() <= best_acc));
+    // the weights put back are those of the best epoch
+    assert_eq!(early.restore(&mut model), Some(best));
+    let restored: Vec<_> = model.named_params().into_iter().map(|(n, p)| (n, p.value.clone())).collect();
+    assert_eq!(Some(restored), best_copy);
+}
