@@ -121,10 +121,11 @@ fn any_zoo_model_for_28x28_trains_with_its_recipe_and_describes_itself() {
     let data = data_dir(dir.path(), 160, 20, None);
     let out = dir.path().join("resnet");
     // the ResNet-20 recipe (SGD, cosine, crop-flip), shortened
-    let o = train(&data, &out, &["--model", "resnet20", "--epochs", "1", "--warmup", "2"]);
+    let o = train(&data, &out, &["--model", "resnet20", "--epochs", "1", "--warmup", "2", "--patience", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("optimizer: Sgd") && stdout(&o).contains("crop_flip: true"), "{}", stdout(&o));
     let (model, meta) = checkpoint::load_model(&out.join("model.safetensors")).unwrap();
+    assert!(out.join("best.safetensors").exists(), "the first epoch is the best so far");
     assert_eq!((meta["model"].as_str(), model.num_params()), ("resnet20", 269_722 - 2 * 16 * 9));
     assert!(refused(&data, &dir.path().join("x"), &["--model", "vgg99"]).contains("unknown model `vgg99`"));
     assert!(refused(&data, &dir.path().join("x"), &["--model", "resnet20", "--weight-decay", "-1"]).contains("--weight-decay must be a number >= 0"));

@@ -7,6 +7,7 @@ use cnn_cli::{check_lr, main_with, peak_memory_mib, validation_size, write_atomi
 use cnn_nn::data::Data;
 use cnn_nn::checkpoint::{self, Metadata};
 use cnn_nn::data::{Dataset, FASHION_MNIST_DIR};
+use cnn_nn::callbacks::{Control, EarlyStopping, Monitor};
 use cnn_nn::models::{by_name, OptimizerKind, Recipe, ScheduleKind};
 use cnn_nn::ndarray::{s, Ix4};
 
@@ -85,6 +86,10 @@ struct Args {
     /// Augmentation [recipe].
     #[arg(long, value_enum)]
     augment: Option<AugmentArg>,
+    /// Stop when the validation loss has not improved for N epochs (0: never), keep
+    /// `best.safetensors`, and end with the best epoch's weights.
+    #[arg(long, default_value_t = 0)]
+    patience: usize,
     /// Seed of the weights, the shuffling and the augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -206,6 +211,7 @@ fn run(args: Args) -> Result<()> {
         print_epoch(m);
     }
     let out = args.out.clone();
+    let mut early = (args.patience > 0).then(|| EarlyStopping::new(Monitor::ValLoss, args.patience).keep_best_weights());
     fit(&mut model, optimizer.as_mut(), &train, Some(&val), Some(&test), &config, |m, model, optimizer| {
         print_epoch(m);
         history.push(m.clone());
@@ -218,8 +224,20 @@ fn run(args: Args) -> Result<()> {
         ]);
         checkpoint::save(&ckpt_path, model, Some(optimizer), &meta)?;
         write_atomic(&out.join("metrics.csv"), &csv)?;
-        plots::training_curves(&history, &out.join("curves.png"))
+        plots::training_curves(&history, &out.join("curves.png"))?;
+        let Some(early) = early.as_mut() else { return Ok(Control::Continue) };
+        let control = early.update(m, model);
+        if early.improved() {
+            checkpoint::save(&out.join("best.safetensors"), model, None, &meta)?;
+        }
+        if control == Control::Stop {
+            println!("no better validation loss for {} epochs: stopping", args.patience);
+        }
+        Ok(control)
     })?;
+    if let Some(epoch) = early.as_ref().and_then(|e| e.restore(&mut model)) {
+        println!("restored the weights of epoch {epoch}, the best validation loss");
+    }
 
     let eval = evaluate(&model, &test, 256)?;
     let last = history.last().expect("at least one epoch");
