@@ -2,7 +2,8 @@
 //! (AlexNet's, across neighbouring channels).
 
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
-use ndarray::{Array1, Array3, ArrayD, ArrayView3, Axis, Ix1, IxDyn, Zip};
+use ndarray::{Array1, Array3, ArrayD, ArrayView3, Axis, IxDyn, Zip};
+use rayon::prelude::*;
 
 /// The `[n, c, rest]` view of an `[n, c, ...]` tensor: every channel's values as one row per
 /// sample.
@@ -60,24 +61,29 @@ impl BatchNorm {
         BatchNorm { eps, ..self }
     }
 
-    /// `y = γ·(x − mean)·inv_std + β`, per channel.
-    fn normalise(&self, x: ArrayD<f32>, mean: &Array1<f32>, inv_std: &Array1<f32>) -> (ArrayD<f32>, ArrayD<f32>) {
-        let gamma = self.params[0].value.view().into_dimensionality::<Ix1>().expect("weight is [c]");
-        let beta = self.params[1].value.view().into_dimensionality::<Ix1>().expect("bias is [c]");
-        let mut x_hat = x;
-        let (n, c) = (x_hat.shape()[0], x_hat.shape()[1]);
-        let rest = x_hat.len() / (n * c).max(1);
-        let mut planes = x_hat.view_mut().into_shape_with_order((n, c, rest)).expect("standard layout");
-        for mut sample in planes.outer_iter_mut() {
-            Zip::from(sample.outer_iter_mut()).and(mean).and(inv_std).for_each(|mut row, &m, &s| row.mapv_inplace(|v| (v - m) * s));
-        }
-        let mut y = x_hat.clone();
-        let mut out = y.view_mut().into_shape_with_order((n, c, rest)).expect("standard layout");
-        for mut sample in out.outer_iter_mut() {
-            Zip::from(sample.outer_iter_mut()).and(&gamma).and(&beta).for_each(|mut row, &g, &b| row.mapv_inplace(|v| g * v + b));
-        }
-        (x_hat, y)
+    /// `x̂ = (x − mean)·inv_std` in place, and `y = γ·x̂ + β`, plane by plane in parallel.
+    fn normalise(&self, mut x: ArrayD<f32>, mean: &Array1<f32>, inv_std: &Array1<f32>) -> (ArrayD<f32>, ArrayD<f32>) {
+        let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
+        let mut y = ArrayD::zeros(x.raw_dim());
+        let (c, rest) = (x.shape()[1], x.len() / (x.shape()[0] * x.shape()[1]).max(1));
+        let planes = x.as_slice_mut().expect("standard layout").par_chunks_mut(rest.max(1));
+        planes.zip(y.as_slice_mut().expect("new array").par_chunks_mut(rest.max(1))).enumerate().for_each(|(plane, (x_p, y_p))| {
+            let ch = plane % c;
+            let (m, s, g, b) = (mean[ch], inv_std[ch], gamma[[ch]], beta[[ch]]);
+            x_p.iter_mut().zip(y_p).for_each(|(x, y)| {
+                *x = (*x - m) * s;
+                *y = g * *x + b;
+            });
+        });
+        (x, y)
     }
+}
+
+/// Per channel of `[n, c, rest]`, in parallel over the channels: `f` of the channel's values,
+/// summed in a fixed order (deterministic for any thread count).
+fn per_channel(planes: ArrayView3<f32>, f: impl Fn(ndarray::ArrayView2<f32>) -> f32 + Sync) -> Array1<f32> {
+    let c = planes.dim().1;
+    Array1::from((0..c).into_par_iter().map(|ch| f(planes.index_axis(Axis(1), ch))).collect::<Vec<f32>>())
 }
 
 impl Layer for BatchNorm {
@@ -95,27 +101,30 @@ impl Layer for BatchNorm {
     }
 
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let mean = self.running_mean.view().into_dimensionality::<Ix1>().expect("[c]").to_owned();
-        let inv_std = self.running_var.mapv(|v| 1.0 / (v + self.eps).sqrt()).into_dimensionality::<Ix1>().expect("[c]");
-        let x = x.as_standard_layout().into_owned();
-        self.normalise(x, &mean, &inv_std).1
+        // one pass: y = x·scale + shift, scale = γ / sqrt(running_var + ε), shift = β − running_mean·scale
+        let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
+        let scale: Vec<f32> = self.running_var.iter().zip(gamma).map(|(&v, &g)| g / (v + self.eps).sqrt()).collect();
+        let shift: Vec<f32> = self.running_mean.iter().zip(beta).zip(&scale).map(|((&m, &b), &s)| b - m * s).collect();
+        let mut y = x.as_standard_layout().into_owned();
+        let (c, rest) = (y.shape()[1], y.len() / (y.shape()[0] * y.shape()[1]).max(1));
+        y.as_slice_mut().expect("standard layout").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, y_p)| {
+            let (s, t) = (scale[plane % c], shift[plane % c]);
+            y_p.iter_mut().for_each(|v| *v = *v * s + t);
+        });
+        y
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
         let x = x.as_standard_layout().into_owned();
         let planes = channels(&x);
-        let (n, c, rest) = planes.dim();
+        let (n, _, rest) = planes.dim();
         let k = (n * rest) as f64;
         // per channel, in f64 and in a fixed order: deterministic for any thread count
-        let mut mean = Array1::<f32>::zeros(c);
-        let mut var = Array1::<f32>::zeros(c);
-        for ch in 0..c {
-            let values = planes.index_axis(Axis(1), ch);
+        let mean = per_channel(planes, |values| (values.iter().map(|&v| v as f64).sum::<f64>() / k) as f32);
+        let var = per_channel(planes, |values| {
             let mu = values.iter().map(|&v| v as f64).sum::<f64>() / k;
-            let sigma2 = values.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / k;
-            mean[ch] = mu as f32;
-            var[ch] = sigma2 as f32;
-        }
+            (values.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / k) as f32
+        });
         let m = self.momentum;
         let unbiased = if k > 1.0 { k / (k - 1.0) } else { 1.0 } as f32;
         Zip::from(&mut self.running_mean).and(&mean.view().into_dyn()).for_each(|r, &mu| *r = (1.0 - m) * *r + m * mu);
@@ -132,25 +141,26 @@ impl Layer for BatchNorm {
         let (dyp, xhp) = (channels(&dy), channels(&x_hat));
         let (n, c, rest) = dyp.dim();
         let k = (n * rest) as f32;
-        let gamma = self.params[0].value.clone();
-        let mut dgamma = Array1::<f32>::zeros(c);
-        let mut dbeta = Array1::<f32>::zeros(c);
-        for ch in 0..c {
-            let (d, h) = (dyp.index_axis(Axis(1), ch), xhp.index_axis(Axis(1), ch));
-            dbeta[ch] = d.iter().map(|&v| v as f64).sum::<f64>() as f32;
-            dgamma[ch] = d.iter().zip(h.iter()).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32;
-        }
+        let gamma = &self.params[0].value;
+        let dbeta = per_channel(dyp, |d| d.iter().map(|&v| v as f64).sum::<f64>() as f32);
+        let dgamma = Array1::from(
+            (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    let (d, h) = (dyp.index_axis(Axis(1), ch), xhp.index_axis(Axis(1), ch));
+                    d.iter().zip(h.iter()).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32
+                })
+                .collect::<Vec<f32>>(),
+        );
         let mut dx = Array3::<f32>::zeros((n, c, rest));
-        for ((mut dx_s, dy_s), xh_s) in dx.outer_iter_mut().zip(dyp.outer_iter()).zip(xhp.outer_iter()) {
-            for ch in 0..c {
-                let scale = gamma[[ch]] * inv_std[ch];
-                let (mean_dy, mean_dyx) = (dbeta[ch] / k, dgamma[ch] / k);
-                Zip::from(dx_s.index_axis_mut(Axis(0), ch))
-                    .and(dy_s.index_axis(Axis(0), ch))
-                    .and(xh_s.index_axis(Axis(0), ch))
-                    .for_each(|dx, &d, &h| *dx = scale * (d - mean_dy - h * mean_dyx));
-            }
-        }
+        let (dy_s, xh_s) = (dy.as_slice().expect("standard layout"), x_hat.as_slice().expect("standard layout"));
+        dx.as_slice_mut().expect("new array").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, dx_p)| {
+            let ch = plane % c;
+            let scale = gamma[[ch]] * inv_std[ch];
+            let (mean_dy, mean_dyx) = (dbeta[ch] / k, dgamma[ch] / k);
+            let (d_p, h_p) = (&dy_s[plane * rest..][..rest], &xh_s[plane * rest..][..rest]);
+            dx_p.iter_mut().zip(d_p).zip(h_p).for_each(|((dx, &d), &h)| *dx = scale * (d - mean_dy - h * mean_dyx));
+        });
         self.params[0].accumulate(&dgamma);
         self.params[1].accumulate(&dbeta);
         dx.into_shape_with_order(dy.raw_dim()).expect("same size")
