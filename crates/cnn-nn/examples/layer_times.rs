@@ -1,9 +1,13 @@
-//! Where a training step of the reference network spends its time, layer by layer.
+//! Where a training step spends its time, layer by layer: the top-level layers of a model of
+//! the zoo, and the layers of a top-level `Chain` (ResNet-20's stages: block by block).
 //!
-//! `cargo run --release -p cnn-nn --example layer_times`. Medians over 30 steps at batch 64.
+//! `cargo run --release -p cnn-nn --example layer_times [-- MODEL [BATCH]]` (defaults:
+//! `reference 64`; `resnet20 128` for the ResNet). Medians over 20 steps.
 
-use cnn_nn::models::reference_cnn;
-use ndarray::ArrayD;
+use cnn_nn::layers::Chain;
+use cnn_nn::models::by_name;
+use cnn_nn::ndarray::ArrayD;
+use cnn_nn::Layer;
 use std::time::Instant;
 
 #[global_allocator]
@@ -14,36 +18,56 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let n = 64;
-    let mut model = reference_cnn(0);
-    let x = ArrayD::from_shape_fn(vec![n, 1, 28, 28], |i| ((i[2] * 28 + i[3]) % 17) as f32 / 17.0);
-    let names: Vec<String> = model.layers().iter().map(|l| l.describe().name).collect();
-    let k = names.len() - 1; // without the final Softmax
-    let (mut fwd, mut bwd) = (vec![vec![]; k], vec![vec![]; k]);
-    for _ in 0..30 {
-        let mut a = x.clone();
-        let mut outs = vec![];
-        for i in 0..k {
-            let t = Instant::now();
-            a = model.layers_mut()[i].forward_train(a);
-            fwd[i].push(t.elapsed().as_secs_f64() * 1e3);
-            outs.push(a.raw_dim());
+/// The layers to time: a top-level `Chain` is opened one level (its layers timed one by one).
+fn flatten(layers: &mut [Box<dyn Layer>]) -> Vec<(String, &mut dyn Layer)> {
+    let mut out = vec![];
+    for (i, layer) in layers.iter_mut().enumerate() {
+        let name = layer.describe().name;
+        let open = (layer.as_ref() as &dyn std::any::Any).downcast_ref::<Chain>().is_some_and(|c| c.layers().len() > 2);
+        if open {
+            let chain = (layer.as_mut() as &mut dyn std::any::Any).downcast_mut::<Chain>().expect("checked above");
+            for (j, inner) in chain.layers_mut().iter_mut().enumerate() {
+                out.push((format!("{i}.{j} {}", inner.describe().name), inner.as_mut()));
+            }
+        } else {
+            out.push((format!("{i} {name}"), layer.as_mut()));
         }
-        let mut d = ArrayD::from_elem(outs[k - 1].clone(), 0.01f32);
-        for i in (0..k).rev() {
+    }
+    out
+}
+
+fn main() -> cnn_nn::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = args.first().map_or("reference", String::as_str);
+    let n: usize = args.get(1).and_then(|b| b.parse().ok()).unwrap_or(64);
+    let mut model = by_name(name, 0)?;
+    let x = ArrayD::from_shape_fn(vec![n, 1, 28, 28], |i| ((i[0] + i[2] * 28 + i[3]) % 17) as f32 / 17.0);
+    let mut layers = flatten(model.layers_mut());
+    let k = layers.len();
+    let (mut fwd, mut bwd) = (vec![vec![]; k], vec![vec![]; k]);
+    for _ in 0..20 {
+        let mut a = x.clone();
+        for (i, (_, layer)) in layers.iter_mut().enumerate() {
             let t = Instant::now();
-            d = model.layers_mut()[i].backward(d);
+            a = layer.forward_train(a);
+            fwd[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let mut d = ArrayD::from_elem(a.raw_dim(), 0.01f32);
+        for (i, (_, layer)) in layers.iter_mut().enumerate().rev() {
+            let t = Instant::now();
+            d = layer.backward(d);
             bwd[i].push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
     let (mut total_f, mut total_b) = (0.0, 0.0);
-    println!("{:<18} {:>9} {:>9}", "layer", "fwd ms", "bwd ms");
-    for i in 0..k {
+    println!("{name}, batch {n}");
+    println!("{:<32} {:>9} {:>9}", "layer", "fwd ms", "bwd ms");
+    for (i, (label, _)) in layers.iter().enumerate() {
         let (f, b) = (median(fwd[i].clone()), median(bwd[i].clone()));
         total_f += f;
         total_b += b;
-        println!("{:<18} {:>9.3} {:>9.3}", names[i], f, b);
+        println!("{label:<32} {f:>9.3} {b:>9.3}");
     }
-    println!("{:<18} {:>9.3} {:>9.3}   step ≈ {:.2} ms", "total", total_f, total_b, total_f + total_b);
+    println!("{:<32} {:>9.3} {:>9.3}   step ≈ {:.2} ms", "total", total_f, total_b, total_f + total_b);
+    Ok(())
 }
