@@ -43,11 +43,17 @@ pub fn reference_cnn(seed: u64) -> Sequential {
         .expect("the reference network's shapes fit")
 }
 
-/// The models [`by_name`] builds for 1x28x28 images and 10 classes (Fashion-MNIST).
+/// The models for 1x28x28 images and 10 classes (Fashion-MNIST), which `cargo xtask train`
+/// trains.
 pub const NAMES: [&str; 3] = ["reference", "lenet5", "resnet20"];
 
-/// A model of the zoo for 1x28x28 images and 10 classes, by name (see [`NAMES`]): what a
-/// checkpoint records to be rebuilt from the file alone.
+/// Every model [`by_name`] builds: [`NAMES`], then the architecture table at its own input
+/// sizes (`resnet20-cifar` is ResNet-20 on 3x32x32).
+pub const ALL_NAMES: [&str; 11] =
+    ["reference", "lenet5", "resnet20", "resnet20-cifar", "resnet1202", "alexnet", "vgg11", "vgg16", "vgg19", "googlenet", "xception"];
+
+/// A model of the zoo by name (see [`ALL_NAMES`]): what a checkpoint records to be rebuilt
+/// from the file alone.
 ///
 /// # Errors
 /// An unknown name, listing the known ones.
@@ -56,6 +62,14 @@ pub fn by_name(name: &str, seed: u64) -> crate::Result<Sequential> {
         "reference" => Ok(reference_cnn(seed)),
         "lenet5" => Ok(lenet5(seed)),
         "resnet20" => resnet_cifar(3, &[1, 28, 28], 10, seed),
-        other => Err(crate::NnError::Config(format!("unknown model `{other}`; the models for 28x28 grey images are {}", NAMES.join(", ")))),
+        "resnet20-cifar" => Ok(resnet20(seed)),
+        "resnet1202" => Ok(resnet1202(seed)),
+        "alexnet" => Ok(alexnet(seed)),
+        "vgg11" => Ok(vgg(Vgg::A11, seed)),
+        "vgg16" => Ok(vgg(Vgg::D16, seed)),
+        "vgg19" => Ok(vgg(Vgg::E19, seed)),
+        "googlenet" => Ok(googlenet(seed)),
+        "xception" => Ok(xception(seed)),
+        other => Err(crate::NnError::Config(format!("unknown model `{other}`; the models are {}", ALL_NAMES.join(", ")))),
     }
 }

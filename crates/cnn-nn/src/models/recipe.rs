@@ -98,6 +98,10 @@ impl Recipe {
                 crop_flip: true,
                 ..adam
             }),
+            other if super::ALL_NAMES.contains(&other) => Err(NnError::Config(format!(
+                "`{other}` is not made for 28x28 grey images; the models for them are {}",
+                super::NAMES.join(", ")
+            ))),
             other => Err(NnError::Config(format!("unknown model `{other}`; the models for 28x28 grey images are {}", super::NAMES.join(", ")))),
         }
     }
