@@ -243,12 +243,10 @@ impl Sequential {
     /// A sample of another shape than the model's input, a model whose output is not one
     /// score per class, or scores that are not finite (a NaN is never turned into a class).
     pub fn classify<D: Dimension>(&self, sample: ArrayView<f32, D>) -> Result<Classification> {
-        let x = sample.insert_axis(Axis(0)).into_dyn();
-        self.check_input(&x)?;
-        let mut scores = self.forward(x.to_owned())?;
-        if scores.ndim() != 2 {
+        if self.output_shape().len() != 1 {
             return Err(NnError::Config(format!("classify needs a model with one score per class, its output is {:?}", self.output_shape())));
         }
+        let mut scores = self.forward(sample.insert_axis(Axis(0)).into_dyn().to_owned())?;
         if let Some(&value) = scores.iter().find(|v| !v.is_finite()) {
             return Err(NnError::NonFinite { what: "the model's output for this sample".into(), value, context: ": the input or the weights hold NaN or infinite values".into() });
         }
@@ -268,10 +266,17 @@ impl Sequential {
     /// `[n, classes]`.
     pub fn loss_and_gradients(&mut self, x: ArrayD<f32>, labels: &[usize]) -> Result<(f32, usize)> {
         self.check_input(&x.view())?;
-        let logits = self.chain.forward_train(x);
-        let logits = logits
-            .into_dimensionality::<Ix2>()
-            .map_err(|_| NnError::Config("the loss needs a model whose output is [n, classes]".into()))?;
+        // the labels against the batch and the classes before any work
+        let &[classes] = self.output_shape() else {
+            return Err(NnError::Config("the loss needs a model whose output is [n, classes]".into()));
+        };
+        if labels.len() != x.shape()[0] {
+            return Err(NnError::Shape { what: "labels".into(), expected: vec![x.shape()[0]], got: vec![labels.len()] });
+        }
+        if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= classes) {
+            return Err(NnError::Label { label, index, classes });
+        }
+        let logits = self.chain.forward_train(x).into_dimensionality::<Ix2>().expect("the output shape is [classes]");
         let (loss, dlogits) = softmax_cross_entropy(logits.view(), labels)?;
         let correct = argmax_rows(logits.view()).iter().zip(labels).filter(|(p, l)| p == l).count();
         self.chain.backward(dlogits.into_dyn());
