@@ -138,6 +138,11 @@ pub trait Data: Sync {
     fn batch(&self, indices: &[usize]) -> (ArrayD<f32>, Vec<usize>) {
         (self.samples(indices), indices.iter().map(|&i| self.label(i)).collect())
     }
+
+    /// Why the data set is inconsistent, if it is (checked before training or evaluation).
+    fn check(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Images and labels in memory.
@@ -164,6 +169,12 @@ impl Data for Dataset {
 
     fn samples(&self, indices: &[usize]) -> ArrayD<f32> {
         self.images.select(Axis(0), indices).into_dyn()
+    }
+
+    /// Its two public fields must hold as many images as labels.
+    fn check(&self) -> std::result::Result<(), String> {
+        let images = self.images.dim().0;
+        (images == self.labels.len()).then_some(()).ok_or_else(|| format!("{images} images but {} labels", self.labels.len()))
     }
 }
 

@@ -214,6 +214,7 @@ fn classes(model: &Sequential) -> Result<usize> {
 /// Checks a data set against the model before any work: sample shape, labels in `0..classes`,
 /// finite values. `what` names the set in errors.
 pub fn check_data<D: Data + ?Sized>(model: &Sequential, data: &D, what: &str) -> Result<()> {
+    data.check().map_err(|reason| NnError::Config(format!("the {what} set: {reason}")))?;
     if data.is_empty() {
         return Err(NnError::Config(format!("the {what} set is empty")));
     }
@@ -251,6 +252,11 @@ pub fn evaluate<D: Data + ?Sized>(model: &Sequential, data: &D, batch_size: usiz
         return Err(NnError::Config("evaluate needs a batch size of at least 1".into()));
     }
     check_data(model, data, "evaluation")?;
+    evaluate_checked(model, data, batch_size)
+}
+
+/// [`evaluate`] on data already checked ([`fit`] checks its sets once, not every epoch).
+fn evaluate_checked<D: Data + ?Sized>(model: &Sequential, data: &D, batch_size: usize) -> Result<Evaluation> {
     let start = Instant::now();
     let (mut loss, mut correct) = (0.0f64, 0usize);
     let indices: Vec<usize> = (0..data.len()).collect();
@@ -294,6 +300,9 @@ fn check_fit<D: Data + ?Sized>(model: &Sequential, optimizer: &dyn Optimizer, tr
         return Err(NnError::Config(format!("divergence rule needs a window >= 1, factor >= 1 and margin >= 0, got {d:?}")));
     }
     check_data(model, train, "training")?;
+    if config.augment.is_some() && train.sample_shape().len() != 3 {
+        return Err(NnError::Config(format!("augmentation transforms images ([c, h, w]); the training samples are {:?}", train.sample_shape())));
+    }
     for (what, data) in others {
         if let Some(data) = data {
             check_data(model, *data, what)?;
@@ -352,7 +361,9 @@ pub fn fit<D: Data + ?Sized, C: Into<Control>>(
             let (x, labels) = train.batch(chunk);
             let x = match &config.augment {
                 Some(transform) => {
-                    let mut x = x.into_dimensionality::<ndarray::Ix4>().expect("data sets hold [n, c, h, w] images");
+                    let got = x.shape().to_vec();
+                    let shape_error = |_| NnError::Shape { what: "an augmented batch".into(), expected: vec![0, 0, 0, 0], got };
+                    let mut x = x.into_dimensionality::<ndarray::Ix4>().map_err(shape_error)?;
                     augment_batch(transform.as_ref(), &mut x, chunk, config.seed, epoch);
                     x.into_dyn()
                 }
@@ -395,7 +406,7 @@ pub fn fit<D: Data + ?Sized, C: Into<Control>>(
         }
         let seconds = start.elapsed().as_secs_f32();
         bar.finish_and_clear();
-        let val_eval = val.map(|d| evaluate(model, d, 256)).transpose()?;
+        let val_eval = val.map(|d| evaluate_checked(model, d, 256)).transpose()?;
         let metrics = EpochMetrics {
             epoch,
             lr: optimizer.lr(),
@@ -403,7 +414,7 @@ pub fn fit<D: Data + ?Sized, C: Into<Control>>(
             train_acc: (correct as f64 / seen as f64) as f32,
             val_loss: val_eval.map(|e| e.loss),
             val_acc: val_eval.map(|e| e.accuracy),
-            test_acc: test.map(|d| evaluate(model, d, 256).map(|e| e.accuracy)).transpose()?,
+            test_acc: test.map(|d| evaluate_checked(model, d, 256).map(|e| e.accuracy)).transpose()?,
             seconds,
             images_per_sec: seen as f32 / seconds,
         };

@@ -365,3 +365,35 @@ fn one_model_serves_many_threads() {
     let e = model.classify(Array2::<f32>::zeros((8, 8)).view()).unwrap_err();
     assert!(e.to_string().contains("expected shape [0, 1, 8, 8], got [1, 8, 8]"), "{e}");
 }
+
+#[test]
+fn inconsistent_data_and_augmenting_non_images_are_errors_not_panics() {
+    // a Dataset's public fields that disagree: 16 images, 12 labels
+    let mut data = toy_data(16, 21);
+    data.labels.truncate(12);
+    let e = fit(&mut small_model(1), &mut Adam::new(1e-3), &data, None, None, &quiet(1), |_, _, _| Ok(())).unwrap_err();
+    assert_eq!(e.to_string(), "invalid configuration: the training set: 16 images but 12 labels");
+    // augmentation on samples that are not [c, h, w] images
+    let flat = cnn_nn::data::Dataset { images: Array4::zeros((8, 1, 1, 4)), labels: vec![0; 8] };
+    let mut model = Sequential::builder(&[1, 1, 4]).add(Flatten::new()).add(Dense::new(4)).build().unwrap();
+    let config = FitConfig { augment: Some(std::sync::Arc::new(cnn_nn::augment::HorizontalFlip { probability: 0.5 })), ..quiet(1) };
+    assert!(fit(&mut model, &mut Adam::new(1e-3), &flat, None, None, &config, |_, _, _| Ok(())).is_ok(), "[1, 1, 4] is an image");
+    struct Signals;
+    impl cnn_nn::data::Data for Signals {
+        fn len(&self) -> usize {
+            4
+        }
+        fn sample_shape(&self) -> Vec<usize> {
+            vec![2, 3]
+        }
+        fn label(&self, _: usize) -> usize {
+            0
+        }
+        fn samples(&self, indices: &[usize]) -> ArrayD<f32> {
+            ArrayD::zeros(vec![indices.len(), 2, 3])
+        }
+    }
+    let mut model = Sequential::builder(&[2, 3]).add(Flatten::new()).add(Dense::new(2)).build().unwrap();
+    let e = fit(&mut model, &mut Adam::new(1e-3), &Signals, None, None, &config, |_, _, _| Ok(())).unwrap_err();
+    assert_eq!(e.to_string(), "invalid configuration: augmentation transforms images ([c, h, w]); the training samples are [2, 3]");
+}
