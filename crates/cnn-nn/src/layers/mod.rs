@@ -12,6 +12,16 @@ mod separable;
 mod shape;
 
 pub(crate) use activation::softmax_rows;
+
+/// `x` in standard (row-major) layout, copied only when it is not already: the layers that
+/// walk raw slices take their input through it.
+pub(crate) fn standard(x: ndarray::ArrayD<f32>) -> ndarray::ArrayD<f32> {
+    if x.is_standard_layout() {
+        x
+    } else {
+        x.as_standard_layout().into_owned()
+    }
+}
 pub use activation::{LeakyReLU, ReLU, Sigmoid, Softmax, Tanh};
 pub use block::{Concat, Residual, SubsampleZeroPad};
 pub use chain::Chain;

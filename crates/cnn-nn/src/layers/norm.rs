@@ -79,11 +79,11 @@ impl BatchNorm {
     }
 }
 
-/// Per channel of `[n, c, rest]`, in parallel over the channels: `f` of the channel's values,
-/// summed in a fixed order (deterministic for any thread count).
-fn per_channel(planes: ArrayView3<f32>, f: impl Fn(ndarray::ArrayView2<f32>) -> f32 + Sync) -> Array1<f32> {
-    let c = planes.dim().1;
-    Array1::from((0..c).into_par_iter().map(|ch| f(planes.index_axis(Axis(1), ch))).collect::<Vec<f32>>())
+/// Two statistics of each of `c` channels, in parallel over the channels; `f` makes them of
+/// channel `ch`'s values, each sum in a fixed order (deterministic for any thread count).
+fn per_channel(c: usize, f: impl Fn(usize) -> (f32, f32) + Sync + Send) -> (Array1<f32>, Array1<f32>) {
+    let (a, b): (Vec<f32>, Vec<f32>) = (0..c).into_par_iter().map(f).unzip();
+    (Array1::from(a), Array1::from(b))
 }
 
 impl Layer for BatchNorm {
@@ -105,7 +105,7 @@ impl Layer for BatchNorm {
         let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
         let scale: Vec<f32> = self.running_var.iter().zip(gamma).map(|(&v, &g)| g / (v + self.eps).sqrt()).collect();
         let shift: Vec<f32> = self.running_mean.iter().zip(beta).zip(&scale).map(|((&m, &b), &s)| b - m * s).collect();
-        let mut y = x.as_standard_layout().into_owned();
+        let mut y = super::standard(x);
         let (c, rest) = (y.shape()[1], y.len() / (y.shape()[0] * y.shape()[1]).max(1));
         y.as_slice_mut().expect("standard layout").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, y_p)| {
             let (s, t) = (scale[plane % c], shift[plane % c]);
@@ -115,15 +115,15 @@ impl Layer for BatchNorm {
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let x = x.as_standard_layout().into_owned();
+        let x = super::standard(x);
         let planes = channels(&x);
-        let (n, _, rest) = planes.dim();
+        let (n, c, rest) = planes.dim();
         let k = (n * rest) as f64;
-        // per channel, in f64 and in a fixed order: deterministic for any thread count
-        let mean = per_channel(planes, |values| (values.iter().map(|&v| v as f64).sum::<f64>() / k) as f32);
-        let var = per_channel(planes, |values| {
+        // the mean, then the variance around it, per channel in f64
+        let (mean, var) = per_channel(c, |ch| {
+            let values = planes.index_axis(Axis(1), ch);
             let mu = values.iter().map(|&v| v as f64).sum::<f64>() / k;
-            (values.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / k) as f32
+            (mu as f32, (values.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / k) as f32)
         });
         let m = self.momentum;
         let unbiased = if k > 1.0 { k / (k - 1.0) } else { 1.0 } as f32;
@@ -137,21 +137,17 @@ impl Layer for BatchNorm {
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let (x_hat, inv_std) = self.cache.take().expect("BatchNorm::backward needs a training forward first");
-        let dy = dy.as_standard_layout().into_owned();
+        let dy = super::standard(dy);
         let (dyp, xhp) = (channels(&dy), channels(&x_hat));
         let (n, c, rest) = dyp.dim();
         let k = (n * rest) as f32;
         let gamma = &self.params[0].value;
-        let dbeta = per_channel(dyp, |d| d.iter().map(|&v| v as f64).sum::<f64>() as f32);
-        let dgamma = Array1::from(
-            (0..c)
-                .into_par_iter()
-                .map(|ch| {
-                    let (d, h) = (dyp.index_axis(Axis(1), ch), xhp.index_axis(Axis(1), ch));
-                    d.iter().zip(h.iter()).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32
-                })
-                .collect::<Vec<f32>>(),
-        );
+        // dβ = Σ dy and dγ = Σ dy·x̂, per channel in f64
+        let (dbeta, dgamma) = per_channel(c, |ch| {
+            let (d, h) = (dyp.index_axis(Axis(1), ch), xhp.index_axis(Axis(1), ch));
+            let dbeta = d.iter().map(|&v| v as f64).sum::<f64>();
+            (dbeta as f32, d.iter().zip(h.iter()).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32)
+        });
         let mut dx = Array3::<f32>::zeros((n, c, rest));
         let (dy_s, xh_s) = (dy.as_slice().expect("standard layout"), x_hat.as_slice().expect("standard layout"));
         dx.as_slice_mut().expect("new array").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, dx_p)| {
@@ -223,6 +219,13 @@ impl LocalResponseNorm {
         c.saturating_sub(self.size / 2)..=(c + (self.size - 1) / 2).min(channels - 1)
     }
 
+    /// `x / D^β`.
+    fn divide(&self, mut x: ArrayD<f32>, d: &ArrayD<f32>) -> ArrayD<f32> {
+        let beta = self.beta;
+        Zip::from(&mut x).and(d).for_each(|y, &d| *y /= d.powf(beta));
+        x
+    }
+
     /// `D` for every value of `x`.
     fn denominators(&self, x: &ArrayD<f32>) -> ArrayD<f32> {
         let planes = channels(x);
@@ -252,27 +255,22 @@ impl Layer for LocalResponseNorm {
     }
 
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let x = x.as_standard_layout().into_owned();
+        let x = super::standard(x);
         let d = self.denominators(&x);
-        let beta = self.beta;
-        let mut y = x;
-        Zip::from(&mut y).and(&d).for_each(|y, &d| *y /= d.powf(beta));
-        y
+        self.divide(x, &d)
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let x = x.as_standard_layout().into_owned();
+        let x = super::standard(x);
         let d = self.denominators(&x);
-        let beta = self.beta;
-        let mut y = x.clone();
-        Zip::from(&mut y).and(&d).for_each(|y, &d| *y /= d.powf(beta));
+        let y = self.divide(x.clone(), &d);
         self.cache = Some((x, d));
         y
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let (x, d) = self.cache.take().expect("LocalResponseNorm::backward needs a training forward first");
-        let dy = dy.as_standard_layout().into_owned();
+        let dy = super::standard(dy);
         let beta = self.beta;
         // t_c = dy_c · x_c / D_c^(β+1): what channel c sends back to the channels of its window
         let mut t = dy.clone();

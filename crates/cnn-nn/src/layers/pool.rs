@@ -144,9 +144,9 @@ impl Layer for GlobalAvgPool2d {
     }
 
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let x = x.into_dimensionality::<Ix4>().expect("GlobalAvgPool2d input is [n, c, h, w]");
+        let x = super::standard(x).into_dimensionality::<Ix4>().expect("GlobalAvgPool2d input is [n, c, h, w]");
         let (n, c, h, w) = x.dim();
-        let planes = x.as_standard_layout().into_owned().into_shape_with_order((n, c, h * w)).expect("contiguous");
+        let planes = x.into_shape_with_order((n, c, h * w)).expect("contiguous");
         planes.mean_axis(Axis(2)).expect("planes are not empty").into_dyn()
     }
 

@@ -24,7 +24,7 @@ impl Layer for Flatten {
 
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
         let shape = x.shape().to_vec();
-        let flat = if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() };
+        let flat = super::standard(x);
         flat.into_shape_with_order(IxDyn(&[shape[0], shape[1..].iter().product()])).expect("contiguous")
     }
 
@@ -35,7 +35,7 @@ impl Layer for Flatten {
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let shape = self.shape.take().expect("Flatten::backward needs a training forward first");
-        let dy = if dy.is_standard_layout() { dy } else { dy.as_standard_layout().into_owned() };
+        let dy = super::standard(dy);
         dy.into_shape_with_order(IxDyn(&shape)).expect("same size")
     }
 
