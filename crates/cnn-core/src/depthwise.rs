@@ -15,7 +15,7 @@ use crate::window::Geometry;
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
 use rayon::prelude::*;
 
-/// Calls `f(oy, iy, xs, ix0)` for every tap `(ky, kx)` (with its index `ky·kw + kx`) and
+/// Calls `f(t, oy, iy, xs, ix0)` for every tap `(ky, kx)` (its index `t = ky·kw + kx`) and
 /// output row `oy` whose input row `iy` is inside the image; the outputs `xs` read the input
 /// row at `ix0, ix0 + sw, ...`.
 fn for_each_tap(g: &Geometry, mut f: impl FnMut(usize, usize, usize, std::ops::Range<usize>, usize)) {

@@ -2,17 +2,18 @@
 //!
 //! Convolution the way the lecture explains it and the way BLAS likes it:
 //!
-//! - [`Window`] / [`Geometry`]: kernel, stride and VALID / SAME / explicit padding; the one
-//!   place where output sizes are computed, shared by convolution, pooling and im2col.
+//! - [`Window`] / [`Geometry`]: kernel, stride, dilation and VALID / SAME / explicit padding;
+//!   the one place where output sizes are computed, shared by convolution, pooling and im2col.
 //! - [`im2col`] / [`col2im`]: every receptive field becomes a column of a matrix, so a whole
 //!   convolution layer is **one matrix product**; col2im is its adjoint and adds overlaps.
 //! - [`conv2d`] / [`conv2d_backward`]: forward and backward by im2col and BLAS GEMMs, in
-//!   parallel over the batch; [`conv1d`] / [`conv1d_backward`] through the same code.
+//!   parallel over the batch; [`conv2d_groups`] for grouped and depthwise convolutions (the
+//!   latter by direct loops); [`conv1d`] / [`conv1d_backward`] through the same code.
 //! - [`max_pool2d`], [`avg_pool2d`] and their backward passes.
 //! - [`lowrank`]: truncated-SVD factorisation of a filter bank, and convolution with the
 //!   two thin factors.
-//! - [`reference`]: the naive nested loops everything is checked against.
-//! - [`threads`]: why rayon owns the cores and BLAS runs single-threaded.
+//! - [`reference`](mod@reference): the naive nested loops everything is checked against.
+//! - [`threads`]: why rayon owns the cores and BLAS runs single-threaded, on the best kernels.
 //!
 //! Conventions: `f32`; activations NCHW `[n, c, h, w]`; filters `[c_out, c_in, kh, kw]` (one
 //! filter is a stack of `c_in` kernels; `c_out` filters give `c_out` output channels); bias
@@ -35,9 +36,9 @@ pub mod threads;
 mod window;
 
 pub use conv::{conv2d, conv2d_backward, conv2d_groups, conv2d_groups_backward};
-pub use operands::Conv2dGrads;
 pub use conv1d::{conv1d, conv1d_backward, output_len as conv1d_output_len, Conv1dGrads};
 pub use error::{CnnError, Result};
 pub use im2col::{col2im, im2col};
+pub use operands::Conv2dGrads;
 pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, pool_geometry, MaxPool};
 pub use window::{Geometry, Padding, Window};

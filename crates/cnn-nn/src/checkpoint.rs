@@ -112,8 +112,7 @@ fn encode(tensors: &[(String, &ArrayD<f32>)], metadata: &Metadata) -> Vec<u8> {
 /// or infinite value, an optimiser state that is missing or of another kind.
 pub fn load(path: &Path, model: &mut Sequential, optimizer: Option<&mut dyn Optimizer>) -> Result<Metadata> {
     let bytes = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_error(path, format!("not a safetensors file: {e}")))?;
-    let metadata: Metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let metadata = metadata_of(path, &bytes)?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_error(path, format!("not a safetensors file: {e}")))?;
     let read = |name: &str, shape: &[usize]| -> Result<ArrayD<f32>> {
         let t = file.tensor(name).map_err(|_| ckpt_error(path, format!("tensor `{name}` is missing (expected shape {shape:?})")))?;
@@ -199,7 +198,12 @@ pub const FACTORISED: &str = "factorised";
 /// An unreadable file, or one that is not safetensors.
 pub fn read_metadata(path: &Path) -> Result<Metadata> {
     let bytes = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_error(path, format!("not a safetensors file: {e}")))?;
+    metadata_of(path, &bytes)
+}
+
+/// The metadata in the header of a checkpoint's `bytes`, read from `path`.
+fn metadata_of(path: &Path, bytes: &[u8]) -> Result<Metadata> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| ckpt_error(path, format!("not a safetensors file: {e}")))?;
     Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
 }
 
