@@ -18,7 +18,8 @@ pub trait Transform: std::fmt::Debug + Send + Sync {
 }
 
 /// A random `h x w` crop of the sample zero-padded by `padding` on every side: the image
-/// shifted by up to `padding` pixels each way (the CIFAR ResNets' augmentation).
+/// shifted by up to `padding` pixels each way (the CIFAR ResNets' augmentation). A padding
+/// beyond the image's larger side acts as that side (a shift that far leaves only zeros).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RandomCrop {
     /// Zero pixels added on each side before cropping.
@@ -28,7 +29,7 @@ pub struct RandomCrop {
 impl Transform for RandomCrop {
     fn apply(&self, sample: ArrayView3<f32>, rng: &mut ModelRng) -> Array3<f32> {
         let (c, h, w) = sample.dim();
-        let p = self.padding as isize;
+        let p = self.padding.min(h.max(w)) as isize;
         // the crop's corner in the padded image, as a shift of the original: -p..=p
         let (dy, dx) = (rng.gen_range(-p..=p), rng.gen_range(-p..=p));
         let mut out = Array3::zeros((c, h, w));
@@ -123,6 +124,10 @@ mod tests {
         assert_eq!(seen.len(), 9, "all nine shifts occur");
         // no padding: the image itself
         assert_eq!(RandomCrop { padding: 0 }.apply(x.view(), &mut sample_rng(1, 0, 0)), x);
+        // an absurd padding is no panic: the shape stays, the values are the image's or 0
+        let far = RandomCrop { padding: usize::MAX }.apply(x.view(), &mut sample_rng(1, 0, 1));
+        assert_eq!(far.dim(), x.dim());
+        assert!(far.iter().all(|v| *v == 0.0 || x.iter().any(|u| u == v)));
     }
 
     #[test]

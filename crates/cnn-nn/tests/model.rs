@@ -375,3 +375,19 @@ fn early_stopping_stops_keeps_the_best_and_returns_the_history() {
     let restored: Vec<_> = model.named_params().into_iter().map(|(n, p)| (n, p.value.clone())).collect();
     assert_eq!(Some(restored), best_copy);
 }
+
+#[test]
+fn recipes_build_what_they_document() {
+    use cnn_nn::models::{OptimizerKind, Recipe, ScheduleKind};
+    use cnn_nn::schedule::Progress;
+    let r = Recipe::for_model("resnet20").unwrap();
+    assert_eq!((r.optimizer, r.batch, r.epochs, r.schedule, r.crop_flip), (OptimizerKind::Sgd, 128, 15, ScheduleKind::Cosine, true));
+    assert_eq!(r.optimizer().state().kind, "sgd");
+    let at = |step| Progress { step, steps_per_epoch: 10, total_steps: 100 };
+    assert_eq!(r.schedule().lr(at(0)), 0.1);
+    assert!(r.schedule().lr(at(50)) < 0.051);
+    assert!(r.augment().is_some());
+    let reference = Recipe::for_model("reference").unwrap();
+    assert_eq!((reference.optimizer().state().kind.as_str(), reference.augment().is_none()), ("adam", true));
+    assert!(Recipe::for_model("vgg16").unwrap_err().to_string().contains("not made for 28x28 grey images"));
+}
