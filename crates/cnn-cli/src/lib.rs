@@ -1,7 +1,7 @@
 //! What the workspace's programs share: their `main`, atomic text output, settings checks.
 //!
-//! The programs themselves are `src/bin/cnn-train.rs` and `src/bin/cnn-lowrank.rs`; run them
-//! with `cargo xtask train` and `cargo xtask lowrank`.
+//! The programs themselves are in `src/bin/` (`cnn-train`, `cnn-lowrank`, `cnn-zoo`,
+//! `cnn-info`); run them with `cargo xtask train`, `lowrank`, `zoo` and `info`.
 
 use cnn_nn::{NnError, Result};
 use std::path::Path;

@@ -163,6 +163,9 @@ mod tests {
     use super::*;
     use ndarray::Array2;
 
+    // Switching kernels while another thread multiplies would be unsafe: this is the only unit
+    // test of the crate's library that multiplies matrices (the others run in their own
+    // processes, under tests/), so it runs alone with BLAS.
     #[test]
     fn kernels_can_be_selected_again_in_process() {
         init();

@@ -108,7 +108,7 @@ fn conv_macs(model: &Sequential) -> f64 {
 
 /// The model of a checkpoint, rebuilt from the file alone; this tool factorises the
 /// top-level convolutions of a plain chain, the second and third of them.
-fn fresh_copy(path: &Path, _seed: u64) -> Result<Sequential> {
+fn fresh_copy(path: &Path) -> Result<Sequential> {
     let (model, meta) = checkpoint::load_model(path)?;
     let convs = conv_layers(&model).len();
     if convs < 3 {
@@ -141,7 +141,7 @@ fn run(args: Args) -> Result<()> {
     }
     if let Some(path) = &args.model {
         // the file is checked before the data is read or anything trained
-        fresh_copy(path, args.seed)?;
+        fresh_copy(path)?;
     }
     let (train, test) = Dataset::load_mnist_dir(&args.data, 10)?;
     println!("data: {} — train {}, test {}", args.data.display(), train.len(), test.len());
@@ -161,13 +161,13 @@ fn run(args: Args) -> Result<()> {
             path
         }
     };
-    let mut base = fresh_copy(&base_path, args.seed)?;
+    let mut base = fresh_copy(&base_path)?;
     let acc_before = evaluate(&base, &test, 256)?.accuracy as f64 * 100.0;
     let full_macs = conv_macs(&base);
     println!("original model: test accuracy {acc_before:.2}%");
 
     // the original, fine-tuned for the same extra epoch: extra training is not free accuracy
-    let mut tuned = fresh_copy(&base_path, args.seed)?;
+    let mut tuned = fresh_copy(&base_path)?;
     fine_tune(&mut tuned, &train, &args)?;
     let acc_original_ft = evaluate(&tuned, &test, 256)?.accuracy as f64 * 100.0;
     println!("original model after one more epoch: {acc_original_ft:.2}%\n");
@@ -184,7 +184,7 @@ fn run(args: Args) -> Result<()> {
         "setting", "ranks", "FLOPs", "speedup", "conv ms full/low", "before", "no ft", "ft", "drop"
     );
     for setting in settings(&convs) {
-        let mut low = fresh_copy(&base_path, args.seed)?;
+        let mut low = fresh_copy(&base_path)?;
         let decisions = factorise(&mut low, &setting.plan)?;
         let mut ranks = vec![];
         let (mut full_ms, mut low_ms) = (0.0, 0.0);
