@@ -9,7 +9,7 @@ use cnn_nn::ndarray::ArrayD;
 use cnn_nn::optim::{Adam, Sgd};
 use cnn_nn::train::{evaluate, fit, FitConfig};
 use cnn_nn::{checkpoint, NnError, Sequential};
-use common::{small_model, small_model_with, toy_data};
+use common::{on_threads, small_model, small_model_with, state, toy_data};
 
 /// The course material's table; its last row, "Softmax", is the `Dense(10)` whose logits the
 /// softmax turns into probabilities (in the loss and in `predict`, not as a layer).
@@ -98,11 +98,10 @@ fn sgd_with_momentum_learns_too() {
 fn same_seed_same_weights_for_any_thread_count() {
     let data = toy_data(40, 5);
     let train = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| {
+        on_threads(threads, || {
             let mut model = small_model(6);
             fit(&mut model, &mut Adam::new(0.01), &data, None, None, &quiet(3, 8), |_, _, _| Ok(())).unwrap();
-            model.named_params().into_iter().map(|(n, p)| (n, p.value.clone())).collect::<Vec<_>>()
+            state(&model)
         })
     };
     let one = train(1);
@@ -297,11 +296,10 @@ fn a_residual_network_trains_saves_and_resumes_bit_exactly() {
 fn a_residual_network_is_deterministic_at_any_thread_count() {
     let data = toy_data(24, 10);
     let train = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| {
+        on_threads(threads, || {
             let mut model = tiny_resnet(2);
             fit(&mut model, &mut Adam::new(1e-2), &data, None, None, &quiet(2, 8), |_, _, _| Ok(())).unwrap();
-            (model.named_params().into_iter().map(|(n, p)| (n, p.value.clone())).collect::<Vec<_>>(), model.named_buffers().into_iter().map(|(n, b)| (n, b.clone())).collect::<Vec<_>>())
+            state(&model)
         })
     };
     let one = train(1);
@@ -335,12 +333,11 @@ fn augmented_training_is_deterministic_at_any_thread_count() {
     let augment: std::sync::Arc<dyn cnn_nn::augment::Transform> =
         std::sync::Arc::new(Compose(vec![Box::new(RandomCrop { padding: 2 }), Box::new(HorizontalFlip { probability: 0.5 })]));
     let train = |threads: usize, augment: Option<std::sync::Arc<dyn cnn_nn::augment::Transform>>| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| {
+        on_threads(threads, || {
             let mut model = small_model(8);
             let config = FitConfig { augment, ..quiet(2, 8) };
             fit(&mut model, &mut Adam::new(1e-2), &data, None, None, &config, |_, _, _| Ok(())).unwrap();
-            model.named_params().into_iter().map(|(n, p)| (n, p.value.clone())).collect::<Vec<_>>()
+            state(&model)
         })
     };
     let one = train(1, Some(augment.clone()));

@@ -3,7 +3,7 @@
 
 use cnn_nn::data::Dataset;
 use cnn_nn::layers::{Conv2d, Dense, Flatten, MaxPool2d, ReLU};
-use cnn_nn::ndarray::Array4;
+use cnn_nn::ndarray::{Array4, ArrayD};
 use cnn_nn::{ModelRng, Padding, Sequential, WeightInit};
 use rand::{Rng, SeedableRng};
 use std::io::Write;
@@ -52,6 +52,17 @@ pub fn small_model_with(filters: usize, seed: u64) -> Sequential {
         .seed(seed)
         .build()
         .unwrap()
+}
+
+/// What a model has learned: its weights and buffers, by name (to compare two runs).
+pub fn state(model: &Sequential) -> (Vec<(String, ArrayD<f32>)>, Vec<(String, ArrayD<f32>)>) {
+    let params = model.named_params().into_iter().map(|(n, p)| (n, p.value.clone())).collect();
+    (params, model.named_buffers().into_iter().map(|(n, b)| (n, b.clone())).collect())
+}
+
+/// `f` run on a rayon pool of `threads` threads.
+pub fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
 }
 
 /// [`small_model_with`] six filters.
