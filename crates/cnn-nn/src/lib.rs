@@ -31,6 +31,7 @@ pub mod callbacks;
 pub mod checkpoint;
 pub mod compress;
 pub mod data;
+pub mod distributed;
 pub mod optim;
 pub mod schedule;
 pub mod train;

@@ -265,6 +265,16 @@ impl Sequential {
     /// An input of the wrong shape, labels that do not match it, a model whose output is not
     /// `[n, classes]`.
     pub fn loss_and_gradients(&mut self, x: ArrayD<f32>, labels: &[usize]) -> Result<(f32, usize)> {
+        self.loss_and_gradients_observed(x, labels, &mut |_, _| {})
+    }
+
+    /// [`Sequential::loss_and_gradients`], calling `done(index, layer)` for every layer, last
+    /// first, as soon as its gradients are final (data-parallel training sums them over the
+    /// processes while the backward pass goes on through the earlier layers).
+    ///
+    /// # Errors
+    /// As [`Sequential::loss_and_gradients`].
+    pub fn loss_and_gradients_observed(&mut self, x: ArrayD<f32>, labels: &[usize], done: &mut dyn FnMut(usize, &dyn Layer)) -> Result<(f32, usize)> {
         self.check_input(&x.view())?;
         // the labels against the batch and the classes before any work
         let &[classes] = self.output_shape() else {
@@ -279,7 +289,7 @@ impl Sequential {
         let logits = self.chain.forward_train(x).into_dimensionality::<Ix2>().expect("the output shape is [classes]");
         let (loss, dlogits) = softmax_cross_entropy(logits.view(), labels)?;
         let correct = argmax_rows(logits.view()).iter().zip(labels).filter(|(p, l)| p == l).count();
-        self.chain.backward(dlogits.into_dyn());
+        self.chain.backward_observed(dlogits.into_dyn(), done);
         self.pending_backward = None;
         Ok((loss, correct))
     }

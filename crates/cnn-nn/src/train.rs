@@ -8,6 +8,7 @@
 use crate::augment::{augment_batch, Transform};
 use crate::callbacks::Control;
 use crate::data::{shuffled, Data};
+use crate::distributed::{self, shard, Solo, Team};
 use crate::error::{NnError, Result};
 use crate::loss::softmax_cross_entropy;
 use crate::optim::Optimizer;
@@ -248,18 +249,27 @@ fn non_finite_param(model: &Sequential) -> Option<(String, f32)> {
 /// # Errors
 /// Data that does not fit the model, a batch size of 0.
 pub fn evaluate<D: Data + ?Sized>(model: &Sequential, data: &D, batch_size: usize) -> Result<Evaluation> {
+    evaluate_on(&Solo, model, data, batch_size)
+}
+
+/// [`evaluate`] shared out over a [`Team`]: every rank evaluates its [`shard`] of the data
+/// set, the sums are added up, and every rank gets the result.
+///
+/// # Errors
+/// As [`evaluate`].
+pub fn evaluate_on<D: Data + ?Sized>(team: &dyn Team, model: &Sequential, data: &D, batch_size: usize) -> Result<Evaluation> {
     if batch_size == 0 {
         return Err(NnError::Config("evaluate needs a batch size of at least 1".into()));
     }
     check_data(model, data, "evaluation")?;
-    evaluate_checked(model, data, batch_size)
+    evaluate_checked(team, model, data, batch_size)
 }
 
-/// [`evaluate`] on data already checked ([`fit`] checks its sets once, not every epoch).
-fn evaluate_checked<D: Data + ?Sized>(model: &Sequential, data: &D, batch_size: usize) -> Result<Evaluation> {
+/// [`evaluate_on`] on data already checked ([`fit`] checks its sets once, not every epoch).
+fn evaluate_checked<D: Data + ?Sized>(team: &dyn Team, model: &Sequential, data: &D, batch_size: usize) -> Result<Evaluation> {
     let start = Instant::now();
     let (mut loss, mut correct) = (0.0f64, 0usize);
-    let indices: Vec<usize> = (0..data.len()).collect();
+    let indices: Vec<usize> = shard(data.len(), team.rank(), team.size()).collect();
     for chunk in indices.chunks(batch_size) {
         let (x, labels) = data.batch(chunk);
         let logits = model.forward(x)?.into_dimensionality::<Ix2>().map_err(|_| NnError::Config("model output is not [n, classes]".into()))?;
@@ -267,10 +277,12 @@ fn evaluate_checked<D: Data + ?Sized>(model: &Sequential, data: &D, batch_size: 
         loss += l as f64 * chunk.len() as f64;
         correct += argmax_rows(logits.view()).iter().zip(&labels).filter(|(p, l)| p == l).count();
     }
+    let mut sums = [loss, correct as f64];
+    team.sum(&mut sums);
     let n = data.len() as f64;
     Ok(Evaluation {
-        loss: (loss / n) as f32,
-        accuracy: (correct as f64 / n) as f32,
+        loss: (sums[0] / n) as f32,
+        accuracy: (sums[1] / n) as f32,
         images_per_sec: (n / start.elapsed().as_secs_f64()) as f32,
     })
 }
@@ -339,9 +351,40 @@ pub fn fit<D: Data + ?Sized, C: Into<Control>>(
     val: Option<&D>,
     test: Option<&D>,
     config: &FitConfig,
+    after_epoch: impl FnMut(&EpochMetrics, &Sequential, &dyn Optimizer) -> Result<C>,
+) -> Result<Vec<EpochMetrics>> {
+    fit_on(&Solo, model, optimizer, train, val, test, config, after_epoch)
+}
+
+/// [`fit`], data-parallel over a [`Team`] of processes (see [`crate::distributed`]): every
+/// rank calls it with the same model, optimiser, data and settings. The ranks start from
+/// rank 0's weights; each global batch of `config.batch_size` is cut into one [`shard`] per
+/// rank, and the gradients are summed over the team, so the training equals one process's
+/// up to the order of floating-point sums (BatchNorm aside: each rank normalises its shard).
+/// The evaluation is shared out too. Only rank 0 shows the progress bar and calls
+/// `after_epoch` (to print and write files); its answer (continue, stop, or an error) ends
+/// the epoch on every rank. Every rank returns the same history.
+///
+/// The weights of every rank are checked to be bit for bit rank 0's after every epoch (and
+/// every 100 steps in debug builds).
+///
+/// # Errors
+/// As [`fit`], on every rank; when rank 0's `after_epoch` fails, the other ranks return an
+/// error saying so.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_on<D: Data + ?Sized, C: Into<Control>>(
+    team: &dyn Team,
+    model: &mut Sequential,
+    optimizer: &mut dyn Optimizer,
+    train: &D,
+    val: Option<&D>,
+    test: Option<&D>,
+    config: &FitConfig,
     mut after_epoch: impl FnMut(&EpochMetrics, &Sequential, &dyn Optimizer) -> Result<C>,
 ) -> Result<Vec<EpochMetrics>> {
     check_fit(model, optimizer, train, &[("validation", val), ("test", test)], config)?;
+    distributed::broadcast_model(team, model);
+    let root = team.rank() == 0;
     let rule = config.divergence;
     let mut first_loss: Option<f32> = None;
     let mut recent: VecDeque<f32> = VecDeque::with_capacity(rule.window);
@@ -351,26 +394,36 @@ pub fn fit<D: Data + ?Sized, C: Into<Control>>(
     for epoch in config.start_epoch + 1..=config.start_epoch + config.epochs {
         let order = shuffled(train.len(), config.seed.wrapping_add(epoch as u64));
         let batches = order.len().div_ceil(config.batch_size);
-        let bar = bar(batches, config.progress, format!("epoch {epoch}"));
+        let bar = bar(batches, config.progress && root, format!("epoch {epoch}"));
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for (b, chunk) in order.chunks(config.batch_size).enumerate() {
             if let Some(schedule) = &config.schedule {
                 optimizer.set_lr(schedule.lr(Progress { step: (epoch - 1) * steps_per_epoch + b, steps_per_epoch, total_steps }));
             }
-            let (x, labels) = train.batch(chunk);
-            let x = match &config.augment {
-                Some(transform) => {
+            // this rank's part of the batch (all of it for one process), augmented by sample
+            let part = &chunk[shard(chunk.len(), team.rank(), team.size())];
+            let (x, labels) = if part.is_empty() { (None, vec![]) } else {
+                let (x, labels) = train.batch(part);
+                (Some(x), labels)
+            };
+            let x = match (&config.augment, x) {
+                (Some(transform), Some(x)) => {
                     let got = x.shape().to_vec();
                     let shape_error = |_| NnError::Shape { what: "an augmented batch".into(), expected: vec![0, 0, 0, 0], got };
                     let mut x = x.into_dimensionality::<ndarray::Ix4>().map_err(shape_error)?;
-                    augment_batch(transform.as_ref(), &mut x, chunk, config.seed, epoch);
-                    x.into_dyn()
+                    augment_batch(transform.as_ref(), &mut x, part, config.seed, epoch);
+                    Some(x.into_dyn())
                 }
-                None => x,
+                (_, x) => x,
             };
             model.zero_grad();
-            let (loss, right) = model.loss_and_gradients(x, &labels)?;
+            let weight = part.len() as f32 / chunk.len() as f32;
+            let (loss, right) = team.gradients(model, x.map(|x| (x, &labels[..])), weight)?;
+            // the whole batch's mean loss and correct predictions
+            let mut sums = [loss as f64 * part.len() as f64, right as f64];
+            team.sum(&mut sums);
+            let (loss, right) = ((sums[0] / chunk.len() as f64) as f32, sums[1] as usize);
             let diverged = |reason: String| {
                 bar.abandon();
                 NnError::Diverged { loss, epoch, batch: b, reason }
@@ -395,6 +448,9 @@ pub fn fit<D: Data + ?Sized, C: Into<Control>>(
             if let Some((name, value)) = non_finite_param(model) {
                 return Err(diverged(format!("parameter `{name}` became {value} in the update")));
             }
+            if cfg!(debug_assertions) && b % 100 == 99 {
+                distributed::check_same_weights(team, model)?;
+            }
             loss_sum += loss as f64 * chunk.len() as f64;
             correct += right;
             seen += chunk.len();
@@ -406,7 +462,9 @@ pub fn fit<D: Data + ?Sized, C: Into<Control>>(
         }
         let seconds = start.elapsed().as_secs_f32();
         bar.finish_and_clear();
-        let val_eval = val.map(|d| evaluate_checked(model, d, 256)).transpose()?;
+        distributed::average_buffers(team, model);
+        distributed::check_same_weights(team, model)?;
+        let val_eval = val.map(|d| evaluate_checked(team, model, d, 256)).transpose()?;
         let metrics = EpochMetrics {
             epoch,
             lr: optimizer.lr(),
@@ -414,15 +472,38 @@ pub fn fit<D: Data + ?Sized, C: Into<Control>>(
             train_acc: (correct as f64 / seen as f64) as f32,
             val_loss: val_eval.map(|e| e.loss),
             val_acc: val_eval.map(|e| e.accuracy),
-            test_acc: test.map(|d| evaluate_checked(model, d, 256).map(|e| e.accuracy)).transpose()?,
+            test_acc: test.map(|d| evaluate_checked(team, model, d, 256).map(|e| e.accuracy)).transpose()?,
             seconds,
             images_per_sec: seen as f32 / seconds,
         };
-        let control = after_epoch(&metrics, model, optimizer)?.into();
+        let control = epoch_end(team, root.then(|| after_epoch(&metrics, model, optimizer).map(Into::into)), epoch)?;
         history.push(metrics);
         if control == Control::Stop {
             break;
         }
     }
     Ok(history)
+}
+
+/// Every rank's answer to the end of an epoch: rank 0's `answer` (it alone calls
+/// `after_epoch`), sent to the others.
+fn epoch_end(team: &dyn Team, answer: Option<Result<Control>>, epoch: usize) -> Result<Control> {
+    if team.size() == 1 {
+        return answer.expect("rank 0 answers");
+    }
+    const CONTINUE: f32 = 0.0;
+    const STOP: f32 = 1.0;
+    const FAILED: f32 = 2.0;
+    let mut code = [match &answer {
+        Some(Ok(Control::Continue)) | None => CONTINUE,
+        Some(Ok(Control::Stop)) => STOP,
+        Some(Err(_)) => FAILED,
+    }];
+    team.broadcast(&mut code);
+    match answer {
+        Some(answer) => answer,
+        None if code[0] == CONTINUE => Ok(Control::Continue),
+        None if code[0] == STOP => Ok(Control::Stop),
+        None => Err(NnError::Config(format!("rank 0 failed at the end of epoch {epoch} (see its error)"))),
+    }
 }

@@ -60,6 +60,17 @@ impl Chain {
         layer.build(input, init).map_err(|e| e.within(index, &layer.describe().name, input))
     }
 
+    /// [`Layer::backward`] through the layers, last first, calling `done(index, layer)` as soon
+    /// as each layer's backward has run: its gradients are final then (data-parallel training
+    /// starts summing them over the processes while the earlier layers still compute).
+    pub(crate) fn backward_observed(&mut self, dy: ArrayD<f32>, done: &mut dyn FnMut(usize, &dyn Layer)) -> ArrayD<f32> {
+        self.layers.iter_mut().enumerate().rev().fold(dy, |d, (i, layer)| {
+            let dx = layer.backward(d);
+            done(i, layer.as_ref());
+            dx
+        })
+    }
+
     /// Replaces layer `index`, which must give the same output shape from the same input.
     /// Returns the layer replaced.
     pub(crate) fn replace(&mut self, index: usize, mut layer: Box<dyn Layer>, input: &[usize], init: &mut Init) -> Result<Box<dyn Layer>, BuildError> {
@@ -94,7 +105,7 @@ impl Layer for Chain {
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
-        self.layers.iter_mut().rev().fold(dy, |d, layer| layer.backward(d))
+        self.backward_observed(dy, &mut |_, _| {})
     }
 
     fn params(&self) -> Vec<(String, &Param)> {
