@@ -401,29 +401,7 @@ pub fn fit_on<D: Data + ?Sized, C: Into<Control>>(
             if let Some(schedule) = &config.schedule {
                 optimizer.set_lr(schedule.lr(Progress { step: (epoch - 1) * steps_per_epoch + b, steps_per_epoch, total_steps }));
             }
-            // this rank's part of the batch (all of it for one process), augmented by sample
-            let part = &chunk[shard(chunk.len(), team.rank(), team.size())];
-            let (x, labels) = if part.is_empty() { (None, vec![]) } else {
-                let (x, labels) = train.batch(part);
-                (Some(x), labels)
-            };
-            let x = match (&config.augment, x) {
-                (Some(transform), Some(x)) => {
-                    let got = x.shape().to_vec();
-                    let shape_error = |_| NnError::Shape { what: "an augmented batch".into(), expected: vec![0, 0, 0, 0], got };
-                    let mut x = x.into_dimensionality::<ndarray::Ix4>().map_err(shape_error)?;
-                    augment_batch(transform.as_ref(), &mut x, part, config.seed, epoch);
-                    Some(x.into_dyn())
-                }
-                (_, x) => x,
-            };
-            model.zero_grad();
-            let weight = part.len() as f32 / chunk.len() as f32;
-            let (loss, right) = team.gradients(model, x.map(|x| (x, &labels[..])), weight)?;
-            // the whole batch's mean loss and correct predictions
-            let mut sums = [loss as f64 * part.len() as f64, right as f64];
-            team.sum(&mut sums);
-            let (loss, right) = ((sums[0] / chunk.len() as f64) as f32, sums[1] as usize);
+            let (loss, right) = batch_gradients(team, model, train, chunk, config, epoch)?;
             let diverged = |reason: String| {
                 bar.abandon();
                 NnError::Diverged { loss, epoch, batch: b, reason }
@@ -483,6 +461,42 @@ pub fn fit_on<D: Data + ?Sized, C: Into<Control>>(
         }
     }
     Ok(history)
+}
+
+/// The gradients of one training batch, the samples `batch` of `data` (augmented by
+/// `config.augment`, seeded by `config.seed`, `epoch` and each sample's index), over a team:
+/// each rank computes its [`shard`] of the batch, and afterwards every rank's model holds the
+/// gradient of the whole batch's mean loss (the parameters' gradients are zeroed first).
+/// Returns the whole batch's mean loss and its number of correct predictions. The step
+/// [`fit_on`] takes before each optimiser update; with [`Solo`], one process's
+/// [`Sequential::loss_and_gradients`].
+///
+/// # Errors
+/// As [`Sequential::loss_and_gradients`].
+pub fn batch_gradients<D: Data + ?Sized>(team: &dyn Team, model: &mut Sequential, data: &D, batch: &[usize], config: &FitConfig, epoch: usize) -> Result<(f32, usize)> {
+    // this rank's part of the batch (all of it for one process), augmented sample by sample
+    let part = &batch[shard(batch.len(), team.rank(), team.size())];
+    let (x, labels) = if part.is_empty() { (None, vec![]) } else {
+        let (x, labels) = data.batch(part);
+        (Some(x), labels)
+    };
+    let x = match (&config.augment, x) {
+        (Some(transform), Some(x)) => {
+            let got = x.shape().to_vec();
+            let shape_error = |_| NnError::Shape { what: "an augmented batch".into(), expected: vec![0, 0, 0, 0], got };
+            let mut x = x.into_dimensionality::<ndarray::Ix4>().map_err(shape_error)?;
+            augment_batch(transform.as_ref(), &mut x, part, config.seed, epoch);
+            Some(x.into_dyn())
+        }
+        (_, x) => x,
+    };
+    model.zero_grad();
+    let weight = part.len() as f32 / batch.len() as f32;
+    let (loss, right) = team.gradients(model, x.map(|x| (x, &labels[..])), weight)?;
+    // the whole batch's mean loss and correct predictions
+    let mut sums = [loss as f64 * part.len() as f64, right as f64];
+    team.sum(&mut sums);
+    Ok(((sums[0] / batch.len() as f64) as f32, sums[1] as usize))
 }
 
 /// Every rank's answer to the end of an epoch: rank 0's `answer` (it alone calls
