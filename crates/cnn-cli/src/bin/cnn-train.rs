@@ -1,6 +1,10 @@
 //! Trains a model of the zoo (the course's reference network by default) on Fashion-MNIST (or
 //! any MNIST-format directory) and writes the weights, the metrics, and pictures of what it
 //! learned. Run it with `cargo xtask train [--model NAME]`.
+//!
+//! Built with the `mpi` feature it trains data-parallel when started by `mpirun -n N` (what
+//! `cargo xtask train --procs N` does): rank 0 prints, evaluates its share and writes every
+//! file; an error on any rank ends every rank (`MPI_Abort`).
 
 use clap::{Parser, ValueEnum};
 use cnn_cli::{check_lr, main_with, peak_memory_mib, validation_size, write_atomic};
@@ -11,7 +15,8 @@ use cnn_nn::callbacks::{Control, EarlyStopping, Monitor};
 use cnn_nn::models::{by_name, OptimizerKind, Recipe, ScheduleKind};
 use cnn_nn::ndarray::{s, Ix4};
 
-use cnn_nn::train::{evaluate, fit, history_csv, parse_history_csv, EpochMetrics, FitConfig};
+use cnn_nn::distributed::{broadcast_model, Team};
+use cnn_nn::train::{evaluate_on, fit_on, history_csv, parse_history_csv, EpochMetrics, FitConfig};
 use cnn_nn::{plots, NnError, Result};
 use std::path::PathBuf;
 
@@ -106,6 +111,20 @@ struct Args {
     /// epoch count and the metrics so far.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Data-parallel training: gradient values per all-reduce bucket, started as the backward
+    /// pass produces them (0: one flat all-reduce after the backward pass).
+    #[cfg(feature = "mpi")]
+    #[arg(long, default_value_t = cnn_nn::distributed::Mpi::BUCKET_VALUES)]
+    bucket: usize,
+}
+
+/// `println!` on rank 0 only.
+macro_rules! say {
+    ($team:expr, $($arg:tt)*) => {
+        if $team.rank() == 0 {
+            println!($($arg)*);
+        }
+    };
 }
 
 /// The models classify into 10 classes.
@@ -155,17 +174,21 @@ fn recipe(args: &Args) -> Result<Recipe> {
     Ok(r)
 }
 
-fn run(args: Args) -> Result<()> {
+fn run(args: Args, team: &dyn Team) -> Result<()> {
     let recipe = recipe(&args)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
-    for stale in checkpoint::remove_stale_temporaries(&args.out)? {
-        println!("removed {} left by an interrupted run", stale.display());
+    let root = team.rank() == 0;
+    if root {
+        std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
+        for stale in checkpoint::remove_stale_temporaries(&args.out)? {
+            println!("removed {} left by an interrupted run", stale.display());
+        }
     }
-    println!("cnn-core: rayon threads {}, OpenBLAS core {}", cnn_nn::cnn_core::threads::rayon_threads(), cnn_nn::cnn_core::threads::blas_core());
+    let threads = cnn_nn::cnn_core::threads::rayon_threads();
+    say!(team, "cnn-core: {} process(es) x {threads} rayon threads, OpenBLAS core {}", team.size(), cnn_nn::cnn_core::threads::blas_core());
 
     let mut model = by_name(&args.model, args.seed)?;
     let mut optimizer = recipe.optimizer();
-    println!("model {}: {recipe:?}", args.model);
+    say!(team, "model {}: {recipe:?}", args.model);
     let mut earlier: Vec<EpochMetrics> = vec![];
     if let Some(resume) = &args.resume {
         // the architecture first: a file of another model is refused by name
@@ -184,15 +207,15 @@ fn run(args: Args) -> Result<()> {
             return Err(NnError::Config(format!("--epochs {} after the checkpoint's epoch {epoch} overflows the epoch counter", recipe.epochs)));
         }
 
-        println!("resumed from {} after epoch {epoch}, with its {} optimizer state", resume.display(), optimizer.state().kind);
+        say!(team, "resumed from {} after epoch {epoch}, with its {} optimizer state", resume.display(), optimizer.state().kind);
     }
     let start_epoch = earlier.len();
 
     let (train, test) = Dataset::load_mnist_dir(&args.data, CLASSES)?;
     let train = if args.limit > 0 { train.take(args.limit) } else { train };
     let (train, val) = train.split_off(validation_size(args.val, train.len())?);
-    println!("data: {} — train {}, validation {}, test {}", args.data.display(), train.len(), val.len(), test.len());
-    println!("\n{}", model.summary());
+    say!(team, "data: {} — train {}, validation {}, test {}", args.data.display(), train.len(), val.len(), test.len());
+    say!(team, "\n{}", model.summary());
 
     let config = FitConfig {
         epochs: recipe.epochs,
@@ -205,14 +228,15 @@ fn run(args: Args) -> Result<()> {
     };
 
     let ckpt_path = args.out.join("model.safetensors");
-    println!("epoch  lr        train loss  train acc  val loss  val acc  test acc  seconds  images/s");
+    say!(team, "epoch  lr        train loss  train acc  val loss  val acc  test acc  seconds  images/s");
     let mut history = earlier.clone();
-    for m in &earlier {
-        print_epoch(m);
+    if root {
+        earlier.iter().for_each(print_epoch);
     }
     let out = args.out.clone();
     let mut early = (args.patience > 0).then(|| EarlyStopping::new(Monitor::ValLoss, args.patience).keep_best_weights());
-    fit(&mut model, optimizer.as_mut(), &train, Some(&val), Some(&test), &config, |m, model, optimizer| {
+    // rank 0 alone runs this after every epoch
+    fit_on(team, &mut model, optimizer.as_mut(), &train, Some(&val), Some(&test), &config, |m, model, optimizer| {
         print_epoch(m);
         history.push(m.clone());
         let csv = history_csv(&history);
@@ -238,8 +262,12 @@ fn run(args: Args) -> Result<()> {
     if let Some(epoch) = early.as_ref().and_then(|e| e.restore(&mut model)) {
         println!("restored the weights of epoch {epoch}, the best validation loss");
     }
+    broadcast_model(team, &mut model); // rank 0's restored weights to every rank
 
-    let eval = evaluate(&model, &test, 256)?;
+    let eval = evaluate_on(team, &model, &test, 256)?;
+    if !root {
+        return Ok(());
+    }
     let last = history.last().expect("at least one epoch");
     println!(
         "\ntest accuracy {:.2}% (loss {:.4}); training {:.0} images/s, inference {:.0} images/s",
@@ -278,6 +306,32 @@ fn print_epoch(m: &EpochMetrics) {
     );
 }
 
+#[cfg(not(feature = "mpi"))]
 fn main() -> std::process::ExitCode {
-    main_with(Args::parse(), run)
+    main_with(Args::parse(), |args| run(args, &cnn_nn::distributed::Solo))
+}
+
+#[cfg(feature = "mpi")]
+fn main() -> std::process::ExitCode {
+    use cnn_nn::distributed::Mpi;
+    let args = Args::parse();
+    let mpi = match Mpi::init() {
+        Ok(mpi) => mpi,
+        Err(e) => return main_with(args, |_| Err(e)),
+    };
+    let mpi = if args.bucket == 0 { mpi.flat() } else { mpi.with_bucket_values(args.bucket) };
+    match run(args, &mpi) {
+        Ok(()) => {
+            let (wait, steps) = mpi.allreduce_wait();
+            if mpi.size() > 1 && mpi.rank() == 0 {
+                println!("gradient all-reduce: {:.2} ms per step waited for after the backward pass ({steps} steps, rank 0)", wait.as_secs_f64() * 1e3);
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) if mpi.size() > 1 => {
+            eprintln!("error (rank {} of {}): {e}", mpi.rank(), mpi.size());
+            mpi.abort(1) // the other ranks may be waiting for this one
+        }
+        Err(e) => main_with((), |_| Err(e)),
+    }
 }
