@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask test`: installs what is missing, then runs the whole test suite.
 //! - `cargo xtask bench [--quick]`: criterion benchmarks, HTML report and a summary table.
-//! - `cargo xtask train [...]`: trains the reference network, writes weights, metrics, pictures.
+//! - `cargo xtask train [...]`: trains a model of the zoo, writes weights, metrics, pictures;
+//!   `--procs N` trains data-parallel in N MPI processes.
 //! - `cargo xtask lowrank [...]`: the low-rank speed/accuracy trade-off table.
 //! - `cargo xtask zoo [...]`: the architecture table, built and measured.
 //! - `cargo xtask info`: what cnn-nn makes of this machine (threads, BLAS kernels, GFLOP/s).
@@ -18,9 +19,11 @@ tasks:
   test               install missing system packages, then run every test
   bench [--quick]    run the criterion benchmarks; HTML report in target/criterion/report/index.html,
                      summary in target/criterion/summary.md
-  train [options]    train the reference network on Fashion-MNIST (release build); options:
-                     --data DIR --epochs N --batch N --lr X --optimizer adam|sgd --seed N --out DIR
-                     --resume FILE --val FRACTION|N --limit N --lr-step N --lr-gamma X  (see `cargo xtask train --help`)
+  train [options]    train a model of the zoo on Fashion-MNIST (release build); options:
+                     --model NAME --data DIR --epochs N --batch N --lr X --optimizer adam|sgd --seed N
+                     --out DIR --resume FILE --val FRACTION|N --limit N ...  (see `cargo xtask train --help`);
+                     --procs N: data-parallel in N MPI processes (mpirun; installs Open MPI),
+                     --hosts FILE: an Open MPI hostfile, for processes on several machines
   zoo [options]      build LeNet-5 … Xception: parameters, multiply-adds, activations, forward times
                      (--rounds N --only NAME --out FILE)
   info               threads, the OpenBLAS kernels cnn-nn selected, and a GEMM's GFLOP/s
@@ -44,9 +47,12 @@ fn run(args: &[String]) -> Result<(), String> {
     match task.as_str() {
         "test" => {
             setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST, setup::FONT])?;
+            setup::ensure_packages(&setup::MPI)?;
             let mut args = vec!["test", "--workspace"];
             args.extend(&rest);
-            cargo(&args)
+            cargo(&args)?;
+            // data-parallel training: two MPI processes on loopback (the tests start mpirun)
+            cargo(&["test", "-p", "cnn-nn", "-p", "cnn-cli", "--features", "cnn-cli/mpi", "--test", "distributed"])
         }
         "bench" => {
             setup::ensure_packages(&[setup::OPENBLAS])?;
@@ -54,9 +60,15 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         "train" => {
             setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST, setup::FONT])?;
-            let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-cli", "--bin", "cnn-train", "--"];
-            args.extend(&rest);
-            cargo(&args)
+            let (procs, hosts, rest) = mpi_options(&rest)?;
+            match procs {
+                Some(procs) => mpi_train(procs, hosts, &rest),
+                None => {
+                    let mut args = vec!["run", "--release", "--quiet", "-p", "cnn-cli", "--bin", "cnn-train", "--"];
+                    args.extend(&rest);
+                    cargo(&args)
+                }
+            }
         }
         "lowrank" => {
             setup::ensure_packages(&[setup::OPENBLAS, setup::FASHION_MNIST, setup::FONT])?;
@@ -80,6 +92,56 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         other => Err(format!("unknown task `{other}`\n\n{USAGE}")),
     }
+}
+
+/// `--procs N` and `--hosts FILE` taken out of `train`'s arguments (the rest go to cnn-train).
+fn mpi_options<'a>(args: &[&'a str]) -> Result<(Option<usize>, Option<&'a str>, Vec<&'a str>), String> {
+    let (mut procs, mut hosts, mut rest) = (None, None, vec![]);
+    let mut args = args.iter().copied();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = arg.split_once('=').map_or((arg, None), |(f, v)| (f, Some(v)));
+        match flag {
+            "--procs" | "--hosts" => {
+                let value = inline.or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value"))?;
+                if flag == "--hosts" {
+                    hosts = Some(value);
+                } else {
+                    procs = Some(value.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| format!("--procs must be a number of processes >= 1, got `{value}`"))?);
+                }
+            }
+            _ => rest.push(arg),
+        }
+    }
+    if hosts.is_some() && procs.is_none() {
+        return Err("--hosts FILE needs --procs N".into());
+    }
+    Ok((procs, hosts, rest))
+}
+
+/// Data-parallel training: cnn-train built with MPI, started by `mpirun` in `procs` processes
+/// (on this machine, or on the machines of an Open MPI `hosts` file).
+fn mpi_train(procs: usize, hosts: Option<&str>, rest: &[&str]) -> Result<(), String> {
+    setup::ensure_packages(&setup::MPI)?;
+    if let Some(hosts) = hosts.filter(|h| !std::path::Path::new(h).is_file()) {
+        return Err(format!("--hosts {hosts}: no such file"));
+    }
+    cargo(&["build", "--release", "--quiet", "-p", "cnn-cli", "--bin", "cnn-train", "--features", "mpi"])?;
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), std::path::PathBuf::from);
+    let mut mpirun = Command::new("mpirun");
+    // processes share the machine's cores by their thread count (cnn-nn sizes their pools), so
+    // no binding to one core each
+    mpirun.args(["-n", &procs.to_string(), "--bind-to", "none"]);
+    match hosts {
+        Some(hosts) => mpirun.args(["--hostfile", hosts]),
+        None => mpirun.arg("--oversubscribe"),
+    };
+    // Open MPI refuses to run as root unless told; containers and CI machines run as root
+    mpirun.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    mpirun.arg(target.join("release").join("cnn-train")).args(rest);
+    eprintln!("xtask: mpirun -n {procs} cnn-train {}", rest.join(" "));
+    let status = mpirun.status().map_err(|e| format!("could not run mpirun: {e}"))?;
+    status.success().then_some(()).ok_or_else(|| format!("mpirun failed ({status})"))
 }
 
 fn main() -> ExitCode {

@@ -8,6 +8,9 @@ pub const OPENBLAS: &str = "libopenblas-dev";
 pub const FONT: &str = "fonts-dejavu-core";
 /// Fashion-MNIST as IDX files under `/usr/share/datasets/fashion-mnist/`.
 pub const FASHION_MNIST: &str = "dataset-fashion-mnist";
+/// Open MPI for data-parallel training (`mpirun`, and the library and headers the `mpi`
+/// crate binds, with libclang for its bindings' generator).
+pub const MPI: [&str; 3] = ["openmpi-bin", "libopenmpi-dev", "libclang-dev"];
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")

@@ -158,7 +158,7 @@ fn fingerprint(model: &Sequential) -> u64 {
 /// start, the same summed gradients, the same optimiser step).
 ///
 /// # Errors
-/// [`NnError::Config`] naming the ranks that differ, on every rank.
+/// [`NnError::Team`] naming the ranks that differ, on every rank.
 pub fn check_same_weights(team: &dyn Team, model: &Sequential) -> Result<()> {
     if team.size() == 1 {
         return Ok(());
@@ -175,6 +175,6 @@ pub fn check_same_weights(team: &dyn Team, model: &Sequential) -> Result<()> {
     if ranks.is_empty() {
         Ok(())
     } else {
-        Err(NnError::Config(format!("data-parallel training lost step: the weights of rank(s) {ranks:?} differ from rank 0's")))
+        Err(NnError::Team(format!("the weights of rank(s) {ranks:?} differ from rank 0's")))
     }
 }

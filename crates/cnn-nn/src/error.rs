@@ -98,6 +98,11 @@ pub enum NnError {
     /// A bad option value.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// Data-parallel training failed as a team: another rank failed, or the ranks' weights
+    /// parted (see [`crate::distributed`]).
+    #[error("data-parallel training: {0}")]
+    Team(String),
 }
 
 /// `Result` with [`NnError`].

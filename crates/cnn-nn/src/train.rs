@@ -518,6 +518,6 @@ fn epoch_end(team: &dyn Team, answer: Option<Result<Control>>, epoch: usize) -> 
         Some(answer) => answer,
         None if code[0] == CONTINUE => Ok(Control::Continue),
         None if code[0] == STOP => Ok(Control::Stop),
-        None => Err(NnError::Config(format!("rank 0 failed at the end of epoch {epoch} (see its error)"))),
+        None => Err(NnError::Team(format!("rank 0 failed at the end of epoch {epoch} (see its error)"))),
     }
 }

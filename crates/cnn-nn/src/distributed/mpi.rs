@@ -54,9 +54,9 @@ impl Mpi {
     /// uses rayon.
     ///
     /// # Errors
-    /// MPI already initialised in this process.
+    /// [`NnError::Team`]: MPI already initialised in this process.
     pub fn init() -> Result<Mpi> {
-        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled).ok_or_else(|| NnError::Config("MPI is already initialised in this process".into()))?;
+        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled).ok_or_else(|| NnError::Team("MPI is already initialised in this process".into()))?;
         let world = universe.world();
         let local = world.split_shared(world.rank()).size() as usize;
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
