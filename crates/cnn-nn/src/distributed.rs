@@ -101,6 +101,22 @@ pub fn shard(len: usize, rank: usize, size: usize) -> Range<usize> {
     len * rank / size..len * (rank + 1) / size
 }
 
+/// `result` on this rank, and an [`NnError::Team`] error on the ranks where it is `Ok` when
+/// it failed on another: what every rank of the team does next agrees (naming the `step`).
+pub(crate) fn agree<T>(team: &dyn Team, result: Result<T>, step: &str) -> Result<T> {
+    if team.size() == 1 {
+        return result;
+    }
+    let mut failed = vec![0.0f64; team.size()];
+    failed[team.rank()] = f64::from(u8::from(result.is_err()));
+    team.sum(&mut failed);
+    let ranks: Vec<usize> = failed.iter().enumerate().filter(|(_, &f)| f > 0.0).map(|(r, _)| r).collect();
+    match result {
+        Ok(_) if !ranks.is_empty() => Err(NnError::Team(format!("rank(s) {ranks:?} failed {step} (see their errors)"))),
+        result => result,
+    }
+}
+
 /// Gives every rank rank 0's parameters and buffers (BatchNorm's running statistics): the
 /// start of data-parallel training, as `DistributedDataParallel` does when it wraps a model,
 /// so ranks that built their models differently still train one model.
@@ -158,7 +174,7 @@ fn fingerprint(model: &Sequential) -> u64 {
 /// start, the same summed gradients, the same optimiser step).
 ///
 /// # Errors
-/// [`NnError::Team`] naming the ranks that differ, on every rank.
+/// [`NnError::Team`] on every rank when one differs.
 pub fn check_same_weights(team: &dyn Team, model: &Sequential) -> Result<()> {
     if team.size() == 1 {
         return Ok(());
@@ -168,13 +184,6 @@ pub fn check_same_weights(team: &dyn Team, model: &Sequential) -> Result<()> {
     let pieces = |h: u64| -> [f32; 4] { std::array::from_fn(|i| ((h >> (16 * i)) & 0xffff) as f32) };
     let mut root = pieces(own);
     team.broadcast(&mut root);
-    let mut differ = vec![0.0f64; team.size()];
-    differ[team.rank()] = f64::from(u8::from(root != pieces(own)));
-    team.sum(&mut differ);
-    let ranks: Vec<usize> = differ.iter().enumerate().filter(|(_, &d)| d > 0.0).map(|(r, _)| r).collect();
-    if ranks.is_empty() {
-        Ok(())
-    } else {
-        Err(NnError::Team(format!("the weights of rank(s) {ranks:?} differ from rank 0's")))
-    }
+    let own = if root == pieces(own) { Ok(()) } else { Err(NnError::Team(format!("the weights of rank {} differ from rank 0's", team.rank()))) };
+    agree(team, own, "the check that every rank holds rank 0's weights")
 }

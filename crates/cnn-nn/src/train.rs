@@ -382,7 +382,8 @@ pub fn fit_on<D: Data + ?Sized, C: Into<Control>>(
     config: &FitConfig,
     mut after_epoch: impl FnMut(&EpochMetrics, &Sequential, &dyn Optimizer) -> Result<C>,
 ) -> Result<Vec<EpochMetrics>> {
-    check_fit(model, optimizer, train, &[("validation", val), ("test", test)], config)?;
+    // every rank checks; if one refuses, all stop (none waits for it in the first step)
+    distributed::agree(team, check_fit(model, optimizer, train, &[("validation", val), ("test", test)], config), "the checks before training")?;
     distributed::broadcast_model(team, model);
     let root = team.rank() == 0;
     let rule = config.divergence;

@@ -130,6 +130,14 @@ fn two_processes_train_like_one() {
     let mut bn_reference = bn(1);
     let moved = bn_model.named_params()[0].1.value != bn_reference.named_params_mut()[0].1.value;
 
+    // 5. Data that one rank refuses (a label out of range on rank 1 only): every rank stops
+    //    before the first step instead of waiting for the other.
+    let mut bad = train.take(200);
+    if mpi.rank() == 1 {
+        bad.labels[7] = 10;
+    }
+    let refused = fit_on(&mpi, &mut reference_cnn(1), recipe.optimizer().as_mut(), &bad, None, None, &bn_config, |_, _, _| Ok(())).map(|_| ()).unwrap_err().to_string();
+
     // the checks, after the last collective operation
     assert_eq!(mpi.size(), RANKS);
     for (step, &(l1, l2)) in losses.iter().enumerate() {
@@ -146,6 +154,8 @@ fn two_processes_train_like_one() {
     assert!(relative(a.val_loss.unwrap(), shared_eval.loss) <= 1e-4, "evaluation shared out: loss {} against {:?}", shared_eval.loss, a.val_loss);
     assert_eq!(asked, usize::from(mpi.rank() == 0), "after_epoch runs on rank 0 only");
     bn_agree.unwrap();
+    let expected = if mpi.rank() == 1 { "label 10 at index 7" } else { "rank(s) [1] failed the checks before training" };
+    assert!(refused.contains(expected), "rank {}: {refused}", mpi.rank());
     assert!(moved, "the BatchNorm model trained");
     let worst = losses.iter().map(|&(l1, l2)| relative(l1, l2)).fold(0.0, f32::max);
     let worst_forced = forced.iter().fold((0.0f32, 0.0f64), |(l, g), &(_, lf, gf)| (l.max(lf), g.max(gf)));
