@@ -82,7 +82,7 @@ fn low_rank(case: &ConvCase, inp: &Inputs) -> Vec<(String, LowRankFilters, u64)>
         .map(|factor| {
             let rank = svd.rank_for(RankPolicy::FlopReduction(factor)).expect("a valid factor");
             let flops = 2 * (case.n * case.out_side().pow(2) * rank * (case.c_out + case.patch())) as u64;
-            (format!("lowrank_{factor}x_r{rank}"), svd.truncate(rank), flops)
+            (format!("lowrank_{factor}x_r{rank}"), match svd.truncate(rank) { cnn_core::lowrank::Factors::Channel(f) => f, _ => unreachable!("a channel SVD") }, flops)
         })
         .collect()
 }

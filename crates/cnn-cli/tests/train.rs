@@ -130,14 +130,36 @@ fn lowrank_factorises_a_checkpoint_that_describes_itself() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let csv = std::fs::read_to_string(out.join("lowrank.csv")).unwrap();
-    assert!(csv.lines().count() >= 9, "{csv}");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next().unwrap(), "model,decomposition,setting,ranks,flop_ratio,speedup,net_speedup,full_ms,lowrank_ms,net_full_ms,net_lowrank_ms,acc_before,acc_no_ft,acc_ft,acc_drop_pts,control_acc,drop_vs_control_pts");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(rows.iter().all(|r| r.len() == 17), "{csv}");
+    for setting in ["3 channel flops/2", "3 spatial flops/3", "all channel flops/2", "all spatial flops/3"] {
+        assert!(rows.iter().any(|r| r[2] == setting), "{setting} missing: {csv}");
+    }
+    assert!(rows.iter().any(|r| r[1] == "spatial") && rows.iter().any(|r| r[1] == "channel"), "{csv}");
+    // the control: the original fine-tuned for as long, in every row
+    let control = rows.iter().find(|r| r[2].starts_with("control")).unwrap();
+    assert!(rows.iter().all(|r| r[15] == control[13]), "{csv}");
     // every factorised model it wrote is rebuilt from its file alone
-    let (model, meta) = checkpoint::load_model(&out.join("conv2_r8.safetensors")).unwrap();
-    assert_eq!(meta[checkpoint::FACTORISED], "3:8");
+    let (model, meta) = checkpoint::load_model(&out.join("3_spatial_flops_2.safetensors")).unwrap();
+    assert_eq!(meta[checkpoint::FACTORISED], "3:spatial:32");
     assert!(model.num_params() < reference_cnn(0).num_params());
-    // a model without three top-level convolutions is refused by name
+    assert!(out.join("lowrank.png").exists());
+    // a ResNet-20 checkpoint: its convolutions inside the residual blocks are factorised too
     let resnet = dir.path().join("resnet.safetensors");
     checkpoint::save(&resnet, &cnn_nn::models::by_name("resnet20", 0).unwrap(), None, &checkpoint::Metadata::from([(checkpoint::MODEL.into(), "resnet20".into())])).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_cnn-lowrank")).arg("--model").arg(&resnet).arg("--data").arg(&data).arg("--out").arg(&out).output().unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("the `resnet20` model has 0 (it needs 3)"), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_cnn-lowrank"))
+        .args(["--rounds", "1", "--batch", "8", "--only", "all spatial flops/2", "--model"])
+        .arg(&resnet)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(out.join("lowrank.csv")).unwrap();
+    let row = csv.lines().find(|l| l.starts_with("resnet20,spatial,all spatial flops/2,")).unwrap_or_else(|| panic!("{csv}"));
+    assert!(row.contains(".main.0=s") && row.matches(";").count() >= 17, "the 19 convolutions, most factorised: {row}");
 }

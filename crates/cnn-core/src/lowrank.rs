@@ -12,6 +12,19 @@
 //!
 //! Per output position the cost drops from `c_out·K` to `k·(c_out + K)` multiply-adds, so a
 //! rank only pays below `c_out·K / (c_out + K)`.
+//!
+//! That is the **channel** decomposition. The **spatial** one reshapes the same filters as
+//! `[c_in·kh, kw·c_out]` (row `(ci, y)`, column `(x, co)`) and factorises that:
+//!
+//! ```text
+//! W[co, ci, y, x] ≈ Σ_k V[k, ci, y] · H[co, k, x]
+//!     V = U_k S_k^½  as k vertical kh x 1 filters over c_in channels
+//!     H = S_k^½ V_kᵀ as c_out horizontal 1 x kw filters over the k channels
+//! ```
+//!
+//! a vertical convolution to `k` channels, then a horizontal one: `k·(c_in·kh + c_out·kw)`
+//! multiply-adds per position instead of `c_out·c_in·kh·kw`, and each lowering is `kh` or `kw`
+//! times smaller than the full one — the cost the channel decomposition leaves as it is.
 
 use crate::conv::{lowered_backward, lowered_forward};
 use crate::operands::conv_geometry;
@@ -53,17 +66,133 @@ impl RankPolicy {
     }
 }
 
-/// The singular value decomposition of a filter bank's lowered matrix.
+/// Which reshaping of the filter bank `[c_out, c_in, kh, kw]` is factorised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decomposition {
+    /// `[c_out, c_in·kh·kw]`: `k` full-size filters, then a 1x1 mix to `c_out` channels.
+    Channel,
+    /// `[c_in·kh, kw·c_out]`: `k` vertical `kh x 1` filters, then `c_out` horizontal `1 x kw`
+    /// ones.
+    Spatial,
+}
+
+impl Decomposition {
+    /// Both, in a fixed order.
+    pub const ALL: [Decomposition; 2] = [Decomposition::Channel, Decomposition::Spatial];
+
+    /// The matrix factorised for filters of `shape`: its rows and columns.
+    pub fn matrix(self, [c_out, c_in, kh, kw]: [usize; 4]) -> (usize, usize) {
+        match self {
+            Decomposition::Channel => (c_out, c_in * kh * kw),
+            Decomposition::Spatial => (c_in * kh, kw * c_out),
+        }
+    }
+
+    /// Multiply-adds per output position (counting the intermediate positions as output
+    /// positions, exact for stride 1): full rank `c_out·c_in·kh·kw`; rank `k`:
+    /// `k·(c_out + c_in·kh·kw)` for the channel decomposition, `k·(c_in·kh + c_out·kw)` for
+    /// the spatial one.
+    pub fn macs_per_position(self, shape: [usize; 4], rank: Option<usize>) -> usize {
+        let (rows, cols) = self.matrix(shape);
+        match (self, rank) {
+            (_, None) => rows * cols,
+            (Decomposition::Channel, Some(k)) => k * (rows + cols),
+            (Decomposition::Spatial, Some(k)) => {
+                let [c_out, _, _, kw] = shape;
+                k * (rows + c_out * kw)
+            }
+        }
+    }
+
+    /// The largest rank that still does fewer multiply-adds than the full layer; 0 when none
+    /// does.
+    pub fn max_useful_rank(self, shape: [usize; 4]) -> usize {
+        let full = self.macs_per_position(shape, None);
+        let per_rank = self.macs_per_position(shape, Some(1));
+        full.saturating_sub(1) / per_rank.max(1)
+    }
+}
+
+/// `channel` or `spatial`.
+impl std::fmt::Display for Decomposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Decomposition::Channel => "channel",
+            Decomposition::Spatial => "spatial",
+        })
+    }
+}
+
+impl std::str::FromStr for Decomposition {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "channel" => Ok(Decomposition::Channel),
+            "spatial" => Ok(Decomposition::Spatial),
+            other => Err(format!("`{other}` is not a decomposition (channel or spatial)")),
+        }
+    }
+}
+
+/// The singular value decomposition of a reshaping of a filter bank.
 #[derive(Clone, Debug)]
 pub struct FilterSvd {
-    /// Left singular vectors, `[c_out, r]` (`r = min(c_out, K)`).
+    /// Left singular vectors, `[rows, r]` (`r = min(rows, cols)`, see
+    /// [`Decomposition::matrix`]).
     pub u: Array2<f64>,
     /// Singular values, largest first, `[r]`.
     pub s: Array1<f64>,
-    /// Right singular vectors transposed, `[r, K]`.
+    /// Right singular vectors transposed, `[r, cols]`.
     pub vt: Array2<f64>,
     /// The filters' shape `[c_out, c_in, kh, kw]`.
     pub shape: [usize; 4],
+    /// The reshaping decomposed.
+    pub decomposition: Decomposition,
+}
+
+/// A filter bank factorised by the spatial decomposition to rank `k`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpatialFilters {
+    /// `k` vertical filters, `[k, c_in, kh, 1]`.
+    pub vertical: Array4<f32>,
+    /// `c_out` horizontal filters over the `k` channels, `[c_out, k, 1, kw]`.
+    pub horizontal: Array4<f32>,
+}
+
+/// The factors of a truncated [`FilterSvd`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Factors {
+    /// Of the channel decomposition.
+    Channel(LowRankFilters),
+    /// Of the spatial decomposition.
+    Spatial(SpatialFilters),
+}
+
+impl Factors {
+    /// The rank `k`.
+    pub fn rank(&self) -> usize {
+        match self {
+            Factors::Channel(f) => f.rank(),
+            Factors::Spatial(f) => f.vertical.dim().0,
+        }
+    }
+
+    /// The approximated filter bank, `[c_out, c_in, kh, kw]`.
+    pub fn reconstruct(&self) -> Array4<f32> {
+        match self {
+            Factors::Channel(f) => f.reconstruct(),
+            Factors::Spatial(f) => {
+                let (k, c_in, kh, _) = f.vertical.dim();
+                let (c_out, _, _, kw) = f.horizontal.dim();
+                let mut w = Array4::zeros((c_out, c_in, kh, kw));
+                for ((co, ci, y, x), v) in w.indexed_iter_mut() {
+                    *v = (0..k).map(|r| f.vertical[[r, ci, y, 0]] * f.horizontal[[co, r, 0, x]]).sum();
+                }
+                w
+            }
+        }
+    }
 }
 
 /// A filter bank factorised to rank `k`: `W ≈ mix · basis`.
@@ -88,7 +217,8 @@ pub struct LowRankGrads {
     pub db: Array1<f32>,
 }
 
-/// Multiply-adds per output position: full rank `c_out·K`, rank `k` `k·(c_out + K)`.
+/// Multiply-adds per output position of the channel decomposition: full rank `c_out·K`, rank
+/// `k` `k·(c_out + K)` (see [`Decomposition::macs_per_position`] for both).
 pub fn macs_per_position(c_out: usize, patch: usize, rank: Option<usize>) -> usize {
     match rank {
         None => c_out * patch,
@@ -108,15 +238,29 @@ pub fn max_useful_rank(c_out: usize, patch: usize) -> usize {
 /// An empty filter bank, a NaN or infinite weight (LAPACK would loop or fail on it), or
 /// LAPACK failing to converge.
 pub fn svd_filters(w: ArrayView4<f32>) -> Result<FilterSvd> {
+    svd_filters_as(w, Decomposition::Channel)
+}
+
+/// Decomposes `w` (`[c_out, c_in, kh, kw]`) reshaped as `decomposition` says, in f64.
+///
+/// # Errors
+/// As [`svd_filters`].
+pub fn svd_filters_as(w: ArrayView4<f32>, decomposition: Decomposition) -> Result<FilterSvd> {
     let (c_out, c_in, kh, kw) = w.dim();
     crate::error::expect_nonempty("filters", w.shape())?;
     expect_finite("filters", &w)?;
-    let w_mat = w.to_shape((c_out, c_in * kh * kw)).expect("filters reshape").mapv(f64::from);
-    let (u, s, vt) = w_mat.svd(true, true).map_err(|e| CnnError::Linalg(e.to_string()))?;
+    let shape = [c_out, c_in, kh, kw];
+    let w = w.mapv(f64::from);
+    let matrix = match decomposition {
+        Decomposition::Channel => w.into_shape_with_order((c_out, c_in * kh * kw)).expect("filters reshape"),
+        // [c_out, c_in, kh, kw] → [c_in, kh, kw, c_out]: row (ci, y), column (x, co)
+        Decomposition::Spatial => w.permuted_axes([1, 2, 3, 0]).as_standard_layout().into_owned().into_shape_with_order((c_in * kh, kw * c_out)).expect("filters reshape"),
+    };
+    let (u, s, vt) = matrix.svd(true, true).map_err(|e| CnnError::Linalg(e.to_string()))?;
     let r = s.len();
     let u = u.expect("asked for U").slice_move(s![.., ..r]);
     let vt = vt.expect("asked for Vt").slice_move(s![..r, ..]);
-    Ok(FilterSvd { u, s, vt, shape: [c_out, c_in, kh, kw] })
+    Ok(FilterSvd { u, s, vt, shape, decomposition })
 }
 
 impl FilterSvd {
@@ -131,7 +275,6 @@ impl FilterSvd {
     /// A policy that [`RankPolicy::validate`] refuses.
     pub fn rank_for(&self, policy: RankPolicy) -> Result<usize> {
         policy.validate()?;
-        let [c_out, c_in, kh, kw] = self.shape;
         let rank = match policy {
             RankPolicy::Fixed(k) => k,
             RankPolicy::Energy(fraction) => {
@@ -148,8 +291,8 @@ impl FilterSvd {
                 k
             }
             RankPolicy::FlopReduction(factor) => {
-                let patch = c_in * kh * kw;
-                ((c_out * patch) as f64 / (factor * (c_out + patch) as f64)).floor() as usize
+                let d = self.decomposition;
+                (d.macs_per_position(self.shape, None) as f64 / (factor * d.macs_per_position(self.shape, Some(1)) as f64)).floor() as usize
             }
         };
         Ok(rank.clamp(1, self.full_rank()))
@@ -160,15 +303,29 @@ impl FilterSvd {
         self.s.iter().skip(rank).map(|v| v * v).sum::<f64>().sqrt()
     }
 
-    /// The factors of the best rank-`rank` approximation.
-    pub fn truncate(&self, rank: usize) -> LowRankFilters {
+    /// The factors of the best rank-`rank` approximation of the reshaped filters (the rank
+    /// clamped to `1..=full rank`).
+    pub fn truncate(&self, rank: usize) -> Factors {
         let [c_out, c_in, kh, kw] = self.shape;
         let k = rank.clamp(1, self.full_rank());
-        let mix = (&self.u.slice(s![.., ..k]) * &self.s.slice(s![..k])).mapv(|v| v as f32);
-        let basis = self.vt.slice(s![..k, ..]).mapv(|v| v as f32);
-        let basis = basis.into_shape_with_order((k, c_in, kh, kw)).expect("k rows of K");
-        debug_assert_eq!(mix.dim(), (c_out, k));
-        LowRankFilters { mix, basis }
+        let (u, s, vt) = (self.u.slice(s![.., ..k]), self.s.slice(s![..k]), self.vt.slice(s![..k, ..]));
+        match self.decomposition {
+            Decomposition::Channel => {
+                let mix = (&u * &s).mapv(|v| v as f32);
+                let basis = vt.mapv(|v| v as f32).into_shape_with_order((k, c_in, kh, kw)).expect("k rows of K");
+                Factors::Channel(LowRankFilters { mix, basis })
+            }
+            Decomposition::Spatial => {
+                // the singular values shared out as square roots: both factors of one scale
+                let root = s.mapv(f64::sqrt);
+                // U_k S^½ [(ci, y), k] → [k, ci, y, 1]
+                let vertical = (&u * &root).mapv(|v| v as f32).t().as_standard_layout().into_owned().into_shape_with_order((k, c_in, kh, 1)).expect("k x (c_in·kh)");
+                // S^½ V_kᵀ [k, (x, co)] → [co, k, 1, x]
+                let h = (&vt * &root.view().insert_axis(Axis(1))).mapv(|v| v as f32).into_shape_with_order((k, kw, c_out)).expect("k x (kw·c_out)");
+                let horizontal = h.permuted_axes([2, 0, 1]).as_standard_layout().into_owned().into_shape_with_order((c_out, k, 1, kw)).expect("c_out x k x kw");
+                Factors::Spatial(SpatialFilters { vertical, horizontal })
+            }
+        }
     }
 }
 

@@ -204,6 +204,23 @@ impl Window {
     }
 }
 
+impl Window {
+    /// The two windows of a spatially separated convolution (see
+    /// [`crate::lowrank::Decomposition::Spatial`]) on an `h x w` input: the vertical
+    /// `kh x 1` one with this window's rows (stride, dilation, top and bottom padding), then
+    /// the horizontal `1 x kw` one with its columns. Applied one after the other they give
+    /// this window's output size; SAME padding is resolved to the sides it pads.
+    ///
+    /// # Errors
+    /// As [`Window::geometry`].
+    pub fn split_spatial(&self, h: usize, w: usize) -> Result<(Window, Window)> {
+        let g = self.geometry(h, w)?;
+        let vertical = Window { kw: 1, sw: 1, dw: 1, padding: Padding::Explicit { top: g.pad_top, bottom: g.pad_bottom, left: 0, right: 0 }, ..*self };
+        let horizontal = Window { kh: 1, sh: 1, dh: 1, padding: Padding::Explicit { top: 0, bottom: 0, left: g.pad_left, right: g.pad_right }, ..*self };
+        Ok((vertical, horizontal))
+    }
+}
+
 /// As the summary writes it: `f=3,s=1`, or `f=3x5,s=1x2` when not square, and `,d=2` when
 /// dilated.
 impl std::fmt::Display for Window {

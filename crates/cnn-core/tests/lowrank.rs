@@ -3,10 +3,18 @@
 mod common;
 
 use cnn_core::CnnError;
-use cnn_core::lowrank::{lowrank_conv2d, lowrank_conv2d_backward, max_useful_rank, svd_filters, RankPolicy};
+use cnn_core::lowrank::{lowrank_conv2d, lowrank_conv2d_backward, max_useful_rank, svd_filters, svd_filters_as, Decomposition, Factors, LowRankFilters, RankPolicy};
 use cnn_core::{conv2d, reference, Padding, Window};
 use common::{random, rel_err};
 use ndarray::Array2;
+
+/// The channel factors of a truncated SVD.
+fn channel(f: Factors) -> LowRankFilters {
+    match f {
+        Factors::Channel(f) => f,
+        other => panic!("expected channel factors, got {other:?}"),
+    }
+}
 
 #[test]
 fn truncation_error_is_the_discarded_spectrum() {
@@ -34,7 +42,7 @@ fn full_rank_reproduces_the_layer() {
         let x = random(shape, 2);
         let w = random((16, shape.1, 3, 3), 3);
         let b = random(16, 4);
-        let f = svd_filters(w.view()).unwrap().truncate(usize::MAX);
+        let f = channel(svd_filters(w.view()).unwrap().truncate(usize::MAX));
         let y = conv2d(x.view(), w.view(), Some(b.view()), &win).unwrap();
         let y_low = lowrank_conv2d(x.view(), f.mix.view(), f.basis.view(), Some(b.view()), &win).unwrap();
         assert!(rel_err(&y_low, &y) < 1e-4, "{win:?}: {}", rel_err(&y_low, &y));
@@ -48,7 +56,7 @@ fn backward_matches_the_naive_gradient_through_the_product() {
     let x = random((3, 4, 7, 7), 5);
     let w = random((6, 4, 3, 3), 6);
     let win = Window::square(3).padding(Padding::Same);
-    let f = svd_filters(w.view()).unwrap().truncate(3);
+    let f = channel(svd_filters(w.view()).unwrap().truncate(3));
     let dy = random((3, 6, 7, 7), 7);
     let g = lowrank_conv2d_backward(x.view(), f.mix.view(), f.basis.view(), dy.view(), &win).unwrap();
     let w_k = f.reconstruct();
@@ -109,4 +117,70 @@ fn non_finite_weights_and_bad_policies_are_refused() {
         let e = svd.rank_for(policy).unwrap_err();
         assert!(matches!(e, CnnError::Invalid { what: "rank policy", .. }), "{policy:?}: {e}");
     }
+}
+
+#[test]
+fn the_spatial_decomposition_obeys_eckart_young_for_its_reshaping() {
+    let w = random((24, 16, 3, 3), 11);
+    let svd = svd_filters_as(w.view(), Decomposition::Spatial).unwrap();
+    // [c_in·kh, kw·c_out] = [48, 72]: full rank 48
+    assert_eq!((svd.u.dim(), svd.vt.dim(), svd.full_rank()), ((48, 48), (48, 72), 48));
+    assert!(svd.s.windows(2).into_iter().all(|p| p[0] >= p[1]), "sorted, largest first");
+    for k in [1, 6, 24, 47, 48] {
+        let approx = svd.truncate(k).reconstruct();
+        let diff = (&w - &approx).mapv(|v| (v as f64).powi(2)).sum().sqrt();
+        let predicted = svd.truncation_error(k);
+        assert!((diff - predicted).abs() <= 1e-4 * (1.0 + predicted), "rank {k}: {diff} vs {predicted}");
+        // the best rank-k approximation: moving a factor makes it worse
+        if let Factors::Spatial(mut f) = svd.truncate(k) {
+            f.vertical[[0, 0, 0, 0]] += 0.05;
+            let moved = (&w - &Factors::Spatial(f).reconstruct()).mapv(|v| (v as f64).powi(2)).sum().sqrt();
+            assert!(moved > diff, "rank {k}: a moved factor gives {moved}, not above {diff}");
+        } else {
+            panic!("spatial factors expected");
+        }
+    }
+    assert!(svd.truncation_error(48) < 1e-12);
+}
+
+#[test]
+fn spatial_factors_at_full_rank_are_the_layer_as_two_convolutions() {
+    // a vertical kh x 1 convolution to k channels, then a horizontal 1 x kw one with the bias
+    for (shape, win) in [
+        ((2, 8, 13, 11), Window::square(3)),
+        ((2, 6, 9, 10), Window::square(3).stride(2).padding(Padding::Same)),
+        ((1, 4, 12, 12), Window::new(3, 5).strides(1, 2).padding(Padding::Explicit { top: 1, bottom: 2, left: 3, right: 0 }).dilations(2, 1)),
+    ] {
+        let x = random(shape, 12);
+        let w = random((10, shape.1, win.kh, win.kw), 13);
+        let b = random(10, 14);
+        let Factors::Spatial(f) = svd_filters_as(w.view(), Decomposition::Spatial).unwrap().truncate(usize::MAX) else { panic!("spatial") };
+        let (vertical, horizontal) = win.split_spatial(shape.2, shape.3).unwrap();
+        let t = reference::conv2d(x.view(), f.vertical.view(), None, &vertical).unwrap();
+        let y_split = reference::conv2d(t.view(), f.horizontal.view(), Some(b.view()), &horizontal).unwrap();
+        let y = reference::conv2d(x.view(), w.view(), Some(b.view()), &win).unwrap();
+        assert_eq!(y_split.dim(), y.dim(), "{win:?}");
+        assert!(rel_err(&y_split, &y) < 1e-4, "{win:?}: {}", rel_err(&y_split, &y));
+    }
+}
+
+#[test]
+fn each_decomposition_counts_its_multiply_adds() {
+    let shape = [64, 32, 3, 3];
+    assert_eq!(Decomposition::Channel.macs_per_position(shape, None), 64 * 288);
+    assert_eq!(Decomposition::Spatial.macs_per_position(shape, None), 64 * 288);
+    assert_eq!(Decomposition::Channel.macs_per_position(shape, Some(8)), 8 * (64 + 288));
+    assert_eq!(Decomposition::Spatial.macs_per_position(shape, Some(8)), 8 * (32 * 3 + 64 * 3));
+    for d in Decomposition::ALL {
+        let useful = d.max_useful_rank(shape);
+        assert!(d.macs_per_position(shape, Some(useful)) < d.macs_per_position(shape, None));
+        assert!(d.macs_per_position(shape, Some(useful + 1)) >= d.macs_per_position(shape, None));
+        assert_eq!(d.to_string().parse::<Decomposition>().unwrap(), d);
+    }
+    assert_eq!(Decomposition::Channel.max_useful_rank(shape), max_useful_rank(64, 288));
+    // the spatial FLOP policy divides its own count
+    let svd = svd_filters_as(random((64, 32, 3, 3), 15).view(), Decomposition::Spatial).unwrap();
+    let k = svd.rank_for(RankPolicy::FlopReduction(2.0)).unwrap();
+    assert!(2 * Decomposition::Spatial.macs_per_position(shape, Some(k)) <= 64 * 288);
+    assert!(2 * Decomposition::Spatial.macs_per_position(shape, Some(k + 1)) > 64 * 288);
 }

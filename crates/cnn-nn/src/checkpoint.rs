@@ -189,7 +189,8 @@ fn read_state(
 
 /// Metadata key naming the architecture ([`crate::models::by_name`]).
 pub const MODEL: &str = "model";
-/// Metadata key of the low-rank factorisation applied to it (`layer:rank,…`).
+/// Metadata key of the low-rank factorisation applied to it (`path:rank,…`, see
+/// [`crate::compress::plan_string`]).
 pub const FACTORISED: &str = "factorised";
 
 /// The metadata of a checkpoint, without loading its tensors.

@@ -27,6 +27,7 @@
 //! `mpi` crate); without it, the library builds and trains as before, with [`Solo`].
 
 use crate::error::{NnError, Result};
+use crate::loss::SoftTargets;
 use crate::Sequential;
 use ndarray::ArrayD;
 use std::ops::Range;
@@ -60,8 +61,19 @@ pub trait Team {
     /// loss and number of correct predictions (0 and 0 for an empty shard).
     ///
     /// # Errors
-    /// As [`Sequential::loss_and_gradients`].
-    fn gradients(&self, model: &mut Sequential, shard: Option<(ArrayD<f32>, &[usize])>, weight: f32) -> Result<(f32, usize)>;
+    /// As [`Sequential::loss_and_gradients_observed`].
+    fn gradients(&self, model: &mut Sequential, shard: Option<Shard<'_>>, weight: f32) -> Result<(f32, usize)>;
+}
+
+/// One rank's samples of a batch: the inputs, their labels, and a teacher's soft targets
+/// when distilling.
+pub struct Shard<'a> {
+    /// The inputs, `[n, ...]`.
+    pub x: ArrayD<f32>,
+    /// Their labels.
+    pub labels: &'a [usize],
+    /// A teacher's logits for them (see [`crate::loss::distillation_loss`]).
+    pub soft: Option<SoftTargets>,
 }
 
 /// The team of one process: nothing to sum, nothing to send.
@@ -81,9 +93,9 @@ impl Team for Solo {
 
     fn broadcast(&self, _values: &mut [f32]) {}
 
-    fn gradients(&self, model: &mut Sequential, shard: Option<(ArrayD<f32>, &[usize])>, _weight: f32) -> Result<(f32, usize)> {
+    fn gradients(&self, model: &mut Sequential, shard: Option<Shard<'_>>, _weight: f32) -> Result<(f32, usize)> {
         match shard {
-            Some((x, labels)) => model.loss_and_gradients(x, labels),
+            Some(s) => model.loss_and_gradients_observed(s.x, s.labels, s.soft.as_ref(), &mut |_, _| {}),
             None => Ok((0.0, 0)),
         }
     }

@@ -204,6 +204,12 @@ pub trait Layer: std::any::Any + Send + Sync {
         vec![]
     }
 
+    /// The children, mutably, with the same names (to replace a layer inside a block, as
+    /// [`crate::compress`] does).
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer)> {
+        vec![]
+    }
+
     /// What the summary shows for this layer.
     fn describe(&self) -> Describe;
 

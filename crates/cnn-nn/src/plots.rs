@@ -177,25 +177,28 @@ pub fn feature_maps(maps: ArrayView3<f32>, path: &Path) -> Result<()> {
 pub struct TradeoffPoint {
     /// Name of the setting.
     pub label: String,
-    /// Measured speed-up of the factorised layers.
+    /// Measured speed-up of the whole network's inference.
     pub speedup: f64,
+    /// The decomposition (`channel`, `spatial`, or `mixed`): one colour each.
+    pub decomposition: String,
     /// Test accuracy after fine-tuning, in percent.
     pub accuracy: f64,
 }
 
-/// Accuracy against speed-up, one labelled point per setting, with the original model's
-/// accuracy as a horizontal line.
+/// Accuracy against whole-network speed-up, one labelled point per setting coloured by its
+/// decomposition, with the original model's accuracy and the control's (the original
+/// fine-tuned for the same epochs) as horizontal lines.
 ///
 /// # Errors
 /// A missing font, a file that cannot be written.
-pub fn lowrank_tradeoff(points: &[TradeoffPoint], original_accuracy: f64, path: &Path) -> Result<()> {
+pub fn lowrank_tradeoff(points: &[TradeoffPoint], original_accuracy: f64, control_accuracy: f64, path: &Path) -> Result<()> {
     register_font()?;
     let tmp = tmp_path(path);
     {
         let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
         let max_x = points.iter().map(|p| p.speedup).fold(2.5f64, f64::max) * 1.1;
-        let accs = points.iter().map(|p| p.accuracy).chain([original_accuracy]);
+        let accs = points.iter().map(|p| p.accuracy).chain([original_accuracy, control_accuracy]);
         let (lo, hi) = accs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), a| (lo.min(a), hi.max(a)));
         let mut chart = ChartBuilder::on(&root)
             .caption("low-rank convolution: accuracy vs measured speed-up", ("sans-serif", 20))
@@ -206,7 +209,7 @@ pub fn lowrank_tradeoff(points: &[TradeoffPoint], original_accuracy: f64, path: 
             .map_err(|e| plot_error(path, e))?;
         chart
             .configure_mesh()
-            .x_desc("speed-up of the factorised conv layers (x)")
+            .x_desc("whole-network inference speed-up (x)")
             .y_desc("test accuracy after fine-tuning (%)")
             .draw()
             .map_err(|e| plot_error(path, e))?;
@@ -215,9 +218,19 @@ pub fn lowrank_tradeoff(points: &[TradeoffPoint], original_accuracy: f64, path: 
             .map_err(|e| plot_error(path, e))?
             .label("original model")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK));
+        chart
+            .draw_series(LineSeries::new([(0.5, control_accuracy), (max_x, control_accuracy)], &MAGENTA))
+            .map_err(|e| plot_error(path, e))?
+            .label("control: the original fine-tuned as long")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], MAGENTA));
         for p in points {
+            let colour = match p.decomposition.as_str() {
+                "channel" => BLUE,
+                "spatial" => RED,
+                _ => GREEN,
+            };
             chart
-                .draw_series([Circle::new((p.speedup, p.accuracy), 5, BLUE.filled())])
+                .draw_series([Circle::new((p.speedup, p.accuracy), 5, colour.filled())])
                 .map_err(|e| plot_error(path, e))?;
             chart
                 .draw_series([Text::new(p.label.clone(), (p.speedup, p.accuracy), ("sans-serif", 13))])

@@ -3,7 +3,7 @@
 use crate::error::{NnError, Result};
 use crate::layer::{BuildError, Init, Layer, ModelRng, Param};
 use crate::layers::Chain;
-use crate::loss::softmax_cross_entropy;
+use crate::loss::{distillation_loss, softmax_cross_entropy, SoftTargets};
 use ndarray::{ArrayD, ArrayView, Axis, Dimension, Ix2};
 use rand::SeedableRng;
 use std::collections::HashSet;
@@ -114,15 +114,39 @@ impl Sequential {
         if index >= count {
             return Err(NnError::Config(format!("no layer {index} to replace: the model has {count} layers")));
         }
-        let input = if index == 0 { self.input.clone() } else { self.shapes()[index - 1].clone() };
+        self.replace_at(&index.to_string(), layer)
+    }
+
+    /// The layer at `path`, the path of its parameters' names: `3`, or `3.1.main.0` for a
+    /// layer inside blocks. `None` when there is none.
+    pub fn layer_at(&self, path: &str) -> Option<&dyn Layer> {
+        path.split('.').try_fold(&self.chain as &dyn Layer, |node, name| node.children().into_iter().find(|(n, _)| n == name).map(|(_, c)| c))
+    }
+
+    /// [`Sequential::replace_layer`] for a layer at any depth, named by its `path` (see
+    /// [`Sequential::layer_at`]); it must sit in a chain (a model's or a block's path).
+    ///
+    /// # Errors
+    /// No layer in a chain at `path`, and as [`Sequential::replace_layer`].
+    pub fn replace_at(&mut self, path: &str, layer: Box<dyn Layer>) -> Result<()> {
+        let parts: Vec<&str> = path.split('.').collect();
+        let missing = || NnError::Config(format!("no layer in a chain at path `{path}`"));
+        let (chain, index) = chain_slot(&mut self.chain, &parts).ok_or_else(missing)?;
+        let input = chain.input_of(index).to_vec();
         let mut rng = ModelRng::seed_from_u64(0);
-        let old = self.chain.replace(index, layer, &input, &mut Init { rng: &mut rng }).map_err(build_error)?;
+        let old = chain.replace(index, layer, &input, &mut Init { rng: &mut rng }).map_err(build_error)?;
         if let Err(e) = self.check_unique_names() {
-            self.chain.layers_mut()[index] = old;
+            let (chain, index) = chain_slot(&mut self.chain, &parts).expect("found before");
+            chain.layers_mut()[index] = old;
             return Err(e);
         }
         self.pending_backward = None;
         Ok(())
+    }
+
+    /// The chain of layers (for walking a model's tree).
+    pub(crate) fn chain(&self) -> &Chain {
+        &self.chain
     }
 
     /// Per-sample output shape of each layer.
@@ -265,16 +289,19 @@ impl Sequential {
     /// An input of the wrong shape, labels that do not match it, a model whose output is not
     /// `[n, classes]`.
     pub fn loss_and_gradients(&mut self, x: ArrayD<f32>, labels: &[usize]) -> Result<(f32, usize)> {
-        self.loss_and_gradients_observed(x, labels, &mut |_, _| {})
+        self.loss_and_gradients_observed(x, labels, None, &mut |_, _| {})
     }
 
-    /// [`Sequential::loss_and_gradients`], calling `done(index, layer)` for every layer, last
-    /// first, as soon as its gradients are final (data-parallel training sums them over the
-    /// processes while the backward pass goes on through the earlier layers).
+    /// [`Sequential::loss_and_gradients`], with a teacher's `soft` targets when given (the
+    /// [`crate::loss::distillation_loss`] instead of the cross-entropy), calling
+    /// `done(index, layer)` for every layer, last first, as soon as its gradients are final
+    /// (data-parallel training sums them over the processes while the backward pass goes on
+    /// through the earlier layers).
     ///
     /// # Errors
-    /// As [`Sequential::loss_and_gradients`].
-    pub fn loss_and_gradients_observed(&mut self, x: ArrayD<f32>, labels: &[usize], done: &mut dyn FnMut(usize, &dyn Layer)) -> Result<(f32, usize)> {
+    /// As [`Sequential::loss_and_gradients`], and soft targets of another shape or with bad
+    /// settings.
+    pub fn loss_and_gradients_observed(&mut self, x: ArrayD<f32>, labels: &[usize], soft: Option<&SoftTargets>, done: &mut dyn FnMut(usize, &dyn Layer)) -> Result<(f32, usize)> {
         self.check_input(&x.view())?;
         // the labels against the batch and the classes before any work
         let &[classes] = self.output_shape() else {
@@ -286,8 +313,16 @@ impl Sequential {
         if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= classes) {
             return Err(NnError::Label { label, index, classes });
         }
+        if let Some(soft) = soft {
+            if soft.logits.dim() != (labels.len(), classes) {
+                return Err(NnError::Shape { what: "teacher logits".into(), expected: vec![labels.len(), classes], got: soft.logits.shape().to_vec() });
+            }
+        }
         let logits = self.chain.forward_train(x).into_dimensionality::<Ix2>().expect("the output shape is [classes]");
-        let (loss, dlogits) = softmax_cross_entropy(logits.view(), labels)?;
+        let (loss, dlogits) = match soft {
+            None => softmax_cross_entropy(logits.view(), labels)?,
+            Some(s) => distillation_loss(logits.view(), s.logits.view(), labels, s.temperature, s.alpha)?,
+        };
         let correct = argmax_rows(logits.view()).iter().zip(labels).filter(|(p, l)| p == l).count();
         self.chain.backward_observed(dlogits.into_dyn(), done);
         self.pending_backward = None;
@@ -347,6 +382,22 @@ impl Sequential {
     /// Total number of non-trainable values (the buffers).
     pub fn num_buffers(&self) -> usize {
         self.named_buffers().iter().map(|(_, b)| b.len()).sum()
+    }
+}
+
+/// The chain holding the layer at `path` (split at its dots), and the layer's index in it.
+fn chain_slot<'a>(node: &'a mut dyn Layer, path: &[&str]) -> Option<(&'a mut Chain, usize)> {
+    match path {
+        [index] => {
+            let chain = (node as &mut dyn std::any::Any).downcast_mut::<Chain>()?;
+            let index = index.parse::<usize>().ok().filter(|&i| i < chain.layers().len())?;
+            Some((chain, index))
+        }
+        [name, rest @ ..] => {
+            let child = node.children_mut().into_iter().find(|(n, _)| n == name)?.1;
+            chain_slot(child, rest)
+        }
+        [] => None,
     }
 }
 

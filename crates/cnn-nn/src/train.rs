@@ -8,9 +8,9 @@
 use crate::augment::{augment_batch, Transform};
 use crate::callbacks::Control;
 use crate::data::{shuffled, Data};
-use crate::distributed::{self, shard, Solo, Team};
+use crate::distributed::{self, shard, Shard, Solo, Team};
 use crate::error::{NnError, Result};
-use crate::loss::softmax_cross_entropy;
+use crate::loss::{softmax_cross_entropy, SoftTargets};
 use crate::optim::Optimizer;
 use crate::schedule::{Progress, Schedule};
 use std::sync::Arc;
@@ -90,11 +90,31 @@ pub struct FitConfig {
     /// Augmentation applied to every training batch, each sample seeded by (`seed`, epoch,
     /// its index): the same at any thread count.
     pub augment: Option<Arc<dyn Transform>>,
+    /// Learn from a teacher network's soft targets too (knowledge distillation).
+    pub distill: Option<Distillation>,
+}
+
+/// Knowledge distillation: the loss becomes [`crate::loss::distillation_loss`] against the
+/// `teacher`'s logits (in evaluation mode) on the same (augmented) batch.
+#[derive(Clone)]
+pub struct Distillation {
+    /// The network learned from (a full-size one, for a compressed student).
+    pub teacher: Arc<Sequential>,
+    /// The softening temperature `T` (a positive number; 2 to 5 is usual).
+    pub temperature: f32,
+    /// The weight `α` of the soft term, in `[0, 1]`.
+    pub alpha: f32,
+}
+
+impl std::fmt::Debug for Distillation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distillation").field("teacher", &format_args!("{} parameters", self.teacher.num_params())).field("temperature", &self.temperature).field("alpha", &self.alpha).finish()
+    }
 }
 
 impl Default for FitConfig {
     fn default() -> Self {
-        FitConfig { epochs: 5, start_epoch: 0, batch_size: 64, seed: 0, schedule: None, progress: true, divergence: Divergence::default(), augment: None }
+        FitConfig { epochs: 5, start_epoch: 0, batch_size: 64, seed: 0, schedule: None, progress: true, divergence: Divergence::default(), augment: None, distill: None }
     }
 }
 
@@ -307,6 +327,17 @@ fn check_fit<D: Data + ?Sized>(model: &Sequential, optimizer: &dyn Optimizer, tr
             }
         }
     }
+    if let Some(d) = &config.distill {
+        if d.teacher.input_shape() != model.input_shape() || d.teacher.output_shape() != model.output_shape() {
+            return Err(NnError::Config(format!(
+                "the teacher takes {:?} and gives {:?}; the model takes {:?} and gives {:?}: they must agree to distil",
+                d.teacher.input_shape(), d.teacher.output_shape(), model.input_shape(), model.output_shape()
+            )));
+        }
+        if !(d.temperature.is_finite() && d.temperature > 0.0 && (0.0..=1.0).contains(&d.alpha)) {
+            return Err(NnError::Config(format!("distillation needs a positive temperature and alpha in [0, 1], got {} and {}", d.temperature, d.alpha)));
+        }
+    }
     let d = config.divergence;
     if d.window == 0 || !(d.factor >= 1.0 && d.margin >= 0.0) {
         return Err(NnError::Config(format!("divergence rule needs a window >= 1, factor >= 1 and margin >= 0, got {d:?}")));
@@ -491,9 +522,22 @@ pub fn batch_gradients<D: Data + ?Sized>(team: &dyn Team, model: &mut Sequential
         }
         (_, x) => x,
     };
+    let shard = match x {
+        Some(x) => {
+            let soft = match &config.distill {
+                Some(d) => {
+                    let logits = d.teacher.forward(x.clone())?.into_dimensionality::<Ix2>().map_err(|_| NnError::Config("the teacher's output is not [n, classes]".into()))?;
+                    Some(SoftTargets { logits, temperature: d.temperature, alpha: d.alpha })
+                }
+                None => None,
+            };
+            Some(Shard { x, labels: &labels, soft })
+        }
+        None => None,
+    };
     model.zero_grad();
     let weight = part.len() as f32 / batch.len() as f32;
-    let (loss, right) = team.gradients(model, x.map(|x| (x, &labels[..])), weight)?;
+    let (loss, right) = team.gradients(model, shard, weight)?;
     // the whole batch's mean loss and correct predictions
     let mut sums = [loss as f64 * part.len() as f64, right as f64];
     team.sum(&mut sums);

@@ -219,3 +219,49 @@ fn dropout_scales_and_routes_through_its_mask() {
     assert_eq!(dx, y, "the gradient goes through the same mask");
     assert_eq!(drop.forward(x.clone()), x, "identity in evaluation");
 }
+
+/// The distillation loss written again in f64, straight from its definition.
+fn distillation_f64(z: &[Vec<f64>], t: &[Vec<f64>], labels: &[usize], temp: f64, alpha: f64) -> f64 {
+    let log_softmax = |row: &[f64], scale: f64| -> Vec<f64> {
+        let s: Vec<f64> = row.iter().map(|v| v / scale).collect();
+        let log_sum = s.iter().map(|v| v.exp()).sum::<f64>().ln();
+        s.iter().map(|v| v - log_sum).collect()
+    };
+    let n = z.len() as f64;
+    z.iter().zip(t).zip(labels).map(|((z, t), &y)| {
+        let hard = -log_softmax(z, 1.0)[y];
+        let (lp, lq) = (log_softmax(t, temp), log_softmax(z, temp));
+        let kl: f64 = lp.iter().zip(&lq).map(|(p, q)| p.exp() * (p - q)).sum();
+        (1.0 - alpha) * hard + alpha * temp * temp * kl
+    }).sum::<f64>() / n
+}
+
+#[test]
+fn distillation_gradient_matches_finite_differences_in_f64() {
+    use cnn_nn::loss::distillation_loss;
+    let (n, classes) = (3, 5);
+    let z = ndarray::Array2::from_shape_fn((n, classes), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 3.0 - 1.5);
+    let t = ndarray::Array2::from_shape_fn((n, classes), |(i, j)| ((i * 5 + j * 2) % 7) as f32 / 2.0 - 1.0);
+    let labels = [4, 0, 2];
+    for (temp, alpha) in [(1.0, 0.5), (4.0, 0.9), (2.5, 1.0)] {
+        let (loss, grad) = distillation_loss(z.view(), t.view(), &labels, temp, alpha).unwrap();
+        let rows = |a: &ndarray::Array2<f32>| a.outer_iter().map(|r| r.iter().map(|&v| v as f64).collect()).collect::<Vec<Vec<f64>>>();
+        let (zr, tr) = (rows(&z), rows(&t));
+        let exact = distillation_f64(&zr, &tr, &labels, temp as f64, alpha as f64);
+        assert!((loss as f64 - exact).abs() < 1e-5 * exact.abs().max(1.0), "T {temp}, α {alpha}: {loss} vs {exact}");
+        let eps = 1e-6;
+        for i in 0..n {
+            for j in 0..classes {
+                let mut plus = zr.clone();
+                plus[i][j] += eps;
+                let mut minus = zr.clone();
+                minus[i][j] -= eps;
+                let numeric = (distillation_f64(&plus, &tr, &labels, temp as f64, alpha as f64) - distillation_f64(&minus, &tr, &labels, temp as f64, alpha as f64)) / (2.0 * eps);
+                assert!((grad[[i, j]] as f64 - numeric).abs() < 2e-5, "T {temp}, α {alpha}, [{i}, {j}]: {} vs {numeric}", grad[[i, j]]);
+            }
+        }
+    }
+    assert!(distillation_loss(z.view(), t.view(), &labels, 0.0, 0.5).is_err());
+    assert!(distillation_loss(z.view(), t.view(), &labels, 2.0, 1.5).is_err());
+    assert!(distillation_loss(z.view(), t.slice(ndarray::s![..2, ..]), &labels, 2.0, 0.5).is_err());
+}

@@ -2,7 +2,7 @@
 //! alone, a factorised one included.
 
 use cnn_nn::checkpoint::{self, load_model, Metadata, FACTORISED, MODEL};
-use cnn_nn::compress::{factorise, plan_string};
+use cnn_nn::compress::{factorise, plan_string, Choice};
 use cnn_nn::models::{by_name, ALL_NAMES, NAMES};
 use cnn_nn::ndarray::ArrayD;
 use cnn_nn::RankPolicy;
@@ -31,9 +31,9 @@ fn a_factorised_model_is_rebuilt_from_its_plan() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("low.safetensors");
     let mut model = by_name("reference", 4).unwrap();
-    let decisions = factorise(&mut model, &[(3, RankPolicy::Fixed(8)), (6, RankPolicy::Energy(0.9))]).unwrap();
+    let decisions = factorise(&mut model, &[Choice::channel("3", RankPolicy::Fixed(8)), Choice::spatial("6", RankPolicy::Fixed(20))]).unwrap();
     let plan = plan_string(&decisions);
-    assert!(plan.starts_with("3:8,6:"), "{plan}");
+    assert_eq!(plan, "3:8,6:spatial:20");
     let meta = Metadata::from([(MODEL.into(), "reference".into()), (FACTORISED.into(), plan)]);
     checkpoint::save(&path, &model, None, &meta).unwrap();
     let (loaded, _) = load_model(&path).unwrap();

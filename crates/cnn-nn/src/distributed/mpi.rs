@@ -1,12 +1,11 @@
 //! The [`Team`] of MPI processes (Open MPI through the `mpi` crate, rsmpi).
 
-use super::Team;
+use super::{Shard, Team};
 use crate::error::{NnError, Result};
 use crate::{Layer, Sequential};
 use mpi::collective::SystemOperation;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
-use ndarray::ArrayD;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -147,7 +146,7 @@ impl Team for Mpi {
         self.world.process_at_rank(0).broadcast_into(values);
     }
 
-    fn gradients(&self, model: &mut Sequential, shard: Option<(ArrayD<f32>, &[usize])>, weight: f32) -> Result<(f32, usize)> {
+    fn gradients(&self, model: &mut Sequential, shard: Option<Shard<'_>>, weight: f32) -> Result<(f32, usize)> {
         let plan = buckets(model, self.bucket_values);
         let total = plan.iter().map(|b| b.len).sum();
         // the weighted gradients, bucket after bucket, last layer first; and their sums
@@ -174,7 +173,7 @@ impl Team for Mpi {
                 pending = std::mem::take(&mut pending).into_iter().filter_map(|r| r.test().err()).collect();
             };
             let result = match shard {
-                Some((x, labels)) => model.loss_and_gradients_observed(x, labels, &mut done),
+                Some(s) => model.loss_and_gradients_observed(s.x, s.labels, s.soft.as_ref(), &mut done),
                 None => {
                     model.layers().iter().enumerate().rev().for_each(|(i, layer)| done(i, layer.as_ref()));
                     Ok((0.0, 0))

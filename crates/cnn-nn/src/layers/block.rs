@@ -106,6 +106,10 @@ impl Layer for Residual {
         self.paths().into_iter().map(|(name, c)| (name.to_string(), c as &dyn Layer)).collect()
     }
 
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer)> {
+        self.paths_mut().into_iter().map(|(name, c)| (name.to_string(), c as &mut dyn Layer)).collect()
+    }
+
     fn describe(&self) -> Describe {
         Describe { name: "Residual".into(), ..Describe::default() }
     }
@@ -211,6 +215,10 @@ impl Layer for Concat {
 
     fn children(&self) -> Vec<(String, &dyn Layer)> {
         self.branches.iter().enumerate().map(|(i, b)| (i.to_string(), b as &dyn Layer)).collect()
+    }
+
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer)> {
+        self.branches.iter_mut().enumerate().map(|(i, b)| (i.to_string(), b as &mut dyn Layer)).collect()
     }
 
     fn describe(&self) -> Describe {

@@ -21,6 +21,8 @@ pub struct Chain {
     layers: Vec<Box<dyn Layer>>,
     /// Per-sample output shape of each layer (after `build`).
     shapes: Vec<Vec<usize>>,
+    /// Per-sample input shape (after `build`).
+    input: Vec<usize>,
 }
 
 impl Chain {
@@ -53,6 +55,11 @@ impl Chain {
     /// Per-sample output shape of each layer (empty before `build`).
     pub fn shapes(&self) -> &[Vec<usize>] {
         &self.shapes
+    }
+
+    /// Per-sample input shape of layer `index` (after `build`).
+    pub fn input_of(&self, index: usize) -> &[usize] {
+        if index == 0 { &self.input } else { &self.shapes[index - 1] }
     }
 
     /// Builds `layer` for `input`, naming it `index` in errors.
@@ -88,6 +95,7 @@ impl Chain {
 impl Layer for Chain {
     fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, BuildError> {
         let mut shape = input.to_vec();
+        self.input = input.to_vec();
         self.shapes.clear();
         for (i, layer) in self.layers.iter_mut().enumerate() {
             shape = Chain::build_child(layer.as_mut(), &i.to_string(), &shape, init)?;
@@ -126,6 +134,10 @@ impl Layer for Chain {
 
     fn children(&self) -> Vec<(String, &dyn Layer)> {
         self.layers.iter().enumerate().map(|(i, l)| (i.to_string(), l.as_ref())).collect()
+    }
+
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer)> {
+        self.layers.iter_mut().enumerate().map(|(i, l)| (i.to_string(), l.as_mut())).collect()
     }
 
     fn describe(&self) -> Describe {

@@ -45,6 +45,18 @@ impl Conv2d {
         Conv2d { filters, window: Window::square(k), groups: Groups::Count(1), group_count: 1, use_bias: true, init: WeightInit::default(), params: vec![], x: None }
     }
 
+    /// A (full) convolution with the given filters `[filters, c_in, kh, kw]`, optional bias
+    /// `[filters]` and window: trained weights put into a model (the spatial low-rank
+    /// factors of [`crate::compress`], say). It keeps them when built for an input of `c_in`
+    /// channels.
+    pub fn from_weights(weight: Array4<f32>, bias: Option<ndarray::Array1<f32>>, window: Window) -> Self {
+        let (filters, _, kh, kw) = weight.dim();
+        let mut params = vec![Param::new("weight", weight.into_dyn())];
+        let use_bias = bias.is_some();
+        params.extend(bias.map(|b| Param::new("bias", b.into_dyn())));
+        Conv2d { filters, window: Window { kh, kw, ..window }, use_bias, params, ..Conv2d::new(filters, kh) }
+    }
+
     /// A depthwise `k x k` convolution: each input channel with its own `multiplier` kernels,
     /// `c_in · multiplier` output channels, no bias (as Keras' `DepthwiseConv2D` in Xception;
     /// add one with [`Conv2d::with_bias`]).
@@ -146,10 +158,14 @@ impl Layer for Conv2d {
         }
         let g = self.window.geometry(*h, *w)?;
         let (kh, kw) = (self.window.kh, self.window.kw);
-        let weight = init.weights(&[filters, c_in / groups, kh, kw], self.init)?;
+        let shape = [filters, c_in / groups, kh, kw];
         self.filters = filters;
         self.group_count = groups;
-        self.params = vec![Param::new("weight", weight)];
+        // weights given by `from_weights` are kept when they fit
+        if self.params.first().is_some_and(|p| p.value.shape() == shape) {
+            return Ok(vec![filters, g.oh, g.ow]);
+        }
+        self.params = vec![Param::new("weight", init.weights(&shape, self.init)?)];
         if self.use_bias {
             self.params.push(Param::new("bias", ArrayD::zeros(vec![filters])));
         }
