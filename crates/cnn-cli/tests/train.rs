@@ -119,16 +119,11 @@ fn lowrank_factorises_a_checkpoint_that_describes_itself() {
     let meta = checkpoint::Metadata::from([(checkpoint::MODEL.into(), "reference".into())]);
     checkpoint::save(&base, &reference_cnn(1), None, &meta).unwrap();
     let out = dir.path().join("low");
-    let o = Command::new(env!("CARGO_BIN_EXE_cnn-lowrank"))
-        .args(["--rounds", "1", "--batch", "32", "--model"])
-        .arg(&base)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let lowrank = |model: &Path, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_cnn-lowrank")).arg("--model").arg(model).arg("--data").arg(&data).arg("--out").arg(&out).arg("--rounds=1").args(extra).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    lowrank(&base, &["--batch", "32"]);
     let csv = std::fs::read_to_string(out.join("lowrank.csv")).unwrap();
     let mut lines = csv.lines();
     assert_eq!(lines.next().unwrap(), "model,decomposition,setting,ranks,flop_ratio,speedup,net_speedup,full_ms,lowrank_ms,net_full_ms,net_lowrank_ms,acc_before,acc_no_ft,acc_ft,acc_drop_pts,control_acc,drop_vs_control_pts");
@@ -149,16 +144,7 @@ fn lowrank_factorises_a_checkpoint_that_describes_itself() {
     // a ResNet-20 checkpoint: its convolutions inside the residual blocks are factorised too
     let resnet = dir.path().join("resnet.safetensors");
     checkpoint::save(&resnet, &cnn_nn::models::by_name("resnet20", 0).unwrap(), None, &checkpoint::Metadata::from([(checkpoint::MODEL.into(), "resnet20".into())])).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_cnn-lowrank"))
-        .args(["--rounds", "1", "--batch", "8", "--only", "all spatial flops/2", "--model"])
-        .arg(&resnet)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    lowrank(&resnet, &["--batch", "8", "--only", "all spatial flops/2"]);
     let csv = std::fs::read_to_string(out.join("lowrank.csv")).unwrap();
     let row = csv.lines().find(|l| l.starts_with("resnet20,spatial,all spatial flops/2,")).unwrap_or_else(|| panic!("{csv}"));
     assert!(row.contains(".main.0=s") && row.matches(";").count() >= 17, "the 19 convolutions, most factorised: {row}");
