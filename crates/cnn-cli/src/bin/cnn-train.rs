@@ -49,7 +49,7 @@ enum AugmentArg {
 #[derive(Parser, Debug)]
 #[command(version, about, allow_negative_numbers = true)]
 struct Args {
-    /// The model: reference (the course's network), lenet5, resnet20.
+    /// The model: reference (the course's network), lenet5, resnet20, vgg-fashion.
     #[arg(long, default_value = "reference")]
     model: String,
     /// Directory with the four MNIST-format IDX files (plain or .gz).

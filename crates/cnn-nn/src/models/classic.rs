@@ -87,6 +87,30 @@ impl Vgg {
     }
 }
 
+/// A VGG-style network for 28x28 grey images and 10 classes (Fashion-MNIST): three stages of
+/// two 3x3 convolutions (SAME, ReLU) with 32, 64 and 128 filters, each stage ending with a 2x2
+/// max pooling, then Dense(256) and the 10 logits. About 29 million multiply-adds per image,
+/// nearly all in the convolutions: the network where low-rank convolutions can pay
+/// (`cargo xtask lowrank --arch vgg-fashion`).
+pub fn vgg_fashion(seed: u64) -> Sequential {
+    let mut features = Chain::new();
+    for filters in [32, 64, 128] {
+        for _ in 0..2 {
+            features = features.add(Conv2d::new(filters, 3).padding(Padding::Same)).add(ReLU::new());
+        }
+        features = features.add(MaxPool2d::new(2));
+    }
+    Sequential::builder(&[1, 28, 28])
+        .add(features)
+        .add(Flatten::new())
+        .add(Dense::new(256))
+        .add(ReLU::new())
+        .add(Dense::new(10).init(WeightInit::GlorotUniform))
+        .seed(seed)
+        .build()
+        .expect("the VGG-style network's shapes fit")
+}
+
 /// VGG for 3x224x224 images, 1000 classes, without BatchNorm: stacked 3x3 convolutions (SAME,
 /// ReLU) in five stages of 64, 128, 256, 512, 512 filters, then 4096, 4096 and 1000 units.
 pub fn vgg(config: Vgg, seed: u64) -> Sequential {

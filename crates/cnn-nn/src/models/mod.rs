@@ -7,7 +7,7 @@ mod recipe;
 mod resnet;
 mod xception;
 
-pub use classic::{alexnet, lenet5, vgg, Vgg};
+pub use classic::{alexnet, lenet5, vgg, vgg_fashion, Vgg};
 pub use googlenet::googlenet;
 pub use recipe::{OptimizerKind, Recipe, ScheduleKind};
 pub use resnet::{resnet1202, resnet20, resnet_cifar};
@@ -45,12 +45,12 @@ pub fn reference_cnn(seed: u64) -> Sequential {
 
 /// The models for 1x28x28 images and 10 classes (Fashion-MNIST), which `cargo xtask train`
 /// trains.
-pub const NAMES: [&str; 3] = ["reference", "lenet5", "resnet20"];
+pub const NAMES: [&str; 4] = ["reference", "lenet5", "resnet20", "vgg-fashion"];
 
 /// Every model [`by_name`] builds: [`NAMES`], then the architecture table at its own input
 /// sizes (`resnet20-cifar` is ResNet-20 on 3x32x32).
-pub const ALL_NAMES: [&str; 11] =
-    ["reference", "lenet5", "resnet20", "resnet20-cifar", "resnet1202", "alexnet", "vgg11", "vgg16", "vgg19", "googlenet", "xception"];
+pub const ALL_NAMES: [&str; 12] =
+    ["reference", "lenet5", "resnet20", "vgg-fashion", "resnet20-cifar", "resnet1202", "alexnet", "vgg11", "vgg16", "vgg19", "googlenet", "xception"];
 
 /// A model of the zoo by name (see [`ALL_NAMES`]): what a checkpoint records to be rebuilt
 /// from the file alone.
@@ -62,6 +62,7 @@ pub fn by_name(name: &str, seed: u64) -> crate::Result<Sequential> {
         "reference" => Ok(reference_cnn(seed)),
         "lenet5" => Ok(lenet5(seed)),
         "resnet20" => resnet_cifar(3, &[1, 28, 28], 10, seed),
+        "vgg-fashion" => Ok(vgg_fashion(seed)),
         "resnet20-cifar" => Ok(resnet20(seed)),
         "resnet1202" => Ok(resnet1202(seed)),
         "alexnet" => Ok(alexnet(seed)),

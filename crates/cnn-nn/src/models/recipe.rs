@@ -63,7 +63,7 @@ pub struct Recipe {
 impl Recipe {
     /// The documented default of a model of [`super::NAMES`]:
     ///
-    /// - `reference`, `lenet5`: Adam 1e-3, batch 64, 5 epochs, constant rate, no augmentation;
+    /// - `reference`, `lenet5`, `vgg-fashion`: Adam 1e-3, batch 64, 5 epochs, constant rate, no augmentation;
     /// - `resnet20`: the classic CIFAR recipe — SGD with Nesterov momentum 0.9, weight decay
     ///   5e-4 except on biases and BatchNorm, batch 128, rate 0.1 with cosine decay per step,
     ///   15 epochs, random 28x28 crops of the image padded to 32x32 and horizontal flips.
@@ -85,7 +85,7 @@ impl Recipe {
             crop_flip: false,
         };
         match name {
-            "reference" | "lenet5" => Ok(adam),
+            "reference" | "lenet5" | "vgg-fashion" => Ok(adam),
             "resnet20" => Ok(Recipe {
                 optimizer: OptimizerKind::Sgd,
                 lr: 0.1,
