@@ -4,7 +4,7 @@
 //! - `cargo xtask bench [--quick]`: criterion benchmarks, HTML report and a summary table.
 //! - `cargo xtask train [...]`: trains a model of the zoo, writes weights, metrics, pictures;
 //!   `--procs N` trains data-parallel in N MPI processes.
-//! - `cargo xtask lowrank [...]`: the low-rank speed/accuracy trade-off table.
+//! - `cargo xtask lowrank [...]`: the low-rank speed/accuracy trade-off table of any saved model.
 //! - `cargo xtask zoo [...]`: the architecture table, built and measured.
 //! - `cargo xtask info`: what cnn-nn makes of this machine (threads, BLAS kernels, GFLOP/s).
 
@@ -27,9 +27,11 @@ tasks:
   zoo [options]      build LeNet-5 … Xception: parameters, multiply-adds, activations, forward times
                      (--rounds N --only NAME --out FILE)
   info               threads, the OpenBLAS kernels cnn-nn selected, and a GEMM's GFLOP/s
-  lowrank [options]  factorise the trained network's convolutions by truncated SVD at several ranks:
-                     ranks, FLOPs, measured speed-up, accuracy before/after one epoch of fine-tuning;
-                     --model FILE (else trains one first) --data DIR --out DIR (see --help)";
+  lowrank [options]  factorise a trained model's convolutions by truncated SVD (channel or spatial
+                     decomposition, any depth): FLOPs, measured layer and whole-network speed-ups,
+                     accuracy before/after fine-tuning beside the control (the original fine-tuned
+                     as long); --model FILE, else --arch NAME is trained first; --target 2.0 (ranks
+                     chosen under a speed budget), --distill T, --ft-epochs N (see --help)";
 
 /// Runs `cargo` with `args`, failing if it fails.
 pub fn cargo(args: &[&str]) -> Result<(), String> {
