@@ -88,6 +88,11 @@ fn conv_layers() {
     check_layer(SeparableConv2d::with_multiplier(4, 3, 2).padding(Padding::Same), &[2, 3, 5, 5], LINEAR, 25);
     // linear in x, in mix and in basis, each on its own
     check_layer(LowRankConv2d::new(5, 2, Window::square(3).padding(Padding::Same)), &[2, 3, 6, 6], LINEAR, 18);
+    // the spatial factors of a SAME, strided 3x3 layer on 7x6: a vertical 3x1 convolution then a
+    // horizontal 1x3 one, with the windows `split_spatial` gives (asymmetric padding included)
+    let (vertical, horizontal) = Window::square(3).stride(2).padding(Padding::Same).split_spatial(7, 6).unwrap();
+    let conv = |filters, w: Window| Conv2d::new(filters, 1).kernel(w.kh, w.kw).strides(w.sh, w.sw).padding(w.padding);
+    check_layer(Chain::new().add(conv(2, vertical).no_bias()).add(conv(3, horizontal)), &[2, 2, 7, 6], LINEAR, 26);
 }
 
 #[test]
