@@ -147,5 +147,5 @@ fn lowrank_factorises_a_checkpoint_that_describes_itself() {
     lowrank(&resnet, &["--batch", "8", "--only", "all spatial flops/2"]);
     let csv = std::fs::read_to_string(out.join("lowrank.csv")).unwrap();
     let row = csv.lines().find(|l| l.starts_with("resnet20,spatial,all spatial flops/2,")).unwrap_or_else(|| panic!("{csv}"));
-    assert!(row.contains(".main.0=s") && row.matches(";").count() >= 17, "the 19 convolutions, most factorised: {row}");
+    assert!(row.contains(".main.0=s") && !row.contains(",0=s") && row.matches(";").count() >= 16, "the 18 convolutions after the stem, most factorised: {row}");
 }

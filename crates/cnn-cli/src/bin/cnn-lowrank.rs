@@ -1,5 +1,6 @@
 //! Low-rank compression of any saved model: for several settings — one decomposition for every
-//! convolution, the heaviest layer alone, and per-layer ranks chosen under a speed budget — the
+//! convolution but the first, the heaviest layer alone, and per-layer ranks chosen under a
+//! speed budget — the
 //! ranks, the FLOPs, the **measured** speed-up of the factorised layers and of the whole
 //! network, and the test accuracy before and after fine-tuning, beside the **control** (the
 //! original fine-tuned for as long). Run it with `cargo xtask lowrank`.
@@ -121,8 +122,10 @@ fn settings(base: &Sequential, sites: &[ConvSite], net_ms: f64, args: &Args) -> 
             let policy = RankPolicy::FlopReduction(factor);
             out.push(Setting { name: format!("{} {d} flops/{factor}", heaviest.path), decomposition: d.to_string(), plan: vec![Choice { path: heaviest.path.clone(), decomposition: d, policy }] });
         }
+        // every convolution but the first: it sees the image's few channels, its factors
+        // would be thin (rank 1 or 2) and it is cheap (the usual practice since Jaderberg et al.)
         for factor in [2.0, 3.0] {
-            let plan = sites.iter().map(|s| Choice { path: s.path.clone(), decomposition: d, policy: RankPolicy::FlopReduction(factor) }).collect();
+            let plan = sites[1..].iter().map(|s| Choice { path: s.path.clone(), decomposition: d, policy: RankPolicy::FlopReduction(factor) }).collect();
             out.push(Setting { name: format!("all {d} flops/{factor}"), decomposition: d.to_string(), plan });
         }
     }
@@ -134,9 +137,9 @@ fn settings(base: &Sequential, sites: &[ConvSite], net_ms: f64, args: &Args) -> 
         return Ok(out);
     }
     // the candidates of the budget search: every layer, both decompositions, six FLOP cuts
-    println!("measuring {} layers x 2 decompositions x 6 ranks for the budget search...", sites.len());
+    println!("measuring {} layers x 2 decompositions x 6 ranks for the budget search...", sites.len() - 1);
     let mut candidates = vec![];
-    for site in sites {
+    for site in &sites[1..] {
         let full = base.layer_at(&site.path).expect("a site");
         for d in Decomposition::ALL {
             let mut ranks = vec![];
@@ -230,8 +233,8 @@ fn run(args: Args) -> Result<()> {
     let fresh_copy = |path: &Path| checkpoint::load_model(path).map(|(m, _)| m);
     let base = fresh_copy(&base_path)?;
     let sites = conv_sites(&base);
-    if sites.is_empty() {
-        return Err(NnError::Config(format!("{}: the `{name}` model has no full convolution to factorise", base_path.display())));
+    if sites.len() < 2 {
+        return Err(NnError::Config(format!("{}: the `{name}` model has {} full convolution(s); this tool factorises all but the first, so it needs 2", base_path.display(), sites.len())));
     }
     let acc_before = accuracy(&base, &test)?;
     println!("{name}: test accuracy {acc_before:.2}%, {} convolutions", sites.len());
