@@ -50,6 +50,10 @@ struct Args {
     /// The weight of the distillation's soft term.
     #[arg(long, default_value_t = 0.5)]
     alpha: f32,
+    /// FLOP reductions of the fixed settings (each decomposition, on the heaviest layer and on
+    /// all but the first).
+    #[arg(long, value_delimiter = ',', default_value = "2,3")]
+    flops: Vec<f64>,
     /// Whole-network speed-ups to reach with per-layer ranks chosen under a budget.
     #[arg(long, value_delimiter = ',', default_value = "2.0")]
     target: Vec<f64>,
@@ -118,16 +122,19 @@ fn settings(base: &Sequential, sites: &[ConvSite], net_ms: f64, args: &Args) -> 
     let mut out = vec![];
     let heaviest = sites.iter().max_by_key(|s| s.macs(Decomposition::Channel, None)).expect("a model with convolutions");
     for d in Decomposition::ALL {
-        for factor in [2.0, 3.0] {
+        for &factor in &args.flops {
             let policy = RankPolicy::FlopReduction(factor);
             out.push(Setting { name: format!("{} {d} flops/{factor}", heaviest.path), decomposition: d.to_string(), plan: vec![Choice { path: heaviest.path.clone(), decomposition: d, policy }] });
         }
         // every convolution but the first: it sees the image's few channels, its factors
         // would be thin (rank 1 or 2) and it is cheap (the usual practice since Jaderberg et al.)
-        for factor in [2.0, 3.0] {
+        for &factor in &args.flops {
             let plan = sites[1..].iter().map(|s| Choice { path: s.path.clone(), decomposition: d, policy: RankPolicy::FlopReduction(factor) }).collect();
             out.push(Setting { name: format!("all {d} flops/{factor}"), decomposition: d.to_string(), plan });
         }
+    }
+    if args.flops.iter().any(|&f| !(f.is_finite() && f >= 1.0)) {
+        return Err(NnError::Config(format!("--flops takes reduction factors of at least 1, got {:?}", args.flops)));
     }
     if args.target.iter().any(|&t| !(t.is_finite() && t > 1.0)) {
         return Err(NnError::Config(format!("--target takes speed-ups above 1, got {:?}", args.target)));
