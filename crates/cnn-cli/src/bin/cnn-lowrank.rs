@@ -133,12 +133,6 @@ fn settings(base: &Sequential, sites: &[ConvSite], net_ms: f64, args: &Args) -> 
             out.push(Setting { name: format!("all {d} flops/{factor}"), decomposition: d.to_string(), plan });
         }
     }
-    if args.flops.iter().any(|&f| !(f.is_finite() && f >= 1.0)) {
-        return Err(NnError::Config(format!("--flops takes reduction factors of at least 1, got {:?}", args.flops)));
-    }
-    if args.target.iter().any(|&t| !(t.is_finite() && t > 1.0)) {
-        return Err(NnError::Config(format!("--target takes speed-ups above 1, got {:?}", args.target)));
-    }
     let wanted = |t: f64| args.only.as_ref().is_none_or(|o| format!("budget {t}x").contains(o.as_str()));
     if !args.target.iter().any(|&t| wanted(t)) {
         return Ok(out);
@@ -204,6 +198,12 @@ fn run(args: Args) -> Result<()> {
     }
     if let Some(t) = args.distill {
         check_lr("--distill (a temperature)", t)?;
+    }
+    if args.flops.iter().any(|&f| !(f.is_finite() && f >= 1.0)) {
+        return Err(NnError::Config(format!("--flops takes reduction factors of at least 1, got {:?}", args.flops)));
+    }
+    if args.target.iter().any(|&t| !(t.is_finite() && t > 1.0)) {
+        return Err(NnError::Config(format!("--target takes speed-ups above 1, got {:?}", args.target)));
     }
     if !(0.0..=1.0).contains(&args.alpha) {
         return Err(NnError::Config(format!("--alpha must be in [0, 1], got {}", args.alpha)));
