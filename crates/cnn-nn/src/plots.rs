@@ -201,7 +201,7 @@ pub fn lowrank_tradeoff(points: &[TradeoffPoint], original_accuracy: f64, contro
         let accs = points.iter().map(|p| p.accuracy).chain([original_accuracy, control_accuracy]);
         let (lo, hi) = accs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), a| (lo.min(a), hi.max(a)));
         let mut chart = ChartBuilder::on(&root)
-            .caption("low-rank convolution: accuracy vs measured speed-up", ("sans-serif", 20))
+            .caption("low-rank convolution: accuracy vs measured whole-network speed-up", ("sans-serif", 20))
             .margin(20)
             .x_label_area_size(40)
             .y_label_area_size(55)
@@ -236,7 +236,7 @@ pub fn lowrank_tradeoff(points: &[TradeoffPoint], original_accuracy: f64, contro
                 .draw_series([Text::new(p.label.clone(), (p.speedup, p.accuracy), ("sans-serif", 13))])
                 .map_err(|e| plot_error(path, e))?;
         }
-        chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|e| plot_error(path, e))?;
+        chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE).border_style(BLACK).draw().map_err(|e| plot_error(path, e))?;
         root.present().map_err(|e| plot_error(path, e))?;
     }
     finish(&tmp, path)
