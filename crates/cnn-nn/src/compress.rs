@@ -204,9 +204,17 @@ pub struct Candidate {
 /// until the budget is met. Returns the indices of the chosen candidates.
 ///
 /// # Errors
-/// The budget cannot be met even by taking every layer's fastest candidate (naming the
-/// time that could be saved).
+/// A budget or a candidate's time or energy that is not a finite number of at least 0, or a
+/// budget that cannot be met even by taking every layer's fastest candidate (naming the time
+/// that could be saved).
 pub fn choose_under_budget(candidates: &[Candidate], needed_ms: f64) -> std::result::Result<Vec<usize>, String> {
+    let fine = |v: f64| v.is_finite() && v >= 0.0;
+    if !fine(needed_ms) {
+        return Err(format!("the time to save must be a finite number of ms >= 0, got {needed_ms}"));
+    }
+    if let Some(c) = candidates.iter().find(|c| !(fine(c.saved_ms) && fine(c.energy_lost))) {
+        return Err(format!("candidate {} {} {:?}: saved {} ms, energy lost {}: both must be finite numbers >= 0", c.choice.path, c.choice.decomposition, c.choice.policy, c.saved_ms, c.energy_lost));
+    }
     let mut chosen: std::collections::BTreeMap<&str, usize> = Default::default();
     let saved = |chosen: &std::collections::BTreeMap<&str, usize>| chosen.values().map(|&i| candidates[i].saved_ms).sum::<f64>();
     while saved(&chosen) < needed_ms {

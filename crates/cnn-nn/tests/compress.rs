@@ -245,4 +245,32 @@ fn the_rank_search_meets_its_budget_taking_the_cheapest_energy_first() {
     let e = choose_under_budget(&candidates, 11.0).unwrap_err();
     assert!(e.contains("out of reach") && e.contains("10.50 ms"), "{e}");
     assert!(choose_under_budget(&candidates, 0.0).unwrap().is_empty());
+    // NaN is refused, not taken for "nothing to save"
+    assert!(choose_under_budget(&candidates, f64::NAN).unwrap_err().contains("finite"));
+    let mut broken = candidates.clone();
+    broken[3].saved_ms = f64::NAN;
+    assert!(choose_under_budget(&broken, 1.0).unwrap_err().contains("candidate b"));
+}
+
+#[test]
+fn layers_inside_blocks_are_found_and_replaced_by_path() {
+    use cnn_nn::layers::Conv2d;
+    use cnn_nn::ndarray::{Array1, Array4};
+    use cnn_nn::Window;
+    let mut model = cnn_nn::models::by_name("resnet20", 3).unwrap();
+    let path = conv_sites(&model)[1].path.clone();
+    assert!(model.layer_at(&path).unwrap().describe().name.starts_with("Conv2d("));
+    assert!(model.layer_at("1.99.main").is_none());
+    // a convolution with given filters takes the place of another of the same shape
+    let window = Window::square(3).padding(cnn_nn::Padding::Same);
+    let given = || Conv2d::from_weights(Array4::from_elem((16, 16, 3, 3), 0.01), Some(Array1::zeros(16)), window);
+    model.replace_at(&path, Box::new(given())).unwrap();
+    assert!(model.named_params().iter().any(|(n, p)| *n == format!("{path}.weight") && p.value.iter().all(|&v| v == 0.01)));
+    // filters that do not fit, or a bias of another length, are refused, not re-initialised
+    let wrong = Conv2d::from_weights(Array4::from_elem((16, 8, 3, 3), 0.01), None, window);
+    let e = model.replace_at(&path, Box::new(wrong)).unwrap_err().to_string();
+    assert!(e.contains("do not fit"), "{e}");
+    let short_bias = Conv2d::from_weights(Array4::from_elem((16, 16, 3, 3), 0.01), Some(Array1::zeros(3)), window);
+    assert!(model.replace_at(&path, Box::new(short_bias)).unwrap_err().to_string().contains("do not fit"));
+    assert!(model.replace_at("1.99.main.0", Box::new(given())).unwrap_err().to_string().contains("no layer in a chain at path `1.99.main.0`"));
 }

@@ -48,7 +48,8 @@ impl Conv2d {
     /// A (full) convolution with the given filters `[filters, c_in, kh, kw]`, optional bias
     /// `[filters]` and window: trained weights put into a model (the spatial low-rank
     /// factors of [`crate::compress`], say). It keeps them when built for an input of `c_in`
-    /// channels.
+    /// channels; building it for another input (or with a bias of another length) is an
+    /// error, not a silent re-initialisation.
     pub fn from_weights(weight: Array4<f32>, bias: Option<ndarray::Array1<f32>>, window: Window) -> Self {
         let (filters, _, kh, kw) = weight.dim();
         let mut params = vec![Param::new("weight", weight.into_dyn())];
@@ -161,8 +162,13 @@ impl Layer for Conv2d {
         let shape = [filters, c_in / groups, kh, kw];
         self.filters = filters;
         self.group_count = groups;
-        // weights given by `from_weights` are kept when they fit
-        if self.params.first().is_some_and(|p| p.value.shape() == shape) {
+        // weights it already has (given by `from_weights`) are kept, and must fit
+        if let Some(weight) = self.params.first() {
+            let bias_fits = self.params.get(1).is_none_or(|b| b.value.shape() == [filters]);
+            if weight.value.shape() != shape || !bias_fits {
+                let bias = self.params.get(1).map(|b| b.value.shape().to_vec());
+                return Err(BuildError::Input(format!("its filters {:?} (bias {bias:?}) do not fit: this input needs filters {shape:?} and a bias of {filters}", weight.value.shape())));
+            }
             return Ok(vec![filters, g.oh, g.ow]);
         }
         self.params = vec![Param::new("weight", init.weights(&shape, self.init)?)];
