@@ -23,7 +23,7 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Factorise a trained model's convolutions and measure the speed/accuracy trade-off.
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Debug)]
 #[command(version, about, allow_negative_numbers = true)]
 struct Args {
     /// A trained checkpoint of any zoo model (it says what it holds); else --arch is trained first.
@@ -113,9 +113,10 @@ fn site_input(site: &ConvSite, batch: usize) -> ArrayD<f32> {
     })
 }
 
-fn layer_times(full: &dyn Layer, low: &dyn Layer, site: &ConvSite, args: &Args) -> (f64, f64) {
-    let x = site_input(site, args.batch);
-    time_pair(&|x| drop(std::hint::black_box(full.forward(x))), &|x| drop(std::hint::black_box(low.forward(x))), &x, args.rounds)
+/// Median times (ms) of the layers `full` and `low` at `site` on a batch of `batch`.
+fn layer_times(full: &dyn Layer, low: &dyn Layer, site: &ConvSite, batch: usize, rounds: usize) -> (f64, f64) {
+    let x = site_input(site, batch);
+    time_pair(&|x| drop(std::hint::black_box(full.forward(x))), &|x| drop(std::hint::black_box(low.forward(x))), &x, rounds)
 }
 
 fn settings(base: &Sequential, sites: &[ConvSite], net_ms: f64, args: &Args) -> Result<Vec<Setting>> {
@@ -151,7 +152,7 @@ fn settings(base: &Sequential, sites: &[ConvSite], net_ms: f64, args: &Args) -> 
                     continue;
                 }
                 ranks.push(rank);
-                let (t_full, t_low) = layer_times(full, layer.as_ref(), site, &Args { rounds: args.rounds.min(9), ..args.clone() });
+                let (t_full, t_low) = layer_times(full, layer.as_ref(), site, args.batch, args.rounds.min(9));
                 let choice = Choice { policy: RankPolicy::Fixed(rank), ..choice };
                 candidates.push(Candidate { choice, saved_ms: (t_full - t_low).max(0.0), energy_lost: rel_error * rel_error });
             }
@@ -276,7 +277,7 @@ fn run(args: Args) -> Result<()> {
                 Decision::Factorised { path, decomposition, rank, flop_ratio, .. } => {
                     let site = sites.iter().find(|s| &s.path == path).expect("a site");
                     ranks.push(format!("{path}={}{rank}", if *decomposition == Decomposition::Spatial { "s" } else { "" }));
-                    let (f, l) = layer_times(base.layer_at(path).expect("a site"), low.layer_at(path).expect("replaced"), site, &args);
+                    let (f, l) = layer_times(base.layer_at(path).expect("a site"), low.layer_at(path).expect("replaced"), site, args.batch, args.rounds);
                     full_ms += f;
                     low_ms += l;
                     macs -= site.macs(Decomposition::Channel, None) as f64 * (1.0 - flop_ratio);
