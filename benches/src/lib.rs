@@ -75,3 +75,13 @@ where
     let mut rng = StdRng::seed_from_u64(seed);
     Array::from_shape_simple_fn(shape, || rng.gen_range(-1.0..1.0))
 }
+
+/// Matrix products the convolutions run (`c_out x positions x K`), named after their layer.
+pub const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("ref_conv2_sample_64x121x288", 64, 121, 288),
+    ("ref_conv3_group_128x252x576", 128, 252, 576),
+    ("resnet20_stage1_sample_16x784x144", 16, 784, 144),
+    ("resnet20_stage2_sample_32x196x288", 32, 196, 288),
+    ("resnet20_stage3_group_64x294x576", 64, 294, 576),
+    ("square_1024", 1024, 1024, 1024),
+];

@@ -22,13 +22,13 @@
 //! ```
 
 use crate::depthwise;
+use crate::gemm::mat_mul;
 use crate::error::{expect_allocatable, expect_shape, Result};
 use crate::im2col::{col2im_sample, col2im_tile, im2col_sample, im2col_tile};
 use crate::operands::Conv2dGrads;
 use crate::operands::conv_geometry;
 use crate::threads;
 use crate::window::{Geometry, Window};
-use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 
@@ -321,7 +321,7 @@ fn lowered_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32
     let beta = if b.is_some() { 1.0 } else { 0.0 };
     lowered_forward(x, g, c_out, b, |cols, y| {
         // y [c_out, m] = w_mat [c_out, k] · cols [k, m] (+ the bias already in y); m = samples·oh·ow
-        general_mat_mul(1.0, &w_mat, cols, beta, y);
+        mat_mul(1.0, &w_mat.view(), cols, beta, y);
     })
 }
 
@@ -390,9 +390,9 @@ fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<
         || (Array2::zeros((c_out, k)), Array1::zeros(c_out)),
         |(dw, db), cols, dy, dcols| {
             // dw [c_out, k] += dy [c_out, m] · colsᵀ [m, k]       (m = samples·oh·ow)
-            general_mat_mul(1.0, dy, &cols.t(), 1.0, dw);
+            mat_mul(1.0, dy, &cols.t(), 1.0, &mut dw.view_mut());
             // dcols [k, m] = w_matᵀ [k, c_out] · dy [c_out, m]
-            general_mat_mul(1.0, &w_mat.t(), dy, 0.0, dcols);
+            mat_mul(1.0, &w_mat.t(), dy, 0.0, dcols);
             *db += &dy.sum_axis(Axis(1));
         },
     )?;

@@ -27,6 +27,7 @@ mod conv;
 mod conv1d;
 mod depthwise;
 mod error;
+pub mod gemm;
 mod im2col;
 mod operands;
 pub mod lowrank;

@@ -1,5 +1,6 @@
 //! im2col + GEMM against the naive loops, forward and backward, over a grid of shapes.
 
+#[path = "common/mod.rs"]
 mod common;
 
 use cnn_core::{
@@ -51,7 +52,7 @@ fn check_groups(n: usize, c_in: usize, c_out: usize, h: usize, w: usize, win: Wi
 }
 
 #[test]
-fn grouped_and_depthwise() {
+pub fn grouped_and_depthwise() {
     let mut seed = 900;
     // (c_in, c_out, groups): two groups (AlexNet), depthwise with multipliers 1 and 2, four groups
     for (c_in, c_out, groups) in [(4, 6, 2), (3, 3, 3), (3, 6, 3), (8, 4, 4)] {
@@ -88,7 +89,7 @@ fn groups_must_divide_the_channels() {
 }
 
 #[test]
-fn grid_of_shapes() {
+pub fn grid_of_shapes() {
     let paddings = [
         Padding::Valid,
         Padding::Same,
@@ -117,7 +118,7 @@ fn kernel_equal_to_input() {
 }
 
 #[test]
-fn reference_network_layers() {
+pub fn reference_network_layers() {
     // the three conv layers of the reference network, batch 2
     check(2, 1, 32, 28, 28, Window::square(3), 3);
     check(2, 32, 64, 13, 13, Window::square(3), 4);
@@ -125,7 +126,7 @@ fn reference_network_layers() {
 }
 
 #[test]
-fn dilated_kernels() {
+pub fn dilated_kernels() {
     let mut seed = 500;
     for (kh, kw, dh, dw) in [(3, 3, 2, 2), (3, 2, 1, 3), (2, 3, 3, 1)] {
         for padding in [Padding::Valid, Padding::Same, Padding::uniform(2)] {
@@ -138,7 +139,7 @@ fn dilated_kernels() {
 }
 
 #[test]
-fn pointwise_convolutions_skip_the_lowering() {
+pub fn pointwise_convolutions_skip_the_lowering() {
     // 1x1, stride 1, no padding, 64 positions or more: the sample is its own lowered matrix
     check(3, 5, 4, 9, 9, Window::square(1), 51);
     check(2, 7, 3, 8, 12, Window::square(1).padding(Padding::Same), 52);
@@ -149,7 +150,7 @@ fn pointwise_convolutions_skip_the_lowering() {
 }
 
 #[test]
-fn large_images_are_lowered_in_bands() {
+pub fn large_images_are_lowered_in_bands() {
     // K = 32·9 = 288 and 92 outputs per row: a band holds 2^20 / (288·92) = 39 rows, so the
     // 92 rows go in three bands (and in two at stride 2), forward and backward
     check(2, 32, 4, 92, 92, Window::square(3).padding(Padding::Same), 41);
@@ -167,7 +168,7 @@ fn no_bias_is_zero_bias() {
 }
 
 #[test]
-fn non_contiguous_inputs() {
+pub fn non_contiguous_inputs() {
     // a transposed view of the input (H and W swapped) must be read correctly
     let x = random((2, 3, 6, 7), 9);
     let xt = x.view().reversed_axes(); // [w, h, c, n] — then permute back to NCHW order
@@ -198,7 +199,7 @@ fn conv1d_naive(x: &Array3<f32>, w: &Array3<f32>, stride: usize, left: usize, ou
 }
 
 #[test]
-fn conv1d_matches_naive_loops() {
+pub fn conv1d_matches_naive_loops() {
     for (l, k, stride, padding, left, out) in [
         (10, 3, 1, Padding::Valid, 0, 8),
         (10, 3, 2, Padding::Same, 0, 5),

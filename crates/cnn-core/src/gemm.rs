@@ -1,0 +1,361 @@
+//! The project's own matrix product for convolutions: `C = α·A·B + β·C`, packed and blocked the
+//! way BLIS and OpenBLAS do it, with one micro-kernel written once and compiled for the
+//! instruction set the CPU has (chosen at run time: AVX-512, AVX2 + FMA, or portable code).
+//!
+//! Why a second engine beside OpenBLAS: a convolution's per-sample products are small and thin
+//! (ResNet-20's first stage is `16 x 784 x 144`, the reference network's conv2
+//! `64 x 121 x 288`), the shapes where a general BLAS was measured losing half its speed on
+//! an AVX-512 Xeon; and an engine of the project's own can read the lowered matrix where it
+//! lies (below) or, later, straight from the image. [`Engine`] says which one the
+//! convolutions use; `cargo bench --bench gemm` measures both side by side on those shapes.
+//! On the AVX-512 Zen 5 measured last, Debian's OpenBLAS runs them at 155–205 GFLOP/s on one
+//! core and stays the default; this engine reaches 156 on the first and 127–161 on the others.
+//!
+//! ```text
+//! for each block of KC rows of B (pc):
+//!     for each block of MC rows of A (ic):          A's block packed into slivers MR tall
+//!         for each sliver of B (jr):                the B sliver (KC x NR) stays in L1
+//!             for each sliver of A (ir):
+//!                 C[ir.., jr..] = α · A_sliver · B_sliver + β' · C[ir.., jr..]   (the micro-kernel)
+//! ```
+//!
+//! The micro-kernel keeps an `MR x NR` tile of C in registers and, for each of the `KC`
+//! steps, multiplies one column of A's sliver by one row of B's sliver into it (an outer
+//! product: `MR x NR` fused multiply-adds). A's slivers are packed in the order the kernel
+//! reads them, zero-padded at the edge. A sliver of B whose rows are contiguous (the lowered
+//! matrix, `dy`) is read in place, `ldb` apart: with 16 filters, each sliver of B serves two
+//! slivers of A only, and packing it would cost as much as half the product. Other slivers
+//! (a transposed operand, the narrower last one) are packed. Any strides are accepted.
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Which matrix-product engine convolutions use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// OpenBLAS's `sgemm` (through ndarray): the reference engine.
+    Blas,
+    /// This module's packed product with its run-time-chosen micro-kernel.
+    Own,
+}
+
+static ENGINE: AtomicU8 = AtomicU8::new(0);
+
+/// The engine convolutions use: [`Engine::Blas`] unless [`set_engine`] or the environment
+/// variable `CNN_GEMM=own` chose this module's. OpenBLAS stays the default because it is
+/// faster in whole networks on the machines measured so far (the README's speed section):
+/// this engine matches it on ResNet-20's first-stage product and reaches 80% of it on the
+/// others, and its backward products (a transposed operand, `k = c_out`) are slower still.
+pub fn engine() -> Engine {
+    match ENGINE.load(Ordering::Relaxed) {
+        1 => Engine::Blas,
+        2 => Engine::Own,
+        _ => {
+            let chosen = if std::env::var("CNN_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("own")) { Engine::Own } else { Engine::Blas };
+            set_engine(chosen);
+            chosen
+        }
+    }
+}
+
+/// `c = alpha · a · b + beta · c` by the engine of [`engine`]: the one call every convolution
+/// makes for its products.
+pub(crate) fn mat_mul(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
+    match engine() {
+        Engine::Blas => ndarray::linalg::general_mat_mul(alpha, a, b, beta, c),
+        Engine::Own => gemm(alpha, a, b, beta, c),
+    }
+}
+
+/// Chooses the engine for every convolution that follows (benchmarks compare them this way).
+pub fn set_engine(engine: Engine) {
+    ENGINE.store(if engine == Engine::Blas { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// The instruction set of the micro-kernel this CPU runs: `avx512`, `avx2+fma` or `portable`.
+pub fn kernel_name() -> &'static str {
+    match isa() {
+        Isa::Avx512 => "avx512",
+        Isa::Avx2 => "avx2+fma",
+        Isa::Portable => "portable",
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") {
+            return Isa::Avx512;
+        }
+        if has!("avx2") && has!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
+/// `c = alpha · a · b + beta · c`, with `a`: `[m, k]`, `b`: `[k, n]`, `c`: `[m, n]`, any
+/// strides. With `beta = 0`, `c`'s old values are never read (NaN in them does not leak).
+///
+/// # Panics
+/// If the shapes do not agree (a bug in the caller: the convolutions check their operands).
+pub fn gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
+    let ((m, k), (k2, n)) = (a.dim(), b.dim());
+    assert!(k == k2 && c.dim() == (m, n), "gemm: [{m}, {k}] · [{k2}, {n}] into {:?}", c.dim());
+    if m == 0 || n == 0 {
+        return;
+    }
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (checked by `isa`).
+        Isa::Avx512 => blocked::<8, 32>(alpha, a, b, beta, c, |kc, a, b, ldb| unsafe { kernel_avx512(kc, a, b, ldb) }),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (checked by `isa`).
+        Isa::Avx2 => blocked::<6, 16>(alpha, a, b, beta, c, |kc, a, b, ldb| unsafe { kernel_avx2(kc, a, b, ldb) }),
+        _ => blocked::<4, 8>(alpha, a, b, beta, c, |kc, a, b, ldb| micro::<4, 8>(kc, a, b, ldb)),
+    }
+}
+
+/// Rows of B packed at a time: a `KC x NR` sliver of B (32 KiB for AVX-512) stays in L1.
+const KC: usize = 256;
+/// Rows of A packed at a time: an `MC x KC` block (128 KiB) stays in L2.
+const MC: usize = 128;
+
+/// The micro-kernel: the `MR x NR` tile `Σ_p a[p·MR + i] · b[p·NR + j]` over `kc` steps.
+/// Written once; each instruction set gets its own compiled copy below, in which the tile
+/// lives in vector registers (`MR` rows of `NR / 16` zmm registers for AVX-512).
+#[inline(always)]
+fn micro<const MR: usize, const NR: usize>(kc: usize, a: &[f32], b: &[f32], ldb: usize) -> [[f32; NR]; MR] {
+    let mut tile = [[0.0f32; NR]; MR];
+    for p in 0..kc {
+        let a: &[f32; MR] = a[p * MR..][..MR].try_into().expect("MR values");
+        let b: &[f32; NR] = b[p * ldb..][..NR].try_into().expect("NR values");
+        for i in 0..MR {
+            for j in 0..NR {
+                tile[i][j] += a[i] * b[j];
+            }
+        }
+    }
+    tile
+}
+
+/// AVX-512: the 8 x 32 tile in 16 zmm registers; each step loads one row of B's sliver (two
+/// registers) and broadcasts the 8 values of A's column, 16 fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], ldb: usize) -> [[f32; 32]; 8] {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= kc * 8 && b.len() >= (kc - 1) * ldb + 32, "sliver sizes");
+    let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+    for (p, a) in a.chunks_exact(8).take(kc).enumerate() {
+        // SAFETY: row p of the B sliver, 32 values from p·ldb, is inside `b` (asserted).
+        let (b0, b1) = unsafe { (_mm512_loadu_ps(b.as_ptr().add(p * ldb)), _mm512_loadu_ps(b.as_ptr().add(p * ldb + 16))) };
+        for i in 0..8 {
+            let a_i = _mm512_set1_ps(a[i]);
+            acc[i][0] = _mm512_fmadd_ps(a_i, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(a_i, b1, acc[i][1]);
+        }
+    }
+    let mut tile = [[0.0; 32]; 8];
+    for (row, acc) in tile.iter_mut().zip(acc) {
+        // SAFETY: a row of the tile holds 32 values.
+        unsafe {
+            _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
+            _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
+        }
+    }
+    tile
+}
+
+/// AVX2 + FMA: the 6 x 16 tile in 12 ymm registers (the classic Haswell shape).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], ldb: usize) -> [[f32; 16]; 6] {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= kc * 6 && b.len() >= (kc - 1) * ldb + 16, "sliver sizes");
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    for (p, a) in a.chunks_exact(6).take(kc).enumerate() {
+        // SAFETY: row p of the B sliver, 16 values from p·ldb, is inside `b` (asserted).
+        let (b0, b1) = unsafe { (_mm256_loadu_ps(b.as_ptr().add(p * ldb)), _mm256_loadu_ps(b.as_ptr().add(p * ldb + 8))) };
+        for i in 0..6 {
+            let a_i = _mm256_set1_ps(a[i]);
+            acc[i][0] = _mm256_fmadd_ps(a_i, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(a_i, b1, acc[i][1]);
+        }
+    }
+    let mut tile = [[0.0; 16]; 6];
+    for (row, acc) in tile.iter_mut().zip(acc) {
+        // SAFETY: a row of the tile holds 16 values.
+        unsafe {
+            _mm256_storeu_ps(row.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[1]);
+        }
+    }
+    tile
+}
+
+thread_local! {
+    /// Each thread's packing buffers, reused from one product to the next.
+    static PACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The loops around the micro-kernel (see the module's documentation).
+fn blocked<const MR: usize, const NR: usize>(
+    alpha: f32,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    beta: f32,
+    c: &mut ArrayViewMut2<f32>,
+    kernel: impl Fn(usize, &[f32], &[f32], usize) -> [[f32; NR]; MR],
+) {
+    let ((m, k), n) = (a.dim(), b.dim().1);
+    if k == 0 {
+        return scale_all(beta, c);
+    }
+    PACKED.with_borrow_mut(|(a_packed, b_packed)| {
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            // the first block of k scales the old C by beta, the next ones add to it
+            let beta = if pc == 0 { beta } else { 1.0 };
+            for ic in (0..m).step_by(MC) {
+                let mc = MC.min(m - ic);
+                // A's columns pc.. are the steps, its rows the values
+                pack(a_packed, a, (ic, pc), false, mc, MR, kc);
+                for jc in (0..n).step_by(NR) {
+                    let (b_sliver, ldb) = b_sliver::<NR>(b, (pc, jc), kc, b_packed);
+                    for (ir, a_sliver) in a_packed.chunks_exact(MR * kc).enumerate() {
+                        let tile = kernel(kc, a_sliver, b_sliver, ldb);
+                        store::<MR, NR>(&tile, alpha, beta, c, (ic + ir * MR, jc), (ic + mc, n));
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The `kc x NR` sliver of B at `origin`, as the kernel reads it: row `p` at `p·ldb`. A
+/// sliver whose rows are contiguous and full (the lowered matrix, `dy`) is read where it is;
+/// any other (a transposed operand, the last, narrower sliver) is packed, zero-padded.
+fn b_sliver<'a, const NR: usize>(b: &'a ArrayView2<f32>, origin: (usize, usize), kc: usize, packed: &'a mut Vec<f32>) -> (&'a [f32], usize) {
+    let (rows, cols) = (b.strides()[0], b.strides()[1]);
+    if cols == 1 && rows > 0 && origin.1 + NR <= b.ncols() {
+        let ldb = rows as usize;
+        let start = origin.0 * ldb + origin.1;
+        // SAFETY: rows origin.0 .. origin.0 + kc, columns origin.1 .. + NR are inside `b`,
+        // whose rows are `ldb` apart: the slice ends at the last of those values.
+        let values = unsafe { std::slice::from_raw_parts(b.as_ptr().add(start), (kc - 1) * ldb + NR) };
+        return (values, ldb);
+    }
+    // B's rows are the steps, its columns the values
+    pack(packed, b, origin, true, NR.min(b.ncols() - origin.1), NR, kc);
+    (&packed[..], NR)
+}
+
+/// Packs the `len x kc` block of `m` starting at `(first, pc)`, seen as `kc` steps of `len`
+/// values (`step_stride` apart from one step to the next, `value_stride` within a step), into
+/// slivers of `width`: value `i` of step `p` in sliver `s` lands at `s·width·kc + p·width + i`,
+/// zeros past `len`.
+fn pack(buf: &mut Vec<f32>, m: &ArrayView2<f32>, origin: (usize, usize), transposed: bool, len: usize, width: usize, kc: usize) {
+    let strides = m.strides();
+    let (step_stride, value_stride) = if transposed { (strides[0], strides[1]) } else { (strides[1], strides[0]) };
+    let slivers = len.div_ceil(width);
+    buf.clear();
+    buf.resize(slivers * width * kc, 0.0);
+    let origin = m.slice(ndarray::s![origin.0.., origin.1..]);
+    let base = origin.as_ptr();
+    for (s, sliver) in buf.chunks_exact_mut(width * kc).enumerate() {
+        let values = width.min(len - s * width);
+        for (p, step) in sliver.chunks_exact_mut(width).enumerate() {
+            let first = p as isize * step_stride + (s * width) as isize * value_stride;
+            if value_stride == 1 {
+                // SAFETY: the caller's block lies inside `m`: `values` values from `first`.
+                let src = unsafe { std::slice::from_raw_parts(base.offset(first), values) };
+                step[..values].copy_from_slice(src);
+            } else {
+                for (i, v) in step[..values].iter_mut().enumerate() {
+                    // SAFETY: as above, one value at a time.
+                    *v = unsafe { *base.offset(first + i as isize * value_stride) };
+                }
+            }
+        }
+    }
+}
+
+/// Writes a tile into C at `at` (rows and columns beyond `end` are padding and dropped):
+/// `c = alpha·tile + beta·c`, where `beta = 0` overwrites without reading.
+fn store<const MR: usize, const NR: usize>(tile: &[[f32; NR]; MR], alpha: f32, beta: f32, c: &mut ArrayViewMut2<f32>, at: (usize, usize), end: (usize, usize)) {
+    let width = NR.min(end.1 - at.1);
+    for (i, row) in tile.iter().enumerate().take(end.0.saturating_sub(at.0)) {
+        let mut c_row = c.row_mut(at.0 + i);
+        let mut c_row = c_row.slice_mut(ndarray::s![at.1..at.1 + width]);
+        let row = &row[..width];
+        match c_row.as_slice_mut() {
+            // contiguous: a loop the compiler vectorises
+            Some(c_row) if beta == 0.0 => c_row.iter_mut().zip(row).for_each(|(c, &t)| *c = alpha * t),
+            Some(c_row) => c_row.iter_mut().zip(row).for_each(|(c, &t)| *c = alpha * t + beta * *c),
+            None if beta == 0.0 => c_row.iter_mut().zip(row).for_each(|(c, &t)| *c = alpha * t),
+            None => c_row.iter_mut().zip(row).for_each(|(c, &t)| *c = alpha * t + beta * *c),
+        }
+    }
+}
+
+/// `c = beta · c` (a product with `k = 0`).
+fn scale_all(beta: f32, c: &mut ArrayViewMut2<f32>) {
+    if beta == 0.0 {
+        c.fill(0.0);
+    } else {
+        c.mapv_inplace(|v| beta * v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array2, ShapeBuilder};
+
+    fn naive(a: &ArrayView2<f32>, b: &ArrayView2<f32>) -> Array2<f64> {
+        let ((m, k), n) = (a.dim(), b.dim().1);
+        Array2::from_shape_fn((m, n), |(i, j)| (0..k).map(|p| a[[i, p]] as f64 * b[[p, j]] as f64).sum())
+    }
+
+    fn filled(shape: (usize, usize), seed: usize) -> Array2<f32> {
+        Array2::from_shape_fn(shape, |(i, j)| (((i * 31 + j * 17 + seed * 7) % 23) as f32 - 11.0) / 8.0)
+    }
+
+    #[test]
+    fn agrees_with_f64_loops_on_edges_strides_and_blocks() {
+        // shapes across every edge: below one tile, not multiples of MR/NR, k across KC blocks
+        for &(m, n, k) in &[(1, 1, 1), (3, 5, 2), (16, 784, 144), (17, 33, 257), (130, 9, 300), (64, 49, 576), (7, 100, 0)] {
+            let a = filled((m, k), 1);
+            let b_t = filled((n, k), 2); // B given transposed: a strided operand
+            let b = b_t.t();
+            for beta in [0.0, 1.0, 0.5] {
+                let mut c = filled((m, n), 3);
+                let old = c.clone();
+                gemm(1.5, &a.view(), &b, beta, &mut c.view_mut());
+                let want = naive(&a.view(), &b) * 1.5 + old.mapv(|v| (beta * v) as f64);
+                for (got, want) in c.iter().zip(want.iter()) {
+                    assert!((*got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{n}x{k} beta {beta}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn beta_zero_never_reads_c_and_column_major_c_works() {
+        let (a, b) = (filled((9, 40), 4), filled((40, 35), 5));
+        let mut c = Array2::from_elem((9, 35).f(), f32::NAN);
+        gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut());
+        let want = naive(&a.view(), &b.view());
+        assert!(c.iter().zip(want.iter()).all(|(g, w)| (*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs())));
+    }
+}
