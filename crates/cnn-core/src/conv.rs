@@ -27,7 +27,7 @@ use crate::error::{expect_allocatable, expect_shape, Result};
 use crate::im2col::{col2im_sample, col2im_tile, im2col_sample, im2col_tile};
 use crate::operands::Conv2dGrads;
 use crate::operands::conv_geometry;
-use crate::threads;
+use crate::threads::{self, Scratch};
 use crate::window::{Geometry, Window};
 use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
@@ -102,8 +102,9 @@ pub(crate) fn lowered_forward(
     let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
     y.axis_chunks_iter_mut(Axis(0), group).into_par_iter().zip(x.axis_chunks_iter(Axis(0), group)).for_each_init(
         // the side-by-side output buffer is only used by groups of several samples
-        || (Array2::zeros((k, width)), Array2::zeros((c_out, if group > 1 { width } else { 0 }))),
+        || (Scratch::zeros(k, width), Scratch::zeros(c_out, if group > 1 { width } else { 0 })),
         |(cols, out), (mut y_group, x_group)| {
+            let (mut cols, mut out) = (cols.view_mut(), out.view_mut());
             if y_group.dim().0 == 1 {
                 // one sample, band by band: the product lands in its output directly
                 let x_i = x_group.index_axis(Axis(0), 0);
@@ -173,8 +174,9 @@ pub(crate) fn lowered_backward<T: Send>(
         .zip(x.axis_chunks_iter(Axis(0), chunk))
         .zip(dy.axis_chunks_iter(Axis(0), chunk))
         .map_init(
-            || (Array2::zeros((k, width)), Array2::zeros((c_out, if group > 1 { width } else { 0 })), Array2::zeros((k, width))),
+            || (Scratch::zeros(k, width), Scratch::zeros(c_out, if group > 1 { width } else { 0 }), Scratch::zeros(k, width)),
             |(cols, dy_mat, dcols), ((mut dx_chunk, x_chunk), dy_chunk)| {
+                let (mut cols, mut dy_mat, mut dcols) = (cols.view_mut(), dy_mat.view_mut(), dcols.view_mut());
                 let mut partial = init();
                 let groups = dx_chunk.axis_chunks_iter_mut(Axis(0), group).zip(x_chunk.axis_chunks_iter(Axis(0), group));
                 for ((mut dx_group, x_group), dy_group) in groups.zip(dy_chunk.axis_chunks_iter(Axis(0), group)) {
