@@ -172,18 +172,19 @@ impl Layer for BatchNorm {
             let (d, h) = (dyp.index_axis(Axis(1), ch), xhp.index_axis(Axis(1), ch));
             (channel_sum(d, d, |v, _| v as f64) as f32, channel_sum(d, h, |d, h| d as f64 * h as f64) as f32)
         });
-        let mut dx = Array3::<f32>::zeros((n, c, rest));
-        let (dy_s, xh_s) = (dy.as_slice().expect("standard layout"), x_hat.as_slice().expect("standard layout"));
-        dx.as_slice_mut().expect("new array").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, dx_p)| {
+        // dx overwrites dy (its sums are taken): no new activation-sized buffer
+        let mut dx = dy;
+        let xh_s = x_hat.as_slice().expect("standard layout");
+        dx.as_slice_mut().expect("standard layout").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, dx_p)| {
             let ch = plane % c;
             let scale = gamma[[ch]] * inv_std[ch];
             let (mean_dy, mean_dyx) = (dbeta[ch] / k, dgamma[ch] / k);
-            let (d_p, h_p) = (&dy_s[plane * rest..][..rest], &xh_s[plane * rest..][..rest]);
-            dx_p.iter_mut().zip(d_p).zip(h_p).for_each(|((dx, &d), &h)| *dx = scale * (d - mean_dy - h * mean_dyx));
+            let h_p = &xh_s[plane * rest..][..rest];
+            dx_p.iter_mut().zip(h_p).for_each(|(d, &h)| *d = scale * (*d - mean_dy - h * mean_dyx));
         });
         self.params[0].accumulate(&dgamma);
         self.params[1].accumulate(&dbeta);
-        dx.into_shape_with_order(dy.raw_dim()).expect("same size")
+        dx
     }
 
     fn params(&self) -> Vec<(String, &Param)> {
