@@ -102,7 +102,7 @@ pub(crate) fn lowered_forward(
     let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
     y.axis_chunks_iter_mut(Axis(0), group).into_par_iter().zip(x.axis_chunks_iter(Axis(0), group)).for_each_init(
         // the side-by-side output buffer is only used by groups of several samples
-        || (Scratch::zeros(k, width), Scratch::zeros(c_out, if group > 1 { width } else { 0 })),
+        || (Scratch::matrix(k, width), Scratch::matrix(c_out, if group > 1 { width } else { 0 })),
         |(cols, out), (mut y_group, x_group)| {
             let (mut cols, mut out) = (cols.view_mut(), out.view_mut());
             if y_group.dim().0 == 1 {
@@ -174,7 +174,7 @@ pub(crate) fn lowered_backward<T: Send>(
         .zip(x.axis_chunks_iter(Axis(0), chunk))
         .zip(dy.axis_chunks_iter(Axis(0), chunk))
         .map_init(
-            || (Scratch::zeros(k, width), Scratch::zeros(c_out, if group > 1 { width } else { 0 }), Scratch::zeros(k, width)),
+            || (Scratch::matrix(k, width), Scratch::matrix(c_out, if group > 1 { width } else { 0 }), Scratch::matrix(k, width)),
             |(cols, dy_mat, dcols), ((mut dx_chunk, x_chunk), dy_chunk)| {
                 let (mut cols, mut dy_mat, mut dcols) = (cols.view_mut(), dy_mat.view_mut(), dcols.view_mut());
                 let mut partial = init();
@@ -198,7 +198,7 @@ pub(crate) fn lowered_backward<T: Send>(
                             let mut dcols = dcols.slice_mut(s![.., ..end - start]);
                             im2col_tile(x_i, g, band.clone(), cols.view_mut());
                             step(&mut partial, &cols.view(), &dy_i.slice(s![.., start..end]), &mut dcols);
-                            col2im_tile(dcols.view(), g, band, dx_i.view_mut());
+                            col2im_tile(dcols.view_mut(), g, band, dx_i.view_mut());
                         }
                         continue;
                     }
@@ -213,7 +213,7 @@ pub(crate) fn lowered_backward<T: Send>(
                     }
                     step(&mut partial, &cols.view(), &dy_mat.slice(s![.., ..m]), &mut dcols);
                     for (i, dx_i) in dx_group.outer_iter_mut().enumerate() {
-                        col2im_sample(dcols.slice(s![.., i * p..(i + 1) * p]), g, dx_i);
+                        col2im_sample(dcols.slice_mut(s![.., i * p..(i + 1) * p]), g, dx_i);
                     }
                 }
                 partial

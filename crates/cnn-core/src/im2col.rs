@@ -70,9 +70,11 @@ pub fn col2im(cols: ArrayView2<f32>, x_shape: [usize; 4], win: &Window) -> Resul
     let p = g.positions();
     expect_shape("lowered matrix", &[c * g.kh * g.kw, n * p], cols.shape())?;
     let mut x = Array4::zeros(x_shape);
+    // a copy: col2im clears the columns of padding positions as it goes
+    let mut cols = cols.to_owned();
     x.axis_iter_mut(Axis(0))
         .into_par_iter()
-        .zip(cols.axis_chunks_iter(Axis(1), p))
+        .zip(cols.axis_chunks_iter_mut(Axis(1), p))
         .for_each(|(x_i, cols_i)| col2im_sample(cols_i, &g, x_i));
     Ok(x)
 }
@@ -117,16 +119,24 @@ pub(crate) fn im2col_tile(x: ArrayView3<f32>, g: &Geometry, tile: Range<usize>, 
                 // output rows whose input row is padding: zeros, in two blocks
                 row[..first * ow].fill(0.0);
                 row[end * ow..].fill(0.0);
+                if rows.is_empty() || xs.is_empty() {
+                    row[first * ow..end * ow].fill(0.0);
+                    continue;
+                }
+                if let Some(run) = run(g, &rows, &xs, tile.start, ky, kx) {
+                    // one copy for the whole tap, then the padding columns it wrapped over
+                    row[run.out.clone()].copy_from_slice(&plane[run.input]);
+                    for oy in first..end {
+                        row[oy * ow..oy * ow + xs.start].fill(0.0);
+                        row[oy * ow + xs.end..(oy + 1) * ow].fill(0.0);
+                    }
+                    continue;
+                }
                 for oy in rows.clone() {
                     let out = &mut row[(oy - tile.start) * ow..(oy - tile.start + 1) * ow];
                     // padding columns at either end (only with padding)
-                    if xs.start > 0 || xs.end < ow {
-                        out[..xs.start].fill(0.0);
-                        out[xs.end..].fill(0.0);
-                    }
-                    if xs.is_empty() {
-                        continue;
-                    }
+                    out[..xs.start].fill(0.0);
+                    out[xs.end..].fill(0.0);
                     let ix0 = g.input_row(oy, ky) * w + g.input_col(xs.start, kx);
                     let out = &mut out[xs.clone()];
                     if g.sw == 1 {
@@ -142,12 +152,34 @@ pub(crate) fn im2col_tile(x: ArrayView3<f32>, g: &Geometry, tile: Range<usize>, 
     }
 }
 
+/// One tap's values as a single run: where the output is as wide as the input and both
+/// strides are 1 (a 3x3 SAME convolution), consecutive output positions read consecutive
+/// pixels, so the tap's whole lowered row is one contiguous stretch of the input plane —
+/// except that at the end of each output row it runs on into the next input row where the
+/// window would be on the padding. `out` and `input` are the stretch, from the first inside
+/// position to the last (in the lowered row of a tile starting at `tile_start`, and in the
+/// plane); the caller clears or skips the padding columns.
+struct Run {
+    out: Range<usize>,
+    input: Range<usize>,
+}
+
+fn run(g: &Geometry, rows: &Range<usize>, xs: &Range<usize>, tile_start: usize, ky: usize, kx: usize) -> Option<Run> {
+    if g.sh != 1 || g.sw != 1 || g.ow != g.w {
+        return None;
+    }
+    let len = (rows.len() - 1) * g.ow + xs.len();
+    let out = (rows.start - tile_start) * g.ow + xs.start;
+    let input = g.input_row(rows.start, ky) * g.w + g.input_col(xs.start, kx);
+    Some(Run { out: out..out + len, input: input..input + len })
+}
+
 /// Adds the columns of one sample back onto `dx` (`[c, h, w]`, zero-filled by the caller):
 /// the mirror image of [`im2col_sample`], the same loops with `+=`.
 ///
 /// # Panics
 /// If the shapes disagree with the geometry (a bug in the caller).
-pub(crate) fn col2im_sample(cols: ArrayView2<f32>, g: &Geometry, dx: ArrayViewMut3<f32>) {
+pub(crate) fn col2im_sample(cols: ArrayViewMut2<f32>, g: &Geometry, dx: ArrayViewMut3<f32>) {
     col2im_tile(cols, g, 0..g.oh, dx)
 }
 
@@ -156,22 +188,31 @@ pub(crate) fn col2im_sample(cols: ArrayView2<f32>, g: &Geometry, dx: ArrayViewMu
 ///
 /// # Panics
 /// If the shapes disagree with the geometry (a bug in the caller).
-pub(crate) fn col2im_tile(cols: ArrayView2<f32>, g: &Geometry, tile: Range<usize>, mut dx: ArrayViewMut3<f32>) {
+pub(crate) fn col2im_tile(mut cols: ArrayViewMut2<f32>, g: &Geometry, tile: Range<usize>, mut dx: ArrayViewMut3<f32>) {
     let (c, h, w) = dx.dim();
     assert_eq!((h, w), (g.h, g.w), "col2im: image does not match geometry");
     assert_eq!(cols.dim(), (c * g.kh * g.kw, tile.len() * g.ow), "col2im: wrong cols shape");
     let dx = dx.as_slice_mut().expect("col2im: dx must be contiguous");
-    let cols = cols.as_standard_layout();
     let ow = g.ow;
     for ci in 0..c {
         let plane = &mut dx[ci * h * w..(ci + 1) * h * w];
         for ky in 0..g.kh {
             let rows = clip(g.rows_inside(ky), &tile);
             for kx in 0..g.kw {
-                let row = cols.row((ci * g.kh + ky) * g.kw + kx);
-                let row = row.as_slice().expect("standard layout rows are contiguous");
+                let mut row = cols.row_mut((ci * g.kh + ky) * g.kw + kx);
+                let row = row.as_slice_mut().expect("cols rows are contiguous");
                 let xs = g.cols_inside(kx);
-                if xs.is_empty() {
+                if rows.is_empty() || xs.is_empty() {
+                    continue;
+                }
+                if let Some(run) = run(g, &rows, &xs, tile.start, ky, kx) {
+                    // the values of padding positions inside the run would land on the
+                    // neighbouring row's pixels: drop them, then add the run at once
+                    for oy in rows.start - tile.start..rows.end - tile.start {
+                        row[oy * ow..oy * ow + xs.start].fill(0.0);
+                        row[oy * ow + xs.end..(oy + 1) * ow].fill(0.0);
+                    }
+                    plane[run.input].iter_mut().zip(&row[run.out]).for_each(|(d, s)| *d += s);
                     continue;
                 }
                 for oy in rows.clone() {

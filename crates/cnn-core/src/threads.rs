@@ -166,10 +166,12 @@ thread_local! {
     static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A zero-filled `rows x cols` work matrix taken from this thread's pool and given back to it
-/// when dropped: the lowered matrix of one task is megabytes, and a fresh allocation each
-/// batch would make the kernel map and zero new pages every time (a tenth of a ResNet-20
-/// step, measured). Each of rayon's threads keeps a few (at most `POOLED`, each as large as
+/// A `rows x cols` work matrix taken from this thread's pool and given back to it when
+/// dropped. Its values are whatever its last user left (zeros when new): every caller writes
+/// the part it reads first (the lowering writes every value, padding included), and clearing
+/// megabytes per task would cost as much again. Pooled because a fresh allocation in each
+/// task made the kernel map and zero new pages every time (a tenth of a ResNet-20 step,
+/// measured). Each of rayon's threads keeps a few (at most `POOLED`, each as large as
 /// the largest it served: a band of at most 4 MiB, see `conv`).
 pub(crate) struct Scratch {
     data: Vec<f32>,
@@ -177,9 +179,8 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    pub(crate) fn zeros(rows: usize, cols: usize) -> Scratch {
+    pub(crate) fn matrix(rows: usize, cols: usize) -> Scratch {
         let mut data = POOL.with_borrow_mut(|pool| pool.pop()).unwrap_or_default();
-        data.clear();
         data.resize(rows * cols, 0.0);
         Scratch { data, dim: (rows, cols) }
     }

@@ -255,3 +255,17 @@ proptest! {
         check_groups(n, groups * per_in, groups * per_out, h, w, win, groups, seed);
     }
 }
+
+#[test]
+fn buffers_reused_from_a_nan_convolution_leak_nothing() {
+    // the work matrices are pooled per thread and not cleared: a convolution of NaNs first
+    // (at every shape the next one uses: one sample per task, groups of samples, bands)
+    for (n, c, side, win) in [(4, 3, 9, Window::square(3).padding(Padding::Same)), (8, 5, 4, Window::square(2)), (2, 32, 92, Window::square(3).padding(Padding::Same))] {
+        let nan = ndarray::Array4::from_elem((n, c, side, side), f32::NAN);
+        let f = random((4, c, win.kh, win.kw), 7);
+        let y = conv2d(nan.view(), f.view(), None, &win).unwrap();
+        assert!(y.iter().all(|v| v.is_nan()), "NaN in, NaN out");
+        conv2d_backward(nan.view(), f.view(), y.view(), &win).unwrap();
+        check(n, c, 4, side, side, win, 70);
+    }
+}
