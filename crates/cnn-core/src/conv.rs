@@ -22,6 +22,7 @@
 //! ```
 
 use crate::depthwise;
+use crate::implicit;
 use crate::gemm::mat_mul;
 use crate::error::{expect_allocatable, expect_shape, Result};
 use crate::im2col::{col2im_sample, col2im_tile, im2col_sample, im2col_tile};
@@ -228,6 +229,9 @@ pub(crate) fn lowered_backward<T: Send>(
 enum Algorithm {
     /// im2col, then one GEMM per sample (or small group of samples).
     Lowered,
+    /// Stride 1: the same product, its B read from a padded copy of each sample, the lowered
+    /// matrix never written ([`crate::implicit`]). The backward is [`Algorithm::Lowered`]'s.
+    Implicit,
     /// Each group of channels through [`Algorithm::Lowered`] on its own.
     Grouped,
     /// One input channel per group: direct loops ([`crate::depthwise`]); a GEMM with
@@ -236,8 +240,9 @@ enum Algorithm {
 }
 
 impl Algorithm {
-    fn of(c_in: usize, groups: usize) -> Algorithm {
+    fn of(c_in: usize, groups: usize, g: &Geometry) -> Algorithm {
         match groups {
+            1 if implicit::suits(g, c_in) => Algorithm::Implicit,
             1 => Algorithm::Lowered,
             g if g == c_in => Algorithm::Depthwise,
             _ => Algorithm::Grouped,
@@ -295,8 +300,12 @@ pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView
     let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win, groups)?;
     let (n, c_in, _, _) = x.dim();
     let c_out = w.dim().0;
-    match Algorithm::of(c_in, groups) {
+    match Algorithm::of(c_in, groups, &g) {
         Algorithm::Lowered => lowered_conv(x, w, b, &g),
+        Algorithm::Implicit => {
+            expect_allocatable("output", n * c_out * g.positions())?;
+            Ok(implicit::forward(x, w, b, &g))
+        }
         Algorithm::Depthwise => {
             expect_allocatable("output", n * c_out * g.positions())?;
             Ok(depthwise::forward(x, w, b, &g))
@@ -356,8 +365,8 @@ pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayV
     let (n, c_in, h, wd) = x.dim();
     let c_out = w.dim().0;
     expect_shape("output gradient dy", &[n, c_out, g.oh, g.ow], dy.shape())?;
-    match Algorithm::of(c_in, groups) {
-        Algorithm::Lowered => lowered_backward_conv(x, w, dy, &g),
+    match Algorithm::of(c_in, groups, &g) {
+        Algorithm::Lowered | Algorithm::Implicit => lowered_backward_conv(x, w, dy, &g),
         Algorithm::Depthwise => {
             expect_allocatable("input gradient", x.len())?;
             let (dx, dw, db) = depthwise::backward(x, w, dy, &g);

@@ -114,127 +114,35 @@ pub fn gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: 
     if m == 0 || n == 0 {
         return;
     }
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512F (checked by `isa`).
-        Isa::Avx512 => blocked::<8, 32>(alpha, a, b, beta, c, |kc, a, b, ldb| unsafe { kernel_avx512(kc, a, b, ldb) }),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2 and FMA (checked by `isa`).
-        Isa::Avx2 => blocked::<6, 16>(alpha, a, b, beta, c, |kc, a, b, ldb| unsafe { kernel_avx2(kc, a, b, ldb) }),
-        _ => blocked::<4, 8>(alpha, a, b, beta, c, |kc, a, b, ldb| micro::<4, 8>(kc, a, b, ldb)),
-    }
-}
-
-/// Rows of B packed at a time: a `KC x NR` sliver of B (32 KiB for AVX-512) stays in L1.
-const KC: usize = 256;
-/// Rows of A packed at a time: an `MC x KC` block (128 KiB) stays in L2.
-const MC: usize = 128;
-
-/// The micro-kernel: the `MR x NR` tile `Σ_p a[p·MR + i] · b[p·NR + j]` over `kc` steps.
-/// Written once; each instruction set gets its own compiled copy below, in which the tile
-/// lives in vector registers (`MR` rows of `NR / 16` zmm registers for AVX-512).
-#[inline(always)]
-fn micro<const MR: usize, const NR: usize>(kc: usize, a: &[f32], b: &[f32], ldb: usize) -> [[f32; NR]; MR] {
-    let mut tile = [[0.0f32; NR]; MR];
-    for p in 0..kc {
-        let a: &[f32; MR] = a[p * MR..][..MR].try_into().expect("MR values");
-        let b: &[f32; NR] = b[p * ldb..][..NR].try_into().expect("NR values");
-        for i in 0..MR {
-            for j in 0..NR {
-                tile[i][j] += a[i] * b[j];
-            }
-        }
-    }
-    tile
-}
-
-/// AVX-512: the 8 x 32 tile in 16 zmm registers; each step loads one row of B's sliver (two
-/// registers) and broadcasts the 8 values of A's column, 16 fused multiply-adds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], ldb: usize) -> [[f32; 32]; 8] {
-    use std::arch::x86_64::*;
-    assert!(a.len() >= kc * 8 && b.len() >= (kc - 1) * ldb + 32, "sliver sizes");
-    let mut acc = [[_mm512_setzero_ps(); 2]; 8];
-    for (p, a) in a.chunks_exact(8).take(kc).enumerate() {
-        // SAFETY: row p of the B sliver, 32 values from p·ldb, is inside `b` (asserted).
-        let (b0, b1) = unsafe { (_mm512_loadu_ps(b.as_ptr().add(p * ldb)), _mm512_loadu_ps(b.as_ptr().add(p * ldb + 16))) };
-        for i in 0..8 {
-            let a_i = _mm512_set1_ps(a[i]);
-            acc[i][0] = _mm512_fmadd_ps(a_i, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(a_i, b1, acc[i][1]);
-        }
-    }
-    let mut tile = [[0.0; 32]; 8];
-    for (row, acc) in tile.iter_mut().zip(acc) {
-        // SAFETY: a row of the tile holds 32 values.
-        unsafe {
-            _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
-            _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
-        }
-    }
-    tile
-}
-
-/// AVX2 + FMA: the 6 x 16 tile in 12 ymm registers (the classic Haswell shape).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], ldb: usize) -> [[f32; 16]; 6] {
-    use std::arch::x86_64::*;
-    assert!(a.len() >= kc * 6 && b.len() >= (kc - 1) * ldb + 16, "sliver sizes");
-    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
-    for (p, a) in a.chunks_exact(6).take(kc).enumerate() {
-        // SAFETY: row p of the B sliver, 16 values from p·ldb, is inside `b` (asserted).
-        let (b0, b1) = unsafe { (_mm256_loadu_ps(b.as_ptr().add(p * ldb)), _mm256_loadu_ps(b.as_ptr().add(p * ldb + 8))) };
-        for i in 0..6 {
-            let a_i = _mm256_set1_ps(a[i]);
-            acc[i][0] = _mm256_fmadd_ps(a_i, b0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(a_i, b1, acc[i][1]);
-        }
-    }
-    let mut tile = [[0.0; 16]; 6];
-    for (row, acc) in tile.iter_mut().zip(acc) {
-        // SAFETY: a row of the tile holds 16 values.
-        unsafe {
-            _mm256_storeu_ps(row.as_mut_ptr(), acc[0]);
-            _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[1]);
-        }
-    }
-    tile
-}
-
-thread_local! {
-    /// Each thread's packing buffers, reused from one product to the next.
-    static PACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// The loops around the micro-kernel (see the module's documentation).
-fn blocked<const MR: usize, const NR: usize>(
-    alpha: f32,
-    a: &ArrayView2<f32>,
-    b: &ArrayView2<f32>,
-    beta: f32,
-    c: &mut ArrayViewMut2<f32>,
-    kernel: impl Fn(usize, &[f32], &[f32], usize) -> [[f32; NR]; MR],
-) {
-    let ((m, k), n) = (a.dim(), b.dim().1);
     if k == 0 {
         return scale_all(beta, c);
     }
-    PACKED.with_borrow_mut(|(a_packed, b_packed)| {
+    let kernel = Kernel::best();
+    PACKED.with_borrow_mut(|(a_packed, b_packed, tile)| {
+        tile.resize(kernel.mr * kernel.nr, 0.0);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             // the first block of k scales the old C by beta, the next ones add to it
             let beta = if pc == 0 { beta } else { 1.0 };
+            // where the kernel finds row p of a sliver of B: in place, or packed
+            let in_place = Rows::new((0..kc).map(|p| p * b.strides()[0].max(0) as usize).collect());
+            let packed = Rows::new((0..kc).map(|p| p * kernel.nr).collect());
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
                 // A's columns pc.. are the steps, its rows the values
-                pack(a_packed, a, (ic, pc), false, mc, MR, kc);
-                for jc in (0..n).step_by(NR) {
-                    let (b_sliver, ldb) = b_sliver::<NR>(b, (pc, jc), kc, b_packed);
-                    for (ir, a_sliver) in a_packed.chunks_exact(MR * kc).enumerate() {
-                        let tile = kernel(kc, a_sliver, b_sliver, ldb);
-                        store::<MR, NR>(&tile, alpha, beta, c, (ic + ir * MR, jc), (ic + mc, n));
+                pack(a_packed, a, (ic, pc), false, mc, kernel.mr, kc);
+                for jc in (0..n).step_by(kernel.nr) {
+                    let (b_sliver, rows) = match b_sliver_in_place(b, (pc, jc), kc, kernel.nr) {
+                        Some(values) => (values, &in_place),
+                        None => {
+                            // B's rows are the steps, its columns the values
+                            pack(b_packed, b, (pc, jc), true, kernel.nr.min(n - jc), kernel.nr, kc);
+                            (&b_packed[..], &packed)
+                        }
+                    };
+                    for (ir, a_sliver) in a_packed.chunks_exact(kernel.mr * kc).enumerate() {
+                        kernel.run(kc, a_sliver, b_sliver, rows, tile);
+                        store(tile, kernel.nr, alpha, beta, c, (ic + ir * kernel.mr, jc), (ic + mc, n));
                     }
                 }
             }
@@ -242,29 +150,172 @@ fn blocked<const MR: usize, const NR: usize>(
     });
 }
 
-/// The `kc x NR` sliver of B at `origin`, as the kernel reads it: row `p` at `p·ldb`. A
-/// sliver whose rows are contiguous and full (the lowered matrix, `dy`) is read where it is;
-/// any other (a transposed operand, the last, narrower sliver) is packed, zero-padded.
-fn b_sliver<'a, const NR: usize>(b: &'a ArrayView2<f32>, origin: (usize, usize), kc: usize, packed: &'a mut Vec<f32>) -> (&'a [f32], usize) {
-    let (rows, cols) = (b.strides()[0], b.strides()[1]);
-    if cols == 1 && rows > 0 && origin.1 + NR <= b.ncols() {
-        let ldb = rows as usize;
-        let start = origin.0 * ldb + origin.1;
-        // SAFETY: rows origin.0 .. origin.0 + kc, columns origin.1 .. + NR are inside `b`,
-        // whose rows are `ldb` apart: the slice ends at the last of those values.
-        let values = unsafe { std::slice::from_raw_parts(b.as_ptr().add(start), (kc - 1) * ldb + NR) };
-        return (values, ldb);
-    }
-    // B's rows are the steps, its columns the values
-    pack(packed, b, origin, true, NR.min(b.ncols() - origin.1), NR, kc);
-    (&packed[..], NR)
+/// Rows of B multiplied at a time: a `KC x NR` sliver of B (32 KiB for AVX-512) stays in L1.
+const KC: usize = 256;
+/// Rows of A packed at a time: an `MC x KC` block (128 KiB) stays in L2.
+const MC: usize = 128;
+
+/// Where each row of a sliver of B starts, and the last of those starts (checked once against
+/// the values the kernel is given, not at every tile).
+pub(crate) struct Rows {
+    offsets: Vec<usize>,
+    last: usize,
 }
 
-/// Packs the `len x kc` block of `m` starting at `(first, pc)`, seen as `kc` steps of `len`
-/// values (`step_stride` apart from one step to the next, `value_stride` within a step), into
-/// slivers of `width`: value `i` of step `p` in sliver `s` lands at `s·width·kc + p·width + i`,
-/// zeros past `len`.
-fn pack(buf: &mut Vec<f32>, m: &ArrayView2<f32>, origin: (usize, usize), transposed: bool, len: usize, width: usize, kc: usize) {
+impl Rows {
+    pub(crate) fn new(offsets: Vec<usize>) -> Rows {
+        let last = offsets.iter().copied().max().unwrap_or(0);
+        Rows { offsets, last }
+    }
+}
+
+/// A micro-kernel for this CPU and the shape of its tile: it computes the `mr x nr` tile
+/// `Σ_p a[p·mr + i] · b[offsets[p] + j]` over `kc` steps — A's sliver packed, each row of B's
+/// sliver wherever `offsets` says (in a packed sliver, inside B itself, or inside an image:
+/// see [`crate::implicit`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Kernel {
+    /// Rows of the tile (values of A per step).
+    pub(crate) mr: usize,
+    /// Columns of the tile (values of B per step).
+    pub(crate) nr: usize,
+    tile: fn(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]),
+}
+
+impl Kernel {
+    /// The widest kernel the CPU runs (checked once).
+    pub(crate) fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| match isa() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Kernel { mr: 8, nr: 32, tile: avx512 },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Kernel { mr: 6, nr: 16, tile: avx2 },
+            _ => Kernel { mr: 4, nr: 8, tile: portable },
+        })
+    }
+
+    /// Writes the tile (`mr x nr`, row-major) into `tile`.
+    ///
+    /// # Panics
+    /// If a sliver is shorter than `kc` steps or a row of B's sliver ends past `b`.
+    pub(crate) fn run(&self, kc: usize, a: &[f32], b: &[f32], rows: &Rows, tile: &mut [f32]) {
+        assert!(a.len() >= kc * self.mr && rows.offsets.len() >= kc && tile.len() == self.mr * self.nr, "micro-kernel operands");
+        assert!(rows.last + self.nr <= b.len(), "a row of B's sliver is outside B");
+        (self.tile)(kc, a, b, &rows.offsets[..kc], tile)
+    }
+}
+
+/// The kernels' shared body, portable: the compiler keeps what it can in registers.
+fn portable(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
+    const MR: usize = 4;
+    const NR: usize = 8;
+    let mut acc = [[0.0f32; NR]; MR];
+    for (a, &o) in a.chunks_exact(MR).zip(offsets).take(kc) {
+        let b = &b[o..o + NR];
+        for i in 0..MR {
+            for j in 0..NR {
+                acc[i][j] += a[i] * b[j];
+            }
+        }
+    }
+    tile.copy_from_slice(acc.as_flattened());
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
+    // SAFETY: chosen by `Kernel::best` only where the CPU has AVX-512F; `run` checked that
+    // every row of the sliver lies inside `b`.
+    unsafe { kernel_avx512(kc, a, b, offsets, tile) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
+    // SAFETY: chosen by `Kernel::best` only where the CPU has AVX2 and FMA; `run` checked that
+    // every row of the sliver lies inside `b`.
+    unsafe { kernel_avx2(kc, a, b, offsets, tile) }
+}
+
+/// AVX-512: the 8 x 32 tile in 16 zmm registers; each step loads one row of B's sliver (two
+/// registers) and broadcasts the 8 values of A's column, 16 fused multiply-adds.
+///
+/// # Safety
+/// `b[offsets[p]..offsets[p] + 32]` must lie inside `b` for every step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+    for (a, &o) in a.chunks_exact(8).zip(offsets).take(kc) {
+        // SAFETY: the caller's promise: 32 values from `o` inside `b`.
+        let (b0, b1) = unsafe { (_mm512_loadu_ps(b.as_ptr().add(o)), _mm512_loadu_ps(b.as_ptr().add(o + 16))) };
+        for i in 0..8 {
+            let a_i = _mm512_set1_ps(a[i]);
+            acc[i][0] = _mm512_fmadd_ps(a_i, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(a_i, b1, acc[i][1]);
+        }
+    }
+    for (row, acc) in tile.chunks_exact_mut(32).zip(acc) {
+        // SAFETY: a row of the tile holds 32 values.
+        unsafe {
+            _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
+            _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
+        }
+    }
+}
+
+/// AVX2 + FMA: the 6 x 16 tile in 12 ymm registers (the classic Haswell shape).
+///
+/// # Safety
+/// `b[offsets[p]..offsets[p] + 16]` must lie inside `b` for every step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    for (a, &o) in a.chunks_exact(6).zip(offsets).take(kc) {
+        // SAFETY: the caller's promise: 16 values from `o` inside `b`.
+        let (b0, b1) = unsafe { (_mm256_loadu_ps(b.as_ptr().add(o)), _mm256_loadu_ps(b.as_ptr().add(o + 8))) };
+        for i in 0..6 {
+            let a_i = _mm256_set1_ps(a[i]);
+            acc[i][0] = _mm256_fmadd_ps(a_i, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(a_i, b1, acc[i][1]);
+        }
+    }
+    for (row, acc) in tile.chunks_exact_mut(16).zip(acc) {
+        // SAFETY: a row of the tile holds 16 values.
+        unsafe {
+            _mm256_storeu_ps(row.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[1]);
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's packing buffers and tile, reused from one product to the next.
+    static PACKED: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// The values of B from `origin` on, when its `kc x nr` sliver there can be read in place:
+/// rows contiguous and the sliver full (the lowered matrix, `dy`). With 16 filters, each
+/// sliver of B serves two slivers of A only, and packing it would cost as much as half the
+/// product. Otherwise (a transposed operand, the narrower last sliver) `None`: it is packed.
+fn b_sliver_in_place<'a>(b: &'a ArrayView2<f32>, origin: (usize, usize), kc: usize, nr: usize) -> Option<&'a [f32]> {
+    let (rows, cols) = (b.strides()[0], b.strides()[1]);
+    if cols != 1 || rows <= 0 || origin.1 + nr > b.ncols() {
+        return None;
+    }
+    let ldb = rows as usize;
+    // SAFETY: rows origin.0 .. origin.0 + kc, columns origin.1 .. + nr are inside `b`,
+    // whose rows are `ldb` apart: the slice ends at the last of those values.
+    Some(unsafe { std::slice::from_raw_parts(b.as_ptr().add(origin.0 * ldb + origin.1), (kc - 1) * ldb + nr) })
+}
+
+/// Packs the `len x kc` block of `m` starting at `origin`, seen as `kc` steps of `len`
+/// values (A: its columns are the steps; B, `transposed`: its rows), into slivers of
+/// `width`: value `i` of step `p` in sliver `s` lands at `s·width·kc + p·width + i`, zeros
+/// past `len`.
+pub(crate) fn pack(buf: &mut Vec<f32>, m: &ArrayView2<f32>, origin: (usize, usize), transposed: bool, len: usize, width: usize, kc: usize) {
     let strides = m.strides();
     let (step_stride, value_stride) = if transposed { (strides[0], strides[1]) } else { (strides[1], strides[0]) };
     let slivers = len.div_ceil(width);
@@ -290,20 +341,35 @@ fn pack(buf: &mut Vec<f32>, m: &ArrayView2<f32>, origin: (usize, usize), transpo
     }
 }
 
-/// Writes a tile into C at `at` (rows and columns beyond `end` are padding and dropped):
-/// `c = alpha·tile + beta·c`, where `beta = 0` overwrites without reading.
-fn store<const MR: usize, const NR: usize>(tile: &[[f32; NR]; MR], alpha: f32, beta: f32, c: &mut ArrayViewMut2<f32>, at: (usize, usize), end: (usize, usize)) {
-    let width = NR.min(end.1 - at.1);
-    for (i, row) in tile.iter().enumerate().take(end.0.saturating_sub(at.0)) {
-        let mut c_row = c.row_mut(at.0 + i);
-        let mut c_row = c_row.slice_mut(ndarray::s![at.1..at.1 + width]);
-        let row = &row[..width];
-        match c_row.as_slice_mut() {
-            // contiguous: a loop the compiler vectorises
-            Some(c_row) if beta == 0.0 => c_row.iter_mut().zip(row).for_each(|(c, &t)| *c = alpha * t),
-            Some(c_row) => c_row.iter_mut().zip(row).for_each(|(c, &t)| *c = alpha * t + beta * *c),
-            None if beta == 0.0 => c_row.iter_mut().zip(row).for_each(|(c, &t)| *c = alpha * t),
-            None => c_row.iter_mut().zip(row).for_each(|(c, &t)| *c = alpha * t + beta * *c),
+/// Writes a tile (`nr` columns, row-major) into C at `at` (rows and columns beyond `end` are
+/// padding and dropped): `c = alpha·tile + beta·c`, where `beta = 0` overwrites without
+/// reading.
+///
+/// # Panics
+/// If `end` lies outside `c`.
+pub(crate) fn store(tile: &[f32], nr: usize, alpha: f32, beta: f32, c: &mut ArrayViewMut2<f32>, at: (usize, usize), end: (usize, usize)) {
+    assert!(end.0 <= c.nrows() && end.1 <= c.ncols(), "tile outside C");
+    let (rows, cols) = (c.strides()[0], c.strides()[1]);
+    let width = nr.min(end.1 - at.1);
+    let base = c.as_mut_ptr();
+    for (i, tile_row) in tile.chunks_exact(nr).enumerate().take(end.0.saturating_sub(at.0)) {
+        let tile_row = &tile_row[..width];
+        // SAFETY: row at.0 + i and columns at.1 .. at.1 + width are inside `c` (asserted).
+        let first = unsafe { base.offset((at.0 + i) as isize * rows + at.1 as isize * cols) };
+        if cols == 1 {
+            // SAFETY: as above; the row's values are contiguous.
+            let c_row = unsafe { std::slice::from_raw_parts_mut(first, width) };
+            if beta == 0.0 {
+                c_row.iter_mut().zip(tile_row).for_each(|(c, &t)| *c = alpha * t);
+            } else {
+                c_row.iter_mut().zip(tile_row).for_each(|(c, &t)| *c = alpha * t + beta * *c);
+            }
+        } else {
+            for (j, &t) in tile_row.iter().enumerate() {
+                // SAFETY: as above, one value at a time.
+                let c = unsafe { &mut *first.offset(j as isize * cols) };
+                *c = if beta == 0.0 { alpha * t } else { alpha * t + beta * *c };
+            }
         }
     }
 }
@@ -348,6 +414,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every kernel this CPU can run (the portable one always), on slivers read through
+    /// offsets that jump around B, against f64 loops.
+    #[test]
+    fn every_kernel_the_cpu_runs_computes_its_tile() {
+        let mut kernels = vec![("portable", Kernel { mr: 4, nr: 8, tile: portable })];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                kernels.push(("avx2", Kernel { mr: 6, nr: 16, tile: avx2 }));
+            }
+            if is_x86_feature_detected!("avx512f") {
+                kernels.push(("avx512", Kernel { mr: 8, nr: 32, tile: avx512 }));
+            }
+        }
+        let b: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32 - 50.0) / 16.0).collect();
+        for (name, k) in kernels {
+            let kc = 19;
+            let a: Vec<f32> = (0..kc * k.mr).map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0).collect();
+            let offsets: Vec<usize> = (0..kc).map(|p| (p * 389) % (1000 - k.nr)).collect();
+            let mut tile = vec![f32::NAN; k.mr * k.nr];
+            k.run(kc, &a, &b, &Rows::new(offsets.clone()), &mut tile);
+            for i in 0..k.mr {
+                for j in 0..k.nr {
+                    let want: f64 = (0..kc).map(|p| a[p * k.mr + i] as f64 * b[offsets[p] + j] as f64).sum();
+                    assert!((tile[i * k.nr + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{name} ({i}, {j})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside B")]
+    fn an_offset_past_b_is_refused_before_any_load() {
+        let k = Kernel::best();
+        let mut tile = vec![0.0; k.mr * k.nr];
+        k.run(1, &vec![1.0; k.mr], &vec![1.0; 100], &Rows::new(vec![0, 100 - k.nr + 1]), &mut tile);
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod depthwise;
 mod error;
 pub mod gemm;
 mod im2col;
+mod implicit;
 mod operands;
 pub mod lowrank;
 mod pool;
