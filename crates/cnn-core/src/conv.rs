@@ -147,16 +147,18 @@ fn backward_chunk(group: usize) -> usize {
 
 /// Runs `step(partial, cols, dy, dcols)` for every group of samples ([`group_size`]) —
 /// `cols` and `dy` (`[c_out, samples·oh·ow]`) side by side as in the forward — then col2im's
-/// `dcols` into the samples' `dx`. Tasks of [`backward_chunk`] samples run in parallel, each
+/// `dcols` into the samples' `dx`. Without `input_gradient`, `dcols` is `None` and no `dx` is
+/// made (the caller computes it another way). Tasks of [`backward_chunk`] samples run in parallel, each
 /// accumulating into its own `partial`; the partials come back **in batch order**, so that
 /// summing them is deterministic whatever the number of threads.
 pub(crate) fn lowered_backward<T: Send>(
     x: ArrayView4<f32>,
     dy: ArrayView4<f32>,
     g: &Geometry,
+    input_gradient: bool,
     init: impl Fn() -> T + Sync,
-    step: impl Fn(&mut T, &ArrayView2<f32>, &ArrayView2<f32>, &mut ArrayViewMut2<f32>) + Sync,
-) -> Result<(Array4<f32>, Vec<T>)> {
+    step: impl Fn(&mut T, &ArrayView2<f32>, &ArrayView2<f32>, Option<&mut ArrayViewMut2<f32>>) + Sync,
+) -> Result<(Option<Array4<f32>>, Vec<T>)> {
     let (n, c_in, h, w) = x.dim();
     let c_out = dy.dim().1;
     let (k, p) = (c_in * g.kh * g.kw, g.positions());
@@ -168,14 +170,16 @@ pub(crate) fn lowered_backward<T: Send>(
     expect_allocatable("input gradient", x.len())?;
     let dy = dy.as_standard_layout();
     threads::init();
-    let mut dx = threads::par_zeros(ndarray::Dim([n, c_in, h, w]));
+    // without the input gradient: no channels, so every dx view below is empty
+    let mut dx = threads::par_zeros(ndarray::Dim([n, if input_gradient { c_in } else { 0 }, h, w]));
+    let dcols_width = if input_gradient { width } else { 0 };
     let partials = dx
         .axis_chunks_iter_mut(Axis(0), chunk)
         .into_par_iter()
         .zip(x.axis_chunks_iter(Axis(0), chunk))
         .zip(dy.axis_chunks_iter(Axis(0), chunk))
         .map_init(
-            || (Scratch::matrix(k, width), Scratch::matrix(c_out, if group > 1 { width } else { 0 }), Scratch::matrix(k, width)),
+            || (Scratch::matrix(k, width), Scratch::matrix(c_out, if group > 1 { width } else { 0 }), Scratch::matrix(k, dcols_width)),
             |(cols, dy_mat, dcols), ((mut dx_chunk, x_chunk), dy_chunk)| {
                 let (mut cols, mut dy_mat, mut dcols) = (cols.view_mut(), dy_mat.view_mut(), dcols.view_mut());
                 let mut partial = init();
@@ -189,30 +193,43 @@ pub(crate) fn lowered_backward<T: Send>(
                             // a 1x1 convolution: the sample is its own lowering, dx its dcols
                             let x_i = x_i.as_standard_layout();
                             let cols = x_i.view().into_shape_with_order((k, p)).expect("standard layout");
-                            let mut dx_i = dx_i.into_shape_with_order((k, p)).expect("dx sample is contiguous");
-                            step(&mut partial, &cols, &dy_i, &mut dx_i);
+                            if input_gradient {
+                                let mut dx_i = dx_i.into_shape_with_order((k, p)).expect("dx sample is contiguous");
+                                step(&mut partial, &cols, &dy_i, Some(&mut dx_i));
+                            } else {
+                                step(&mut partial, &cols, &dy_i, None);
+                            }
                             continue;
                         }
                         for band in bands(g, rows) {
                             let (start, end) = (band.start * g.ow, band.end * g.ow);
                             let mut cols = cols.slice_mut(s![.., ..end - start]);
-                            let mut dcols = dcols.slice_mut(s![.., ..end - start]);
                             im2col_tile(x_i, g, band.clone(), cols.view_mut());
-                            step(&mut partial, &cols.view(), &dy_i.slice(s![.., start..end]), &mut dcols);
-                            col2im_tile(dcols.view_mut(), g, band, dx_i.view_mut());
+                            let dy_band = dy_i.slice(s![.., start..end]);
+                            if input_gradient {
+                                let mut dcols = dcols.slice_mut(s![.., ..end - start]);
+                                step(&mut partial, &cols.view(), &dy_band, Some(&mut dcols));
+                                col2im_tile(dcols.view_mut(), g, band, dx_i.view_mut());
+                            } else {
+                                step(&mut partial, &cols.view(), &dy_band, None);
+                            }
                         }
                         continue;
                     }
                     // several: side by side
                     let m = x_group.dim().0 * p;
                     let mut cols = cols.slice_mut(s![.., ..m]);
-                    let mut dcols = dcols.slice_mut(s![.., ..m]);
                     lower_group(x_group, g, &mut cols);
                     for (i, dy_i) in dy_group.outer_iter().enumerate() {
                         let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
                         dy_mat.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i);
                     }
-                    step(&mut partial, &cols.view(), &dy_mat.slice(s![.., ..m]), &mut dcols);
+                    if !input_gradient {
+                        step(&mut partial, &cols.view(), &dy_mat.slice(s![.., ..m]), None);
+                        continue;
+                    }
+                    let mut dcols = dcols.slice_mut(s![.., ..m]);
+                    step(&mut partial, &cols.view(), &dy_mat.slice(s![.., ..m]), Some(&mut dcols));
                     for (i, dx_i) in dx_group.outer_iter_mut().enumerate() {
                         col2im_sample(dcols.slice_mut(s![.., i * p..(i + 1) * p]), g, dx_i);
                     }
@@ -221,7 +238,7 @@ pub(crate) fn lowered_backward<T: Send>(
             },
         )
         .collect();
-    Ok((dx, partials))
+    Ok((input_gradient.then_some(dx), partials))
 }
 
 /// How a convolution is computed: chosen from its shapes in one place, [`Algorithm::of`].
@@ -366,7 +383,7 @@ pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayV
     let c_out = w.dim().0;
     expect_shape("output gradient dy", &[n, c_out, g.oh, g.ow], dy.shape())?;
     match Algorithm::of(c_in, groups, &g) {
-        Algorithm::Lowered | Algorithm::Implicit => lowered_backward_conv(x, w, dy, &g),
+        algorithm @ (Algorithm::Lowered | Algorithm::Implicit) => lowered_backward_conv(x, w, dy, &g, algorithm),
         Algorithm::Depthwise => {
             expect_allocatable("input gradient", x.len())?;
             let (dx, dw, db) = depthwise::backward(x, w, dy, &g);
@@ -378,7 +395,7 @@ pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayV
             let mut grads = Conv2dGrads { dx: Array4::zeros((n, c_in, h, wd)), dw: Array4::zeros(w.raw_dim()), db: Array1::zeros(c_out) };
             for k in 0..groups {
                 let (ins, outs) = (k * cig..(k + 1) * cig, k * cog..(k + 1) * cog);
-                let part = lowered_backward_conv(x.slice(s![.., ins.clone(), .., ..]), w.slice(s![outs.clone(), .., .., ..]), dy.slice(s![.., outs.clone(), .., ..]), &g)?;
+                let part = lowered_backward_conv(x.slice(s![.., ins.clone(), .., ..]), w.slice(s![outs.clone(), .., .., ..]), dy.slice(s![.., outs.clone(), .., ..]), &g, Algorithm::Lowered)?;
                 grads.dx.slice_mut(s![.., ins, .., ..]).assign(&part.dx);
                 grads.dw.slice_mut(s![outs.clone(), .., .., ..]).assign(&part.dw);
                 grads.db.slice_mut(s![outs]).assign(&part.db);
@@ -388,25 +405,35 @@ pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayV
     }
 }
 
-/// The backward of [`lowered_conv`].
-fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry) -> Result<Conv2dGrads> {
+/// The backward of [`lowered_conv`], and of [`implicit::forward`]: the same filter gradient,
+/// and for the implicit one the input gradient by [`implicit::input_gradient`] instead of
+/// col2im.
+fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry, algorithm: Algorithm) -> Result<Conv2dGrads> {
     let (c_out, c_in, kh, kw) = w.dim();
     let k = c_in * kh * kw;
     let w_mat = w.to_shape((c_out, k)).expect("filters reshape to [c_out, c_in*kh*kw]");
+    let by_col2im = !(algorithm == Algorithm::Implicit && implicit::transposed_suits(g, c_out));
 
     let (dx, partials) = lowered_backward(
         x,
         dy,
         g,
+        by_col2im,
         || (Array2::zeros((c_out, k)), Array1::zeros(c_out)),
         |(dw, db), cols, dy, dcols| {
             // dw [c_out, k] += dy [c_out, m] · colsᵀ [m, k]       (m = samples·oh·ow)
             mat_mul(1.0, dy, &cols.t(), 1.0, &mut dw.view_mut());
             // dcols [k, m] = w_matᵀ [k, c_out] · dy [c_out, m]
-            mat_mul(1.0, &w_mat.t(), dy, 0.0, dcols);
+            if let Some(dcols) = dcols {
+                mat_mul(1.0, &w_mat.t(), dy, 0.0, dcols);
+            }
             *db += &dy.sum_axis(Axis(1));
         },
     )?;
+    let dx = match dx {
+        Some(dx) => dx,
+        None => implicit::input_gradient(dy, w, g),
+    };
     // Sum the groups' partial gradients in batch order: deterministic for any thread count.
     let mut dw = Array2::zeros((c_out, k));
     let mut db = Array1::zeros(c_out);

@@ -20,8 +20,8 @@
 
 use crate::gemm::{pack, store, Kernel, Rows};
 use crate::threads::Scratch;
-use crate::window::Geometry;
-use ndarray::{Array4, ArrayView1, ArrayView3, ArrayView4};
+use crate::window::{Geometry, Padding, Window};
+use ndarray::{s, Array4, ArrayView1, ArrayView3, ArrayView4};
 use rayon::prelude::*;
 
 /// Padded samples up to this many values (1 MiB) go implicit; the B slivers of a larger one
@@ -85,6 +85,42 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
     y
 }
 
+/// The input gradient of a stride-1 convolution that [`suits`], as one more stride-1
+/// convolution: each input pixel gathers the output gradients of the windows that saw it,
+/// so `dx` is `dy` convolved with the filters turned half a turn in space and transposed in
+/// channels, `w'[ci, co, ky, kx] = w[co, ci, kh−1−ky, kw−1−kx]`, with the padding that
+/// brings `oh x ow` back to `h x w` (`(kh−1)·dh − top` on top, and so on: the kernel's reach
+/// minus the forward padding).
+///
+/// ```text
+/// dx[ci, iy, ix] = Σ_co Σ_ky,kx  w[co, ci, ky, kx] · dy[co, iy + top − ky·dh, ix + left − kx·dw]
+/// ```
+///
+/// Replaces `w_matᵀ · dy` and col2im (a scatter-add of `kh·kw` copies) with the implicit
+/// product. Falls back to neither: the caller only uses it where [`transposed_suits`].
+pub(crate) fn input_gradient(dy: ArrayView4<f32>, w: ArrayView4<f32>, g: &Geometry) -> Array4<f32> {
+    let flipped = w.slice(s![.., .., ..;-1, ..;-1]);
+    let turned = flipped.permuted_axes([1, 0, 2, 3]);
+    let g_t = transposed(g).expect("checked by transposed_suits");
+    forward(dy, turned, None, &g_t)
+}
+
+/// The geometry of [`input_gradient`]'s convolution, if the forward padding is within the
+/// kernel's reach on every side (true of VALID, SAME and the usual explicit paddings).
+fn transposed(g: &Geometry) -> Option<Geometry> {
+    let (reach_y, reach_x) = ((g.kh - 1) * g.dh, (g.kw - 1) * g.dw);
+    let pad = |reach: usize, p: usize| reach.checked_sub(p);
+    let padding = Padding::Explicit { top: pad(reach_y, g.pad_top)?, bottom: pad(reach_y, g.pad_bottom)?, left: pad(reach_x, g.pad_left)?, right: pad(reach_x, g.pad_right)? };
+    let g_t = Window::new(g.kh, g.kw).dilations(g.dh, g.dw).padding(padding).geometry(g.oh, g.ow).ok()?;
+    (g_t.oh == g.h && g_t.ow == g.w).then_some(g_t)
+}
+
+/// Whether [`input_gradient`] applies: its own convolution [`suits`] the implicit product
+/// (`c_out` channels in, on the output's size).
+pub(crate) fn transposed_suits(g: &Geometry, c_out: usize) -> bool {
+    transposed(g).is_some_and(|g_t| suits(&g_t, c_out))
+}
+
 /// Writes `x` (`[c_in, h, w]`) into `padded` as `[c_in, hp, wp]` with the geometry's zero
 /// borders, and zeros after it.
 fn pad_into(x: ArrayView3<f32>, g: &Geometry, (hp, wp): (usize, usize), padded: &mut [f32]) {
@@ -95,5 +131,53 @@ fn pad_into(x: ArrayView3<f32>, g: &Geometry, (hp, wp): (usize, usize), padded: 
         for (row, x_row) in plane[g.pad_top * wp..].chunks_exact_mut(wp).zip(x_c.chunks_exact(g.w)) {
             row[g.pad_left..g.pad_left + g.w].copy_from_slice(x_row);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference;
+    use ndarray::Array;
+
+    fn filled(shape: [usize; 4], seed: usize) -> Array4<f32> {
+        let mut i = seed;
+        Array::from_shape_simple_fn(shape, || {
+            i = (i * 1103515245 + 12345) % 2147483648;
+            (i % 2001) as f32 / 1000.0 - 1.0
+        })
+    }
+
+    /// The implicit forward and input gradient against the naive loops, on geometries where
+    /// both apply: SAME, VALID (its input gradient pads by the whole reach), asymmetric
+    /// padding, dilation, a kernel wider than tall.
+    #[test]
+    fn forward_and_input_gradient_agree_with_the_naive_loops() {
+        let windows = [
+            Window::square(3).padding(Padding::Same),
+            Window::square(3),
+            Window::new(2, 3).padding(Padding::Explicit { top: 1, bottom: 0, left: 2, right: 1 }),
+            Window::square(3).dilation(2).padding(Padding::Same),
+        ];
+        for (case, win) in windows.iter().enumerate() {
+            let (x, w) = (filled([3, 5, 9, 11], case), filled([7, 5, win.kh, win.kw], case + 10));
+            let g = win.geometry(9, 11).unwrap();
+            assert!(suits(&g, 5) && transposed_suits(&g, 7), "case {case} goes implicit both ways");
+            let y = forward(x.view(), w.view(), None, &g);
+            let want = reference::conv2d(x.view(), w.view(), None, win).unwrap();
+            assert!(y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "forward, case {case}");
+            let dy = filled([3, 7, g.oh, g.ow], case + 20);
+            let dx = input_gradient(dy.view(), w.view(), &g);
+            let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), win).unwrap().dx;
+            assert_eq!(dx.dim(), want.dim());
+            assert!(dx.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "input gradient, case {case}");
+        }
+    }
+
+    #[test]
+    fn padding_beyond_the_kernels_reach_has_no_transposed_convolution() {
+        let g = Window::square(2).padding(Padding::uniform(2)).geometry(6, 6).unwrap();
+        assert!(suits(&g, 3));
+        assert!(!transposed_suits(&g, 3));
     }
 }
