@@ -257,9 +257,9 @@ enum Algorithm {
 }
 
 impl Algorithm {
-    fn of(c_in: usize, groups: usize, g: &Geometry) -> Algorithm {
+    fn of(c_in: usize, c_out: usize, groups: usize, g: &Geometry) -> Algorithm {
         match groups {
-            1 if implicit::suits(g, c_in) => Algorithm::Implicit,
+            1 if implicit::suits(g, c_in, c_out) => Algorithm::Implicit,
             1 => Algorithm::Lowered,
             g if g == c_in => Algorithm::Depthwise,
             _ => Algorithm::Grouped,
@@ -317,7 +317,7 @@ pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView
     let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win, groups)?;
     let (n, c_in, _, _) = x.dim();
     let c_out = w.dim().0;
-    match Algorithm::of(c_in, groups, &g) {
+    match Algorithm::of(c_in, c_out, groups, &g) {
         Algorithm::Lowered => lowered_conv(x, w, b, &g),
         Algorithm::Implicit => {
             expect_allocatable("output", n * c_out * g.positions())?;
@@ -382,7 +382,7 @@ pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayV
     let (n, c_in, h, wd) = x.dim();
     let c_out = w.dim().0;
     expect_shape("output gradient dy", &[n, c_out, g.oh, g.ow], dy.shape())?;
-    match Algorithm::of(c_in, groups, &g) {
+    match Algorithm::of(c_in, c_out, groups, &g) {
         algorithm @ (Algorithm::Lowered | Algorithm::Implicit) => lowered_backward_conv(x, w, dy, &g, algorithm),
         Algorithm::Depthwise => {
             expect_allocatable("input gradient", x.len())?;
@@ -412,7 +412,7 @@ fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<
     let (c_out, c_in, kh, kw) = w.dim();
     let k = c_in * kh * kw;
     let w_mat = w.to_shape((c_out, k)).expect("filters reshape to [c_out, c_in*kh*kw]");
-    let by_col2im = !(algorithm == Algorithm::Implicit && implicit::transposed_suits(g, c_out));
+    let by_col2im = !(algorithm == Algorithm::Implicit && implicit::transposed_suits(g, c_in, c_out));
 
     let (dx, partials) = lowered_backward(
         x,

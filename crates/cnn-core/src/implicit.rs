@@ -28,12 +28,33 @@ use rayon::prelude::*;
 /// would not stay in cache, and the lowering by bands serves it better.
 const MAX_PADDED: usize = 1 << 18;
 
-/// Whether a convolution of this geometry (one group, `c_in` channels) is computed here: stride
-/// 1, a window larger than one pixel (a 1x1 convolution is its own lowered matrix already), and
-/// a padded sample that fits in cache.
-pub(crate) fn suits(g: &Geometry, c_in: usize) -> bool {
+/// At most this many outputs computed per output kept (`wp / ow`): 1.07 (28x28, 3x3 SAME) to
+/// 1.29 (7x7) were faster than the lowering in every stage of ResNet-20; the reference
+/// network's conv3 (5x5 VALID, 1.67) was 1.3x slower forward.
+const MAX_WASTE: f64 = 1.3;
+
+/// At least this long a receptive field (`c_in·kh·kw`): with fewer steps per tile the
+/// micro-kernel spends its time storing tiles; the reference network's conv1 (`K = 9`) was
+/// slower implicit.
+const MIN_FIELD: usize = 32;
+
+/// At least this many output channels: fewer leave most of the kernel's 8 (AVX-512) rows of
+/// filters empty (conv1's input gradient, 1 channel, was 2x slower).
+const MIN_FILTERS: usize = 8;
+
+/// Whether a convolution of this geometry (one group, `c_in` → `c_out` channels) is computed
+/// here: stride 1, a window larger than one pixel (a 1x1 convolution is its own lowered
+/// matrix already), a padded sample that fits in cache, and the shape limits above (measured
+/// with `cargo bench --bench conv` and the `layer_times` example).
+pub(crate) fn suits(g: &Geometry, c_in: usize, c_out: usize) -> bool {
     let (hp, wp) = padded(g);
-    g.sh == 1 && g.sw == 1 && !g.is_identity() && c_in * hp * wp <= MAX_PADDED
+    g.sh == 1
+        && g.sw == 1
+        && !g.is_identity()
+        && c_in * hp * wp <= MAX_PADDED
+        && wp as f64 <= MAX_WASTE * g.ow as f64
+        && c_in * g.kh * g.kw >= MIN_FIELD
+        && c_out >= MIN_FILTERS
 }
 
 fn padded(g: &Geometry) -> (usize, usize) {
@@ -115,10 +136,10 @@ fn transposed(g: &Geometry) -> Option<Geometry> {
     (g_t.oh == g.h && g_t.ow == g.w).then_some(g_t)
 }
 
-/// Whether [`input_gradient`] applies: its own convolution [`suits`] the implicit product
-/// (`c_out` channels in, on the output's size).
-pub(crate) fn transposed_suits(g: &Geometry, c_out: usize) -> bool {
-    transposed(g).is_some_and(|g_t| suits(&g_t, c_out))
+/// Whether [`input_gradient`] applies to a convolution of `c_in` → `c_out` channels: its own
+/// convolution (`c_out` → `c_in`, on the output's size) [`suits`] the implicit product.
+pub(crate) fn transposed_suits(g: &Geometry, c_in: usize, c_out: usize) -> bool {
+    transposed(g).is_some_and(|g_t| suits(&g_t, c_out, c_in))
 }
 
 /// Writes `x` (`[c_in, h, w]`) into `padded` as `[c_in, hp, wp]` with the geometry's zero
@@ -162,7 +183,6 @@ mod tests {
         for (case, win) in windows.iter().enumerate() {
             let (x, w) = (filled([3, 5, 9, 11], case), filled([7, 5, win.kh, win.kw], case + 10));
             let g = win.geometry(9, 11).unwrap();
-            assert!(suits(&g, 5) && transposed_suits(&g, 7), "case {case} goes implicit both ways");
             let y = forward(x.view(), w.view(), None, &g);
             let want = reference::conv2d(x.view(), w.view(), None, win).unwrap();
             assert!(y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "forward, case {case}");
@@ -175,9 +195,25 @@ mod tests {
     }
 
     #[test]
+    fn the_shapes_that_go_implicit() {
+        let same = Window::square(3).padding(Padding::Same);
+        // ResNet-20's stride-1 layers, all three stages
+        for (side, c) in [(28, 16), (14, 32), (7, 64)] {
+            assert!(suits(&same.geometry(side, side).unwrap(), c, c), "{side}x{side}x{c}");
+        }
+        let valid = Window::square(3);
+        assert!(suits(&valid.geometry(13, 13).unwrap(), 32, 64), "the reference network's conv2");
+        assert!(!suits(&valid.geometry(5, 5).unwrap(), 64, 128), "conv3: 5 outputs computed per 3 kept");
+        assert!(!suits(&valid.geometry(28, 28).unwrap(), 1, 32), "conv1: a receptive field of 9");
+        assert!(!transposed_suits(&valid.geometry(28, 28).unwrap(), 1, 32), "conv1's input gradient: 1 filter");
+        assert!(!suits(&same.stride(2).geometry(28, 28).unwrap(), 16, 32), "stride 2");
+        assert!(!suits(&Window::square(1).geometry(28, 28).unwrap(), 64, 64), "1x1");
+    }
+
+    #[test]
     fn padding_beyond_the_kernels_reach_has_no_transposed_convolution() {
         let g = Window::square(2).padding(Padding::uniform(2)).geometry(6, 6).unwrap();
-        assert!(suits(&g, 3));
-        assert!(!transposed_suits(&g, 3));
+        assert!(transposed(&g).is_none());
+        assert!(!transposed_suits(&g, 16, 16));
     }
 }

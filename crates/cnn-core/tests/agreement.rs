@@ -269,3 +269,17 @@ fn buffers_reused_from_a_nan_convolution_leak_nothing() {
         check(n, c, 4, side, side, win, 70);
     }
 }
+
+/// Shapes the implicit product takes (stride 1, 8+ filters, receptive fields of 32+), forward
+/// and backward: its input gradient too wherever the padding is within the kernel's reach.
+#[test]
+pub fn stride_one_shapes_of_the_implicit_product() {
+    let explicit = Padding::Explicit { top: 1, bottom: 0, left: 2, right: 1 };
+    check(3, 16, 16, 12, 12, Window::square(3).padding(Padding::Same), 80);
+    check(2, 8, 12, 10, 9, Window::square(3), 81);
+    check(2, 4, 9, 11, 13, Window::square(5).padding(Padding::Same), 82);
+    check(2, 12, 8, 9, 10, Window::new(2, 3).padding(explicit), 83);
+    check(1, 8, 8, 14, 14, Window::square(3).dilation(2).padding(Padding::Same), 84);
+    // padding wider than the kernel's reach: forward implicit, input gradient by col2im
+    check(2, 8, 8, 6, 6, Window::square(2).padding(Padding::uniform(2)), 85);
+}

@@ -18,4 +18,5 @@ fn convolutions_on_the_own_engine_agree_with_the_naive_loops() {
     agreement::non_contiguous_inputs();
     agreement::grouped_and_depthwise();
     agreement::conv1d_matches_naive_loops();
+    agreement::stride_one_shapes_of_the_implicit_product();
 }
