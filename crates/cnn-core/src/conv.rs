@@ -24,7 +24,7 @@
 use crate::depthwise;
 use crate::implicit;
 use crate::gemm::mat_mul;
-use crate::error::{expect_allocatable, expect_shape, Result};
+use crate::error::{expect_allocatable, expect_shape, CnnError, Result};
 use crate::im2col::{col2im_sample, col2im_tile, im2col_sample, im2col_tile};
 use crate::operands::Conv2dGrads;
 use crate::operands::conv_geometry;
@@ -241,13 +241,18 @@ pub(crate) fn lowered_backward<T: Send>(
     Ok((input_gradient.then_some(dx), partials))
 }
 
-/// How a convolution is computed: chosen from its shapes in one place, [`Algorithm::of`].
+/// How a convolution is computed. [`conv2d`] and its kin choose from the shapes, in this one
+/// place ([`Algorithm::choose`]); [`conv2d_with`] and [`conv2d_backward_with`] run the one you
+/// name, to compare them side by side (the benches do). All agree with the naive loops
+/// within f32 rounding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Algorithm {
-    /// im2col, then one GEMM per sample (or small group of samples).
+pub enum Algorithm {
+    /// im2col, then one GEMM per sample (or small group of samples): the lecture's algorithm.
     Lowered,
-    /// Stride 1: the same product, its B read from a padded copy of each sample, the lowered
-    /// matrix never written ([`crate::implicit`]). The backward is [`Algorithm::Lowered`]'s.
+    /// Stride 1: the same products, the lowered matrix read from a padded copy of each sample
+    /// and never written (`src/implicit.rs` explains how); the input gradient too where the
+    /// padding is within the kernel's reach (else by col2im). Chosen where it was measured
+    /// faster.
     Implicit,
     /// Each group of channels through [`Algorithm::Lowered`] on its own.
     Grouped,
@@ -257,6 +262,36 @@ enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm, in the order above.
+    pub const ALL: [Algorithm; 4] = [Algorithm::Lowered, Algorithm::Implicit, Algorithm::Grouped, Algorithm::Depthwise];
+
+    /// The algorithm [`conv2d_groups`] takes for these operands (shapes `[n, c_in, h, w]` and
+    /// `[c_out, c_in / groups, kh, kw]`).
+    ///
+    /// # Errors
+    /// As [`conv2d_groups`]: operands that do not fit together.
+    ///
+    /// ```
+    /// use cnn_core::{Algorithm, Padding, Window};
+    /// let same = Window::square(3).padding(Padding::Same);
+    /// assert_eq!(Algorithm::choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same, 1).unwrap(), Algorithm::Implicit);
+    /// assert_eq!(Algorithm::choose(&[8, 16, 28, 28], &[32, 16, 3, 3], &same.stride(2), 1).unwrap(), Algorithm::Lowered);
+    /// ```
+    pub fn choose(x: &[usize], w: &[usize], win: &Window, groups: usize) -> Result<Algorithm> {
+        let g = conv_geometry(x, w, None, win, groups)?;
+        Ok(Algorithm::of(x[1], w[0], groups, &g))
+    }
+
+    /// Its short name: `lowered`, `implicit`, `grouped`, `depthwise`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Lowered => "lowered",
+            Algorithm::Implicit => "implicit",
+            Algorithm::Grouped => "grouped",
+            Algorithm::Depthwise => "depthwise",
+        }
+    }
+
     fn of(c_in: usize, c_out: usize, groups: usize, g: &Geometry) -> Algorithm {
         match groups {
             1 if implicit::suits(g, c_in, c_out) => Algorithm::Implicit,
@@ -264,6 +299,17 @@ impl Algorithm {
             g if g == c_in => Algorithm::Depthwise,
             _ => Algorithm::Grouped,
         }
+    }
+
+    /// An error when this algorithm cannot compute a convolution of this shape.
+    fn check(self, c_in: usize, groups: usize, g: &Geometry) -> Result<()> {
+        let reason = match self {
+            Algorithm::Lowered | Algorithm::Implicit if groups != 1 => format!("computes one group, not {groups} (use grouped or depthwise)"),
+            Algorithm::Implicit if (g.sh, g.sw) != (1, 1) => format!("needs stride 1, not {}x{}", g.sh, g.sw),
+            Algorithm::Depthwise if groups != c_in => format!("needs one group per input channel ({c_in}), not {groups}"),
+            _ => return Ok(()),
+        };
+        Err(CnnError::Invalid { what: "algorithm", reason: format!("{} {reason}", self.name()) })
     }
 }
 
@@ -315,17 +361,43 @@ pub fn conv2d(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>
 /// ```
 pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window, groups: usize) -> Result<Array4<f32>> {
     let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win, groups)?;
+    forward(Algorithm::of(x.dim().1, w.dim().0, groups, &g), x, w, b, &g, groups)
+}
+
+/// [`conv2d_groups`] by the algorithm named, not the one it would choose.
+///
+/// # Errors
+/// As [`conv2d_groups`], and an algorithm that cannot compute this shape (an implicit
+/// product with stride 2, say).
+///
+/// ```
+/// use cnn_core::{conv2d_with, Algorithm, Window};
+/// use ndarray::Array4;
+/// let (x, w) = (Array4::<f32>::ones((1, 2, 5, 5)), Array4::<f32>::ones((3, 2, 3, 3)));
+/// let lowered = conv2d_with(Algorithm::Lowered, x.view(), w.view(), None, &Window::square(3), 1).unwrap();
+/// let implicit = conv2d_with(Algorithm::Implicit, x.view(), w.view(), None, &Window::square(3), 1).unwrap();
+/// assert_eq!(lowered, implicit);
+/// assert!(conv2d_with(Algorithm::Implicit, x.view(), w.view(), None, &Window::square(3).stride(2), 1).is_err());
+/// ```
+pub fn conv2d_with(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window, groups: usize) -> Result<Array4<f32>> {
+    let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win, groups)?;
+    algorithm.check(x.dim().1, groups, &g)?;
+    forward(algorithm, x, w, b, &g, groups)
+}
+
+/// The forward pass by `algorithm` (which can compute it: checked by the caller).
+fn forward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry, groups: usize) -> Result<Array4<f32>> {
     let (n, c_in, _, _) = x.dim();
     let c_out = w.dim().0;
-    match Algorithm::of(c_in, c_out, groups, &g) {
-        Algorithm::Lowered => lowered_conv(x, w, b, &g),
+    match algorithm {
+        Algorithm::Lowered => lowered_conv(x, w, b, g),
         Algorithm::Implicit => {
             expect_allocatable("output", n * c_out * g.positions())?;
-            Ok(implicit::forward(x, w, b, &g))
+            Ok(implicit::forward(x, w, b, g))
         }
         Algorithm::Depthwise => {
             expect_allocatable("output", n * c_out * g.positions())?;
-            Ok(depthwise::forward(x, w, b, &g))
+            Ok(depthwise::forward(x, w, b, g))
         }
         Algorithm::Grouped => {
             let (cig, cog) = (c_in / groups, c_out / groups);
@@ -334,7 +406,7 @@ pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView
             for k in 0..groups {
                 let (ins, outs) = (k * cig..(k + 1) * cig, k * cog..(k + 1) * cog);
                 let b_k = b.map(|b| b.slice_move(s![outs.clone()]));
-                let y_k = lowered_conv(x.slice(s![.., ins, .., ..]), w.slice(s![outs.clone(), .., .., ..]), b_k, &g)?;
+                let y_k = lowered_conv(x.slice(s![.., ins, .., ..]), w.slice(s![outs.clone(), .., .., ..]), b_k, g)?;
                 y.slice_mut(s![.., outs, .., ..]).assign(&y_k);
             }
             Ok(y)
@@ -378,15 +450,36 @@ pub fn conv2d_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f3
 /// # Errors
 /// As [`conv2d_groups`], and a `dy` whose shape is not the output's.
 pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, win: &Window, groups: usize) -> Result<Conv2dGrads> {
+    let g = backward_geometry(x, w, dy, win, groups)?;
+    backward(Algorithm::of(x.dim().1, w.dim().0, groups, &g), x, w, dy, &g, groups)
+}
+
+/// [`conv2d_groups_backward`] by the algorithm named, not the one it would choose.
+///
+/// # Errors
+/// As [`conv2d_groups_backward`], and an algorithm that cannot compute this shape.
+pub fn conv2d_backward_with(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, win: &Window, groups: usize) -> Result<Conv2dGrads> {
+    let g = backward_geometry(x, w, dy, win, groups)?;
+    algorithm.check(x.dim().1, groups, &g)?;
+    backward(algorithm, x, w, dy, &g, groups)
+}
+
+/// The operands of a backward pass checked, `dy` included.
+fn backward_geometry(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, win: &Window, groups: usize) -> Result<Geometry> {
     let g = conv_geometry(x.shape(), w.shape(), None, win, groups)?;
+    expect_shape("output gradient dy", &[x.dim().0, w.dim().0, g.oh, g.ow], dy.shape())?;
+    Ok(g)
+}
+
+/// The backward pass by `algorithm` (which can compute it: checked by the caller).
+fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry, groups: usize) -> Result<Conv2dGrads> {
     let (n, c_in, h, wd) = x.dim();
     let c_out = w.dim().0;
-    expect_shape("output gradient dy", &[n, c_out, g.oh, g.ow], dy.shape())?;
-    match Algorithm::of(c_in, c_out, groups, &g) {
-        algorithm @ (Algorithm::Lowered | Algorithm::Implicit) => lowered_backward_conv(x, w, dy, &g, algorithm),
+    match algorithm {
+        Algorithm::Lowered | Algorithm::Implicit => lowered_backward_conv(x, w, dy, g, algorithm),
         Algorithm::Depthwise => {
             expect_allocatable("input gradient", x.len())?;
-            let (dx, dw, db) = depthwise::backward(x, w, dy, &g);
+            let (dx, dw, db) = depthwise::backward(x, w, dy, g);
             Ok(Conv2dGrads { dx, dw, db })
         }
         Algorithm::Grouped => {
@@ -395,7 +488,7 @@ pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayV
             let mut grads = Conv2dGrads { dx: Array4::zeros((n, c_in, h, wd)), dw: Array4::zeros(w.raw_dim()), db: Array1::zeros(c_out) };
             for k in 0..groups {
                 let (ins, outs) = (k * cig..(k + 1) * cig, k * cog..(k + 1) * cog);
-                let part = lowered_backward_conv(x.slice(s![.., ins.clone(), .., ..]), w.slice(s![outs.clone(), .., .., ..]), dy.slice(s![.., outs.clone(), .., ..]), &g, Algorithm::Lowered)?;
+                let part = lowered_backward_conv(x.slice(s![.., ins.clone(), .., ..]), w.slice(s![outs.clone(), .., .., ..]), dy.slice(s![.., outs.clone(), .., ..]), g, Algorithm::Lowered)?;
                 grads.dx.slice_mut(s![.., ins, .., ..]).assign(&part.dx);
                 grads.dw.slice_mut(s![outs.clone(), .., .., ..]).assign(&part.dw);
                 grads.db.slice_mut(s![outs]).assign(&part.db);

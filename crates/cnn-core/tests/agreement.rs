@@ -283,3 +283,50 @@ pub fn stride_one_shapes_of_the_implicit_product() {
     // padding wider than the kernel's reach: forward implicit, input gradient by col2im
     check(2, 8, 8, 6, 6, Window::square(2).padding(Padding::uniform(2)), 85);
 }
+
+/// Every algorithm that can compute a shape, forced by `conv2d_with`, against the naive loops;
+/// the ones that cannot are refused with a reason.
+#[test]
+fn every_algorithm_named_agrees_or_is_refused() {
+    use cnn_core::{conv2d_backward_with, conv2d_with, Algorithm};
+    let cases = [
+        (2, 4, 4, 9, Window::square(3).padding(Padding::Same), 1),
+        (2, 4, 6, 9, Window::square(3).stride(2), 1),
+        (2, 4, 8, 9, Window::square(3).padding(Padding::Same), 2),
+        (2, 4, 8, 9, Window::square(3).padding(Padding::Same), 4),
+        (1, 3, 5, 6, Window::square(1), 1),
+    ];
+    for (seed, &(n, c_in, c_out, side, win, groups)) in cases.iter().enumerate() {
+        let x = random((n, c_in, side, side), seed as u64);
+        let w = random((c_out, c_in / groups, win.kh, win.kw), 100 + seed as u64);
+        let b = random(c_out, 200 + seed as u64);
+        let y_ref = reference::conv2d_groups(x.view(), w.view(), Some(b.view()), &win, groups).unwrap();
+        let dy = random(y_ref.raw_dim(), 300 + seed as u64);
+        let g_ref = reference::conv2d_groups_backward(x.view(), w.view(), dy.view(), &win, groups).unwrap();
+        let mut ran = 0;
+        for algorithm in Algorithm::ALL {
+            let applies = match algorithm {
+                Algorithm::Lowered => groups == 1,
+                Algorithm::Implicit => groups == 1 && win.sh == 1,
+                Algorithm::Grouped => true,
+                Algorithm::Depthwise => groups == c_in,
+            };
+            let y = conv2d_with(algorithm, x.view(), w.view(), Some(b.view()), &win, groups);
+            let grads = conv2d_backward_with(algorithm, x.view(), w.view(), dy.view(), &win, groups);
+            if !applies {
+                let e = y.unwrap_err().to_string();
+                assert!(e.contains(algorithm.name()), "case {seed}: {e}");
+                assert_eq!(grads.unwrap_err().to_string(), e);
+                continue;
+            }
+            ran += 1;
+            let (y, grads) = (y.unwrap(), grads.unwrap());
+            let what = format!("case {seed}, {}", algorithm.name());
+            assert!(rel_err(&y, &y_ref) < TOL, "forward {what}");
+            assert!(rel_err(&grads.dx, &g_ref.dx) < TOL, "dx {what}");
+            assert!(rel_err(&grads.dw, &g_ref.dw) < TOL, "dw {what}");
+            assert!(rel_err(&grads.db, &g_ref.db) < TOL, "db {what}");
+        }
+        assert!(ran >= 1, "case {seed}: some algorithm computed it");
+    }
+}
