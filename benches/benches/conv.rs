@@ -1,12 +1,14 @@
-//! Convolution: naive loops vs im2col + GEMM, the parts of the im2col path, pooling, threads.
+//! Convolution: every algorithm side by side (the lowering, the implicit product, low rank),
+//! the naive loops, the parts of the lowered path, pooling, threads.
 //!
-//! Ids are `group/implementation/case`, the case named after the real shape
-//! (`conv2d_forward/im2col/ref_conv2_n64` against `conv2d_forward/naive/ref_conv2_n64`).
-//! Throughput is in FLOPs (elements = floating-point operations), so criterion's report shows
-//! GFLOP/s directly.
+//! One criterion group per layer shape and pass, its functions the algorithms
+//! (`conv2d_forward/ref_conv2_n64/lowered` against `.../implicit` and `.../lowrank_2x_r26`), so
+//! that each page of the HTML report is one comparison; the naive loops, a hundred times
+//! slower, have their own group (`conv2d_naive/ref_conv2_n64/forward`). Throughput is in FLOPs
+//! (elements = floating-point operations), so criterion's report shows GFLOP/s directly.
 
-use cnn_benches::{big_layer, random, reference_layers, ConvCase};
-use cnn_core::{col2im, conv2d, conv2d_backward, im2col, max_pool2d, max_pool2d_backward, reference, threads, Window};
+use cnn_benches::{big_layer, random, reference_layers, resnet20_layers, ConvCase};
+use cnn_core::{col2im, conv2d, conv2d_backward_with, conv2d_with, im2col, max_pool2d, max_pool2d_backward, reference, threads, Algorithm, Window};
 use cnn_core::lowrank::{lowrank_conv2d, lowrank_conv2d_backward, svd_filters, LowRankFilters, RankPolicy};
 use cnn_core::{avg_pool2d, avg_pool2d_backward};
 #[global_allocator]
@@ -39,6 +41,7 @@ fn inputs(case: &ConvCase) -> Inputs {
 fn cases() -> Vec<ConvCase> {
     let mut cases = reference_layers(1).to_vec();
     cases.extend(reference_layers(64));
+    cases.extend(resnet20_layers(128));
     cases.push(big_layer());
     cases
 }
@@ -48,29 +51,57 @@ fn naive_is_affordable(case: &ConvCase) -> bool {
     case.flops() < 400_000_000
 }
 
+/// The algorithms that can compute this (ungrouped) case.
+fn algorithms(case: &ConvCase) -> Vec<Algorithm> {
+    let mut all = vec![Algorithm::Lowered];
+    // the implicit product needs stride 1 (every case here), and is what conv2d takes where it won
+    all.push(Algorithm::Implicit);
+    let chosen = Algorithm::choose(&[case.n, case.c_in, case.side, case.side], &[case.c_out, case.c_in, case.k, case.k], &case.window(), 1);
+    assert!(all.contains(&chosen.expect("benchmark shapes are valid")));
+    all
+}
+
 fn conv_forward(c: &mut Criterion) {
-    let mut group = c.benchmark_group("conv2d_forward");
-    group.sample_size(10);
     for case in cases() {
         let inp = inputs(&case);
         let win = case.window();
+        let mut group = c.benchmark_group(format!("conv2d_forward/{}", case.name));
+        group.sample_size(10);
         group.throughput(Throughput::Elements(case.flops()));
-        group.bench_function(format!("im2col/{}", case.name), |bench| {
-            bench.iter(|| conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap())
-        });
-        if naive_is_affordable(&case) {
-            group.bench_function(format!("naive/{}", case.name), |bench| {
-                bench.iter(|| reference::conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap())
+        for algorithm in algorithms(&case) {
+            group.bench_function(algorithm.name(), |bench| {
+                bench.iter(|| conv2d_with(algorithm, inp.x.view(), inp.w.view(), Some(inp.b.view()), &win, 1).unwrap())
             });
         }
         for (label, factors, flops) in low_rank(&case, &inp) {
             group.throughput(Throughput::Elements(flops));
-            group.bench_function(format!("{label}/{}", case.name), |bench| {
+            group.bench_function(label, |bench| {
                 bench.iter(|| lowrank_conv2d(inp.x.view(), factors.mix.view(), factors.basis.view(), Some(inp.b.view()), &win).unwrap())
             });
         }
+        group.finish();
     }
-    group.finish();
+}
+
+/// The naive loops of every affordable case, forward and forward + backward.
+fn conv_naive(c: &mut Criterion) {
+    for case in cases().into_iter().filter(naive_is_affordable) {
+        let inp = inputs(&case);
+        let win = case.window();
+        let mut group = c.benchmark_group(format!("conv2d_naive/{}", case.name));
+        group.sample_size(10);
+        group.throughput(Throughput::Elements(case.flops()));
+        group.bench_function("forward", |bench| bench.iter(|| reference::conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap()));
+        group.throughput(Throughput::Elements(3 * case.flops()));
+        group.bench_function("fwd_bwd", |bench| {
+            bench.iter(|| {
+                let y = reference::conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap();
+                black_box(y);
+                reference::conv2d_backward(inp.x.view(), inp.w.view(), inp.dy.view(), &win).unwrap()
+            })
+        });
+        group.finish();
+    }
 }
 
 /// The filters factorised at the ranks that cut the FLOPs about 2x and 4x, with their labels
@@ -88,32 +119,25 @@ fn low_rank(case: &ConvCase, inp: &Inputs) -> Vec<(String, LowRankFilters, u64)>
 }
 
 fn conv_forward_backward(c: &mut Criterion) {
-    let mut group = c.benchmark_group("conv2d_fwd_bwd");
-    group.sample_size(10);
     for case in cases() {
         let inp = inputs(&case);
         let win = case.window();
+        let mut group = c.benchmark_group(format!("conv2d_fwd_bwd/{}", case.name));
+        group.sample_size(10);
         // forward + backward = 3 GEMMs of the forward's size
         group.throughput(Throughput::Elements(3 * case.flops()));
-        group.bench_function(format!("im2col/{}", case.name), |bench| {
-            bench.iter(|| {
-                let y = conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap();
-                black_box(y);
-                conv2d_backward(inp.x.view(), inp.w.view(), inp.dy.view(), &win).unwrap()
-            })
-        });
-        if naive_is_affordable(&case) {
-            group.bench_function(format!("naive/{}", case.name), |bench| {
+        for algorithm in algorithms(&case) {
+            group.bench_function(algorithm.name(), |bench| {
                 bench.iter(|| {
-                    let y = reference::conv2d(inp.x.view(), inp.w.view(), Some(inp.b.view()), &win).unwrap();
+                    let y = conv2d_with(algorithm, inp.x.view(), inp.w.view(), Some(inp.b.view()), &win, 1).unwrap();
                     black_box(y);
-                    reference::conv2d_backward(inp.x.view(), inp.w.view(), inp.dy.view(), &win).unwrap()
+                    conv2d_backward_with(algorithm, inp.x.view(), inp.w.view(), inp.dy.view(), &win, 1).unwrap()
                 })
             });
         }
         for (label, f, flops) in low_rank(&case, &inp) {
             group.throughput(Throughput::Elements(3 * flops));
-            group.bench_function(format!("{label}/{}", case.name), |bench| {
+            group.bench_function(label, |bench| {
                 bench.iter(|| {
                     let y = lowrank_conv2d(inp.x.view(), f.mix.view(), f.basis.view(), Some(inp.b.view()), &win).unwrap();
                     black_box(y);
@@ -121,8 +145,8 @@ fn conv_forward_backward(c: &mut Criterion) {
                 })
             });
         }
+        group.finish();
     }
-    group.finish();
 }
 
 /// Where the time of the im2col path goes: the lowering, its adjoint, and the bare GEMMs.
@@ -218,5 +242,5 @@ fn thread_scaling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv_forward, conv_forward_backward, parts, pooling, thread_scaling);
+criterion_group!(benches, conv_forward, conv_forward_backward, conv_naive, parts, pooling, thread_scaling);
 criterion_main!(benches);

@@ -76,6 +76,16 @@ where
     Array::from_shape_simple_fn(shape, || rng.gen_range(-1.0..1.0))
 }
 
+/// ResNet-20's three kinds of stride-1 layer (3x3 SAME, 16/32/64 channels on 28/14/7 pixels)
+/// at batch `n`.
+pub fn resnet20_layers(n: usize) -> [ConvCase; 3] {
+    let case = |name, c, side| ConvCase { name, n, c_in: c, side, c_out: c, k: 3, padding: Padding::Same };
+    match n {
+        128 => [case("resnet20_stage1_n128", 16, 28), case("resnet20_stage2_n128", 32, 14), case("resnet20_stage3_n128", 64, 7)],
+        _ => panic!("resnet20_layers: add the names for batch {n}"),
+    }
+}
+
 /// Matrix products the convolutions run (`c_out x positions x K`), named after their layer.
 pub const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
     ("ref_conv2_sample_64x121x288", 64, 121, 288),

@@ -121,43 +121,45 @@ fn summarise(results: &[Measurement], quick: bool) -> String {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     let _ = writeln!(out, "# Benchmark summary ({mode}; medians; RAYON_NUM_THREADS={threads})\n");
 
-    let _ = writeln!(out, "## Convolution: naive loops vs im2col + GEMM (vs low rank)\n");
-    let _ = writeln!(
-        out,
-        "| pass | case | naive | im2col | GFLOP/s | % of bare GEMM | im2col vs naive | low rank (rank: time, vs im2col) |"
-    );
+    let _ = writeln!(out, "## Convolution: every algorithm side by side (vs the naive loops, vs low rank)\n");
+    let _ = writeln!(out, "GFLOP/s count the direct convolution's multiply-adds (forward + backward: three times the forward's).\n");
+    let _ = writeln!(out, "| pass | case | naive | lowered | implicit | best GFLOP/s | best vs naive | low rank (rank: time, vs best) |");
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
-    for group in ["conv2d_forward", "conv2d_fwd_bwd"] {
-        let prefix = format!("{group}/im2col/");
-        for m in results.iter().filter(|m| m.id.starts_with(&prefix)) {
-            let case = &m.id[prefix.len()..];
-            let naive = get(format!("{group}/naive/{case}"));
-            // the best of the two ways to run the bare GEMMs of the same shape
-            let gemm = ["gemm_per_sample", "gemm_whole_batch_blas_mt"]
-                .iter()
-                .filter_map(|g| get(format!("parts/{g}/{case}")).and_then(Measurement::giga_per_s))
-                .fold(None, |best: Option<f64>, r| Some(best.map_or(r, |b| b.max(r))));
-            let share = (group == "conv2d_forward").then_some(()).and(gemm).zip(m.giga_per_s()).map(|(g, r)| r / g);
+    for (pass, group, naive_fn) in [("forward", "conv2d_forward", "forward"), ("fwd+bwd", "conv2d_fwd_bwd", "fwd_bwd")] {
+        let prefix = format!("{group}/");
+        let mut cases: Vec<&str> = results.iter().filter_map(|m| m.id.strip_prefix(&prefix)).filter_map(|rest| rest.split('/').next()).collect();
+        cases.dedup();
+        for case in cases {
+            let algorithm = |name: &str| get(format!("{group}/{case}/{name}"));
+            let (lowered, implicit) = (algorithm("lowered"), algorithm("implicit"));
+            let Some(best) = [lowered, implicit].into_iter().flatten().min_by(|a, b| a.median_ns.total_cmp(&b.median_ns)) else { continue };
+            let naive = get(format!("conv2d_naive/{case}/{naive_fn}"));
             let lowrank: Vec<String> = results
                 .iter()
-                .filter(|l| l.id.starts_with(&format!("{group}/lowrank_")) && l.id.ends_with(&format!("/{case}")))
-                .map(|l| {
-                    let rank = l.id.split('/').nth(1).unwrap_or("").trim_start_matches("lowrank_");
-                    format!("{rank}: {} ({:.2}x)", time(l.median_ns), m.median_ns / l.median_ns)
-                })
+                .filter_map(|l| l.id.strip_prefix(&format!("{group}/{case}/lowrank_")).map(|rank| (rank, l)))
+                .map(|(rank, l)| format!("{rank}: {} ({:.2}x)", time(l.median_ns), best.median_ns / l.median_ns))
                 .collect();
             let _ = writeln!(
                 out,
-                "| {} | {case} | {} | {} | {} | {} | {} | {} |",
-                if group == "conv2d_forward" { "forward" } else { "fwd+bwd" },
+                "| {pass} | {case} | {} | {} | {} | {} | {} | {} |",
                 opt(naive.map(|n| n.median_ns), time),
-                time(m.median_ns),
-                opt(m.giga_per_s(), |g| format!("{g:.1}")),
-                opt(share, |s| format!("{:.0}%", 100.0 * s)),
-                opt(naive.map(|n| n.median_ns / m.median_ns), |s| format!("{s:.1}x")),
+                opt(lowered.map(|m| m.median_ns), time),
+                opt(implicit.map(|m| m.median_ns), time),
+                opt(best.giga_per_s(), |g| format!("{g:.1}")),
+                opt(naive.map(|n| n.median_ns / best.median_ns), |s| format!("{s:.0}x")),
                 if lowrank.is_empty() { "–".into() } else { lowrank.join(", ") },
             );
         }
+    }
+
+    let _ = writeln!(out, "\n## Against the machine: bare matrix products on the convolutions' shapes, one thread\n");
+    let _ = writeln!(out, "| product (c_out x positions x K) | OpenBLAS GFLOP/s | own engine GFLOP/s |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    let mut shapes: Vec<&str> = results.iter().filter_map(|m| m.id.strip_prefix("gemm/")).filter_map(|rest| rest.split('/').next()).collect();
+    shapes.dedup();
+    for shape in shapes {
+        let rate = |engine: &str| opt(get(format!("gemm/{shape}/{engine}")).and_then(Measurement::giga_per_s), |g| format!("{g:.1}"));
+        let _ = writeln!(out, "| {shape} | {} | {} |", rate("openblas"), rate("own"));
     }
 
     let _ = writeln!(out, "\n## All measurements\n");
@@ -174,4 +176,28 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
     let tmp = path.with_extension("md.tmp");
     std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, median_ns: f64, elements: Option<f64>) -> Measurement {
+        Measurement { id: id.into(), median_ns, elements }
+    }
+
+    #[test]
+    fn each_case_is_one_row_of_its_algorithms_and_the_faster_one_counts() {
+        let results = vec![
+            m("conv2d_forward/ref_conv2_n64/implicit", 1.0e6, Some(2.0e8)),
+            m("conv2d_forward/ref_conv2_n64/lowered", 1.5e6, Some(2.0e8)),
+            m("conv2d_forward/ref_conv2_n64/lowrank_2x_r26", 0.5e6, Some(1.0e8)),
+            m("conv2d_naive/ref_conv2_n64/forward", 300.0e6, Some(2.0e8)),
+            m("gemm/square_1024/openblas", 1.0e7, Some(2.0e9)),
+            m("gemm/square_1024/own", 2.0e7, Some(2.0e9)),
+        ];
+        let summary = summarise(&results, false);
+        assert!(summary.contains("| forward | ref_conv2_n64 | 300.00 ms | 1.50 ms | 1.00 ms | 200.0 | 300x | 2x_r26: 500.0 µs (2.00x) |"), "{summary}");
+        assert!(summary.contains("| square_1024 | 200.0 | 100.0 |"), "{summary}");
+    }
 }
