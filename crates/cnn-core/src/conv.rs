@@ -256,7 +256,7 @@ pub enum Algorithm {
     Implicit,
     /// Each group of channels through [`Algorithm::Lowered`] on its own.
     Grouped,
-    /// One input channel per group: direct loops ([`crate::depthwise`]); a GEMM with
+    /// One input channel per group: direct loops (`src/depthwise.rs`); a GEMM with
     /// `K = kh·kw` would be too thin for BLAS.
     Depthwise,
 }

@@ -5,11 +5,12 @@
 //! Why a second engine beside OpenBLAS: a convolution's per-sample products are small and thin
 //! (ResNet-20's first stage is `16 x 784 x 144`, the reference network's conv2
 //! `64 x 121 x 288`), the shapes where a general BLAS was measured losing half its speed on
-//! an AVX-512 Xeon; and an engine of the project's own can read the lowered matrix where it
-//! lies (below) or, later, straight from the image. [`Engine`] says which one the
-//! convolutions use; `cargo bench --bench gemm` measures both side by side on those shapes.
-//! On the AVX-512 Zen 5 measured last, Debian's OpenBLAS runs them at 155–205 GFLOP/s on one
-//! core and stays the default; this engine reaches 156 on the first and 127–161 on the others.
+//! an AVX-512 Xeon; and above all, an engine of the project's own can read B wherever its rows
+//! are — in place in the lowered matrix, or straight from the padded image
+//! (the products of `src/implicit.rs`, which never write the lowered matrix).
+//! `cargo bench --bench gemm` measures both engines side by side on those shapes; on the
+//! AVX-512 Zen 5 measured last (one thread, GFLOP/s) this one ran 169–211 where OpenBLAS ran
+//! 157–207 (211 vs 157 on ResNet-20's first stage), and 193 vs 245 on a square 1024 product.
 //!
 //! ```text
 //! for each block of KC rows of B (pc):
@@ -22,10 +23,11 @@
 //! The micro-kernel keeps an `MR x NR` tile of C in registers and, for each of the `KC`
 //! steps, multiplies one column of A's sliver by one row of B's sliver into it (an outer
 //! product: `MR x NR` fused multiply-adds). A's slivers are packed in the order the kernel
-//! reads them, zero-padded at the edge. A sliver of B whose rows are contiguous (the lowered
-//! matrix, `dy`) is read in place, `ldb` apart: with 16 filters, each sliver of B serves two
-//! slivers of A only, and packing it would cost as much as half the product. Other slivers
-//! (a transposed operand, the narrower last one) are packed. Any strides are accepted.
+//! reads them, zero-padded at the edge. The kernel finds row `p` of B's sliver at
+//! `offsets[p]` (`Rows`): a sliver whose rows are contiguous (the lowered matrix, `dy`) is
+//! read in place, `ldb` apart — with 16 filters each sliver of B serves two slivers of A only,
+//! and packing it would cost as much as half the product; other slivers (a transposed operand,
+//! the narrower last one) are packed. Any strides are accepted.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 use std::cell::RefCell;
@@ -42,11 +44,11 @@ pub enum Engine {
 
 static ENGINE: AtomicU8 = AtomicU8::new(0);
 
-/// The engine convolutions use: [`Engine::Blas`] unless [`set_engine`] or the environment
-/// variable `CNN_GEMM=own` chose this module's. OpenBLAS stays the default because it is
-/// faster in whole networks on the machines measured so far (the README's speed section):
-/// this engine matches it on ResNet-20's first-stage product and reaches 80% of it on the
-/// others, and its backward products (a transposed operand, `k = c_out`) are slower still.
+/// The engine the *lowered* convolutions' products use (the implicit ones always run on this
+/// module's kernel): [`Engine::Blas`] unless [`set_engine`] or the environment variable
+/// `CNN_GEMM=own` chose this module's. OpenBLAS stays the default because it was faster in
+/// whole networks: this engine packs a transposed operand (the filter gradient's `colsᵀ`)
+/// value by value, where OpenBLAS transposes in vector registers.
 pub fn engine() -> Engine {
     match ENGINE.load(Ordering::Relaxed) {
         1 => Engine::Blas,
