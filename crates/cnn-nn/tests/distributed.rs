@@ -19,6 +19,9 @@ use std::sync::Arc;
 
 const RANKS: usize = 2;
 
+/// Free-running steps over which one process and two must agree to 1e-5 (see the test).
+const TIGHT_STEPS: usize = 60;
+
 /// Runs the test named `name` of this test binary in `RANKS` MPI processes; true when this
 /// process is the launcher (the test's work is done by the ranks then).
 fn launched_under_mpirun(name: &str) -> bool {
@@ -59,7 +62,12 @@ fn two_processes_train_like_one() {
     let config = crop_flip();
 
     // 1. The first 100 steps of the reference recipe (Adam, batch 64), alone and together,
-    //    each run on its own: the loss of every step.
+    //    each run on its own: the loss of every step. The two differ only in the order of the
+    //    gradient sums (about 1e-7 relative), and training amplifies that: the gap stays below
+    //    5e-7 for 60 steps, then grows in a way that depends on rounding alone — measured up to
+    //    4e-5 by step 100 with the CPU's best OpenBLAS kernels, 2e-3 with OPENBLAS_CORETYPE=
+    //    Haswell on the same machine. So the first `TIGHT_STEPS` must agree tightly, and the
+    //    rest only stay finite (the ranks' own agreement, bit for bit, is checked below).
     let order = shuffled(train.len(), 11);
     let plain = FitConfig { progress: false, ..FitConfig::default() };
     let (mut alone, mut together) = (reference_cnn(5), reference_cnn(5));
@@ -141,8 +149,10 @@ fn two_processes_train_like_one() {
     // the checks, after the last collective operation
     assert_eq!(mpi.size(), RANKS);
     for (step, &(l1, l2)) in losses.iter().enumerate() {
-        assert!(l1.is_finite() && l1 > 0.0, "step {step}: loss {l1}");
-        assert!(relative(l1, l2) <= 1e-4, "step {step}: loss {l1} in one process, {l2} in {RANKS}");
+        assert!(l1.is_finite() && l1 > 0.0 && l2.is_finite(), "step {step}: losses {l1} and {l2}");
+        if step < TIGHT_STEPS {
+            assert!(relative(l1, l2) <= 1e-5, "step {step}: loss {l1} in one process, {l2} in {RANKS}");
+        }
     }
     steps_agree.unwrap();
     for &(n, loss_gap, grad_gap) in &forced {
@@ -157,8 +167,8 @@ fn two_processes_train_like_one() {
     let expected = if mpi.rank() == 1 { "label 10 at index 7" } else { "rank(s) [1] failed the checks before training" };
     assert!(refused.contains(expected), "rank {}: {refused}", mpi.rank());
     assert!(moved, "the BatchNorm model trained");
-    let worst = losses.iter().map(|&(l1, l2)| relative(l1, l2)).fold(0.0, f32::max);
+    let worst = losses.iter().take(TIGHT_STEPS).map(|&(l1, l2)| relative(l1, l2)).fold(0.0, f32::max);
     let worst_forced = forced.iter().fold((0.0f32, 0.0f64), |(l, g), &(_, lf, gf)| (l.max(lf), g.max(gf)));
-    println!("rank {}: 100 steps: losses at most {worst:e} apart; same weights: losses {:e}, gradients {:e}; epoch: loss {} / {}, test accuracy {:?} / {:?}",
+    println!("rank {}: {TIGHT_STEPS} steps: losses at most {worst:e} apart; same weights: losses {:e}, gradients {:e}; epoch: loss {} / {}, test accuracy {:?} / {:?}",
         mpi.rank(), worst_forced.0, worst_forced.1, a.train_loss, t.train_loss, a.test_acc, t.test_acc);
 }
