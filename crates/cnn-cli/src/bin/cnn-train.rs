@@ -329,7 +329,10 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) if mpi.size() > 1 => {
-            eprintln!("error (rank {} of {}): {e}", mpi.rank(), mpi.size());
+            // one write for the whole line: the ranks share stderr, and eprintln! writes its
+            // pieces one by one (two ranks' messages came out interleaved mid-line)
+            let line = format!("error (rank {} of {}): {e}\n", mpi.rank(), mpi.size());
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             mpi.abort(1) // the other ranks may be waiting for this one
         }
         Err(e) => main_with((), |_| Err(e)),
