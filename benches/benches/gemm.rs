@@ -19,7 +19,7 @@ fn products(c: &mut Criterion) {
         let b: Array2<f32> = random((k, n), 2);
         let mut out = Array2::<f32>::zeros((m, n));
         group.bench_function("openblas", |bench| bench.iter(|| general_mat_mul(1.0, &a, &b, 0.0, &mut out)));
-        group.bench_function("own", |bench| bench.iter(|| gemm(1.0, &a.view(), &b.view(), 0.0, &mut out.view_mut())));
+        group.bench_function("own", |bench| bench.iter(|| gemm(1.0, &a.view(), &b.view(), 0.0, &mut out.view_mut()).unwrap()));
         group.finish();
     }
 }

@@ -29,6 +29,7 @@
 //! and packing it would cost as much as half the product; other slivers (a transposed operand,
 //! the narrower last one) are packed. Any strides are accepted.
 
+use crate::error::{expect_shape, Result};
 use ndarray::{ArrayView2, ArrayViewMut2};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -66,7 +67,7 @@ pub fn engine() -> Engine {
 pub(crate) fn mat_mul(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
     match engine() {
         Engine::Blas => ndarray::linalg::general_mat_mul(alpha, a, b, beta, c),
-        Engine::Own => gemm(alpha, a, b, beta, c),
+        Engine::Own => product(alpha, a, b, beta, c),
     }
 }
 
@@ -75,44 +76,38 @@ pub fn set_engine(engine: Engine) {
     ENGINE.store(if engine == Engine::Blas { 1 } else { 2 }, Ordering::Relaxed);
 }
 
-/// The instruction set of the micro-kernel this CPU runs: `avx512`, `avx2+fma` or `portable`.
+/// The instruction set of the micro-kernel this CPU runs: `avx512`, `avx2+fma` or `portable`
+/// (`cargo xtask info` prints it).
 pub fn kernel_name() -> &'static str {
-    match isa() {
-        Isa::Avx512 => "avx512",
-        Isa::Avx2 => "avx2+fma",
-        Isa::Portable => "portable",
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-fn isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") {
-            return Isa::Avx512;
-        }
-        if has!("avx2") && has!("fma") {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Portable
+    Kernel::best().name
 }
 
 /// `c = alpha · a · b + beta · c`, with `a`: `[m, k]`, `b`: `[k, n]`, `c`: `[m, n]`, any
-/// strides. With `beta = 0`, `c`'s old values are never read (NaN in them does not leak).
+/// strides, on this module's engine. With `beta = 0`, `c`'s old values are never read (NaN in
+/// them does not leak).
 ///
-/// # Panics
-/// If the shapes do not agree (a bug in the caller: the convolutions check their operands).
-pub fn gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
-    let ((m, k), (k2, n)) = (a.dim(), b.dim());
-    assert!(k == k2 && c.dim() == (m, n), "gemm: [{m}, {k}] · [{k2}, {n}] into {:?}", c.dim());
+/// # Errors
+/// Shapes that do not agree: `b` must have `a`'s columns as rows, `c` must be `[m, n]`.
+///
+/// ```
+/// use cnn_core::gemm::gemm;
+/// use ndarray::{array, Array2};
+/// let (a, b) = (array![[1.0f32, 2.0], [3.0, 4.0]], array![[5.0f32], [6.0]]);
+/// let mut c = Array2::zeros((2, 1));
+/// gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut()).unwrap();
+/// assert_eq!(c, array![[17.0], [39.0]]);
+/// assert!(gemm(1.0, &b.view(), &a.view(), 0.0, &mut c.view_mut()).is_err());
+/// ```
+pub fn gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) -> Result<()> {
+    expect_shape("gemm: rows of b (columns of a)", &[a.ncols()], &[b.nrows()])?;
+    expect_shape("gemm: c", &[a.nrows(), b.ncols()], c.shape())?;
+    product(alpha, a, b, beta, c);
+    Ok(())
+}
+
+/// [`gemm`] on operands whose shapes the caller checked.
+fn product(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
+    let ((m, k), n) = (a.dim(), b.ncols());
     if m == 0 || n == 0 {
         return;
     }
@@ -181,21 +176,35 @@ pub(crate) struct Kernel {
     pub(crate) mr: usize,
     /// Columns of the tile (values of B per step).
     pub(crate) nr: usize,
+    /// Its instruction set.
+    name: &'static str,
     tile: fn(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]),
 }
 
 impl Kernel {
-    /// The widest kernel the CPU runs (checked once).
+    /// The widest kernel the CPU runs (its features checked once).
     pub(crate) fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| match isa() {
+        *BEST.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Kernel { mr: 8, nr: 32, tile: avx512 },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Kernel { mr: 6, nr: 16, tile: avx2 },
-            _ => Kernel { mr: 4, nr: 8, tile: portable },
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") {
+                    return Kernel::AVX512;
+                }
+                if has!("avx2") && has!("fma") {
+                    return Kernel::AVX2;
+                }
+            }
+            Kernel::PORTABLE
         })
     }
+
+    const PORTABLE: Kernel = Kernel { mr: 4, nr: 8, name: "portable", tile: portable };
+    #[cfg(target_arch = "x86_64")]
+    const AVX2: Kernel = Kernel { mr: 6, nr: 16, name: "avx2+fma", tile: avx2 };
+    #[cfg(target_arch = "x86_64")]
+    const AVX512: Kernel = Kernel { mr: 8, nr: 32, name: "avx512", tile: avx512 };
 
     /// Writes the tile (`mr x nr`, row-major) into `tile`.
     ///
@@ -208,7 +217,8 @@ impl Kernel {
     }
 }
 
-/// The kernels' shared body, portable: the compiler keeps what it can in registers.
+/// The portable kernel: plain loops over a 4 x 8 tile, which the compiler keeps in registers
+/// where it can (any CPU, any architecture).
 fn portable(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
     const MR: usize = 4;
     const NR: usize = 8;
@@ -409,7 +419,7 @@ mod tests {
             for beta in [0.0, 1.0, 0.5] {
                 let mut c = filled((m, n), 3);
                 let old = c.clone();
-                gemm(1.5, &a.view(), &b, beta, &mut c.view_mut());
+                gemm(1.5, &a.view(), &b, beta, &mut c.view_mut()).unwrap();
                 let want = naive(&a.view(), &b) * 1.5 + old.mapv(|v| (beta * v) as f64);
                 for (got, want) in c.iter().zip(want.iter()) {
                     assert!((*got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{n}x{k} beta {beta}: {got} vs {want}");
@@ -422,18 +432,19 @@ mod tests {
     /// offsets that jump around B, against f64 loops.
     #[test]
     fn every_kernel_the_cpu_runs_computes_its_tile() {
-        let mut kernels = vec![("portable", Kernel { mr: 4, nr: 8, tile: portable })];
+        let mut kernels = vec![Kernel::PORTABLE];
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                kernels.push(("avx2", Kernel { mr: 6, nr: 16, tile: avx2 }));
+                kernels.push(Kernel::AVX2);
             }
             if is_x86_feature_detected!("avx512f") {
-                kernels.push(("avx512", Kernel { mr: 8, nr: 32, tile: avx512 }));
+                kernels.push(Kernel::AVX512);
             }
         }
         let b: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32 - 50.0) / 16.0).collect();
-        for (name, k) in kernels {
+        for k in kernels {
+            let name = k.name;
             let kc = 19;
             let a: Vec<f32> = (0..kc * k.mr).map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0).collect();
             let offsets: Vec<usize> = (0..kc).map(|p| (p * 389) % (1000 - k.nr)).collect();
@@ -460,7 +471,7 @@ mod tests {
     fn beta_zero_never_reads_c_and_column_major_c_works() {
         let (a, b) = (filled((9, 40), 4), filled((40, 35), 5));
         let mut c = Array2::from_elem((9, 35).f(), f32::NAN);
-        gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut());
+        gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut()).unwrap();
         let want = naive(&a.view(), &b.view());
         assert!(c.iter().zip(want.iter()).all(|(g, w)| (*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs())));
     }

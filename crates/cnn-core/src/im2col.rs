@@ -70,12 +70,10 @@ pub fn col2im(cols: ArrayView2<f32>, x_shape: [usize; 4], win: &Window) -> Resul
     let p = g.positions();
     expect_shape("lowered matrix", &[c * g.kh * g.kw, n * p], cols.shape())?;
     let mut x = Array4::zeros(x_shape);
-    // a copy: col2im clears the columns of padding positions as it goes
-    let mut cols = cols.to_owned();
-    x.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .zip(cols.axis_chunks_iter_mut(Axis(1), p))
-        .for_each(|(x_i, cols_i)| col2im_sample(cols_i, &g, x_i));
+    x.axis_iter_mut(Axis(0)).into_par_iter().zip(cols.axis_chunks_iter(Axis(1), p)).for_each(|(x_i, cols_i)| {
+        // each sample's columns copied: col2im clears those of padding positions as it goes
+        col2im_sample(cols_i.to_owned().view_mut(), &g, x_i)
+    });
     Ok(x)
 }
 

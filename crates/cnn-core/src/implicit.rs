@@ -61,7 +61,8 @@ fn padded(g: &Geometry) -> (usize, usize) {
     (g.h + g.pad_top + g.pad_bottom, g.w + g.pad_left + g.pad_right)
 }
 
-/// `y = w ⊛ x + b` for a geometry that [`suits`] (shapes checked by the caller).
+/// `y = w ⊛ x + b` for any stride-1 geometry (shapes checked by the caller); fast where it
+/// [`suits`], correct everywhere (`conv2d_with` may name it for any stride-1 shape).
 pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
     let kernel = Kernel::best();
     let (n, c_in, _, _) = x.dim();
@@ -118,7 +119,8 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
 /// ```
 ///
 /// Replaces `w_matᵀ · dy` and col2im (a scatter-add of `kh·kw` copies) with the implicit
-/// product. Falls back to neither: the caller only uses it where [`transposed_suits`].
+/// product. Only for a geometry with a [`transposed`] one (the caller checks
+/// [`transposed_suits`]).
 pub(crate) fn input_gradient(dy: ArrayView4<f32>, w: ArrayView4<f32>, g: &Geometry) -> Array4<f32> {
     let flipped = w.slice(s![.., .., ..;-1, ..;-1]);
     let turned = flipped.permuted_axes([1, 0, 2, 3]);

@@ -95,6 +95,17 @@ fn conv_layers() {
     check_layer(Chain::new().add(conv(2, vertical).no_bias()).add(conv(3, horizontal)), &[2, 2, 7, 6], LINEAR, 26);
 }
 
+/// A layer shaped like ResNet-20's takes the implicit product, forward and for its input
+/// gradient (8 → 8 channels, 3x3 SAME on 8x8): its gradients against finite differences, as
+/// a downstream crate sees them.
+#[test]
+fn conv_layer_on_the_implicit_product() {
+    use cnn_nn::cnn_core::Algorithm;
+    let same = Window::square(3).padding(Padding::Same);
+    assert_eq!(Algorithm::choose(&[2, 8, 8, 8], &[8, 8, 3, 3], &same, 1).unwrap(), Algorithm::Implicit);
+    check_layer(Conv2d::new(8, 3).padding(Padding::Same), &[2, 8, 8, 8], LINEAR, 27);
+}
+
 #[test]
 fn pooling_layers() {
     check_layer(MaxPool2d::new(2), &[2, 3, 6, 6], PIECEWISE, 5);

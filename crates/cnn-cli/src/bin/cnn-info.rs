@@ -26,6 +26,7 @@ fn run(_: ()) -> Result<()> {
     let gflops = 2.0 * (N * N * N) as f64 / best / 1e9;
     println!("rayon threads: {}", threads::rayon_threads());
     println!("OpenBLAS kernels: {} (best for this CPU: {})", threads::blas_core(), threads::suggested_coretype().unwrap_or("none known"));
+    println!("convolution micro-kernel (implicit products): {}", cnn_nn::cnn_core::gemm::kernel_name());
     println!("dense {N}x{N}x{N} on one BLAS thread: {gflops:.1} GFLOP/s (best of 7)");
     Ok(())
 }

@@ -1,9 +1,8 @@
 //! Low-rank compression of any saved model: for several settings — one decomposition for every
 //! convolution but the first, the heaviest layer alone, and per-layer ranks chosen under a
-//! speed budget — the
-//! ranks, the FLOPs, the **measured** speed-up of the factorised layers and of the whole
-//! network, and the test accuracy before and after fine-tuning, beside the **control** (the
-//! original fine-tuned for as long). Run it with `cargo xtask lowrank`.
+//! speed budget — the ranks, the FLOPs, the **measured** speed-up of the factorised layers and
+//! of the whole network, and the test accuracy before and after fine-tuning, beside the
+//! **control** (the original fine-tuned for as long). Run it with `cargo xtask lowrank`.
 
 use clap::Parser;
 use cnn_cli::{check_lr, main_with, write_atomic};
