@@ -147,18 +147,16 @@ fn backward_chunk(group: usize) -> usize {
 
 /// Runs `step(partial, cols, dy, dcols)` for every group of samples ([`group_size`]) —
 /// `cols` and `dy` (`[c_out, samples·oh·ow]`) side by side as in the forward — then col2im's
-/// `dcols` into the samples' `dx`. Without `input_gradient`, `dcols` is `None` and no `dx` is
-/// made (the caller computes it another way). Tasks of [`backward_chunk`] samples run in parallel, each
+/// `dcols` into the samples' `dx`. Tasks of [`backward_chunk`] samples run in parallel, each
 /// accumulating into its own `partial`; the partials come back **in batch order**, so that
 /// summing them is deterministic whatever the number of threads.
 pub(crate) fn lowered_backward<T: Send>(
     x: ArrayView4<f32>,
     dy: ArrayView4<f32>,
     g: &Geometry,
-    input_gradient: bool,
     init: impl Fn() -> T + Sync,
-    step: impl Fn(&mut T, &ArrayView2<f32>, &ArrayView2<f32>, Option<&mut ArrayViewMut2<f32>>) + Sync,
-) -> Result<(Option<Array4<f32>>, Vec<T>)> {
+    step: impl Fn(&mut T, &ArrayView2<f32>, &ArrayView2<f32>, &mut ArrayViewMut2<f32>) + Sync,
+) -> Result<(Array4<f32>, Vec<T>)> {
     let (n, c_in, h, w) = x.dim();
     let c_out = dy.dim().1;
     let (k, p) = (c_in * g.kh * g.kw, g.positions());
@@ -170,16 +168,14 @@ pub(crate) fn lowered_backward<T: Send>(
     expect_allocatable("input gradient", x.len())?;
     let dy = dy.as_standard_layout();
     threads::init();
-    // without the input gradient: no channels, so every dx view below is empty
-    let mut dx = threads::par_zeros(ndarray::Dim([n, if input_gradient { c_in } else { 0 }, h, w]));
-    let dcols_width = if input_gradient { width } else { 0 };
+    let mut dx = threads::par_zeros(ndarray::Dim([n, c_in, h, w]));
     let partials = dx
         .axis_chunks_iter_mut(Axis(0), chunk)
         .into_par_iter()
         .zip(x.axis_chunks_iter(Axis(0), chunk))
         .zip(dy.axis_chunks_iter(Axis(0), chunk))
         .map_init(
-            || (Scratch::matrix(k, width), Scratch::matrix(c_out, if group > 1 { width } else { 0 }), Scratch::matrix(k, dcols_width)),
+            || (Scratch::matrix(k, width), Scratch::matrix(c_out, if group > 1 { width } else { 0 }), Scratch::matrix(k, width)),
             |(cols, dy_mat, dcols), ((mut dx_chunk, x_chunk), dy_chunk)| {
                 let (mut cols, mut dy_mat, mut dcols) = (cols.view_mut(), dy_mat.view_mut(), dcols.view_mut());
                 let mut partial = init();
@@ -193,12 +189,8 @@ pub(crate) fn lowered_backward<T: Send>(
                             // a 1x1 convolution: the sample is its own lowering, dx its dcols
                             let x_i = x_i.as_standard_layout();
                             let cols = x_i.view().into_shape_with_order((k, p)).expect("standard layout");
-                            if input_gradient {
-                                let mut dx_i = dx_i.into_shape_with_order((k, p)).expect("dx sample is contiguous");
-                                step(&mut partial, &cols, &dy_i, Some(&mut dx_i));
-                            } else {
-                                step(&mut partial, &cols, &dy_i, None);
-                            }
+                            let mut dx_i = dx_i.into_shape_with_order((k, p)).expect("dx sample is contiguous");
+                            step(&mut partial, &cols, &dy_i, &mut dx_i);
                             continue;
                         }
                         for band in bands(g, rows) {
@@ -206,13 +198,9 @@ pub(crate) fn lowered_backward<T: Send>(
                             let mut cols = cols.slice_mut(s![.., ..end - start]);
                             im2col_tile(x_i, g, band.clone(), cols.view_mut());
                             let dy_band = dy_i.slice(s![.., start..end]);
-                            if input_gradient {
-                                let mut dcols = dcols.slice_mut(s![.., ..end - start]);
-                                step(&mut partial, &cols.view(), &dy_band, Some(&mut dcols));
-                                col2im_tile(dcols.view_mut(), g, band, dx_i.view_mut());
-                            } else {
-                                step(&mut partial, &cols.view(), &dy_band, None);
-                            }
+                            let mut dcols = dcols.slice_mut(s![.., ..end - start]);
+                            step(&mut partial, &cols.view(), &dy_band, &mut dcols);
+                            col2im_tile(dcols.view_mut(), g, band, dx_i.view_mut());
                         }
                         continue;
                     }
@@ -224,12 +212,8 @@ pub(crate) fn lowered_backward<T: Send>(
                         let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
                         dy_mat.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i);
                     }
-                    if !input_gradient {
-                        step(&mut partial, &cols.view(), &dy_mat.slice(s![.., ..m]), None);
-                        continue;
-                    }
                     let mut dcols = dcols.slice_mut(s![.., ..m]);
-                    step(&mut partial, &cols.view(), &dy_mat.slice(s![.., ..m]), Some(&mut dcols));
+                    step(&mut partial, &cols.view(), &dy_mat.slice(s![.., ..m]), &mut dcols);
                     for (i, dx_i) in dx_group.outer_iter_mut().enumerate() {
                         col2im_sample(dcols.slice_mut(s![.., i * p..(i + 1) * p]), g, dx_i);
                     }
@@ -238,7 +222,7 @@ pub(crate) fn lowered_backward<T: Send>(
             },
         )
         .collect();
-    Ok((input_gradient.then_some(dx), partials))
+    Ok((dx, partials))
 }
 
 /// How a convolution is computed. [`conv2d`] and its kin choose from the shapes, in this one
@@ -498,35 +482,31 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
     }
 }
 
-/// The backward of [`lowered_conv`], and of [`implicit::forward`]: the same filter gradient,
-/// and for the implicit one the input gradient by [`implicit::input_gradient`] instead of
-/// col2im.
+/// The backward of [`lowered_conv`], and of [`implicit::forward`]: for the implicit one, all
+/// three gradients without a lowered matrix ([`implicit::filter_gradient`],
+/// [`implicit::input_gradient`]) wherever the padding is within the kernel's reach; otherwise
+/// the lowered matrix's filter gradient and col2im.
 fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry, algorithm: Algorithm) -> Result<Conv2dGrads> {
     let (c_out, c_in, kh, kw) = w.dim();
+    if algorithm == Algorithm::Implicit && implicit::transposed_suits(g, c_in, c_out) {
+        let (dw, db) = implicit::filter_gradient(x, dy, g);
+        return Ok(Conv2dGrads { dx: implicit::input_gradient(dy, w, g), dw, db });
+    }
     let k = c_in * kh * kw;
     let w_mat = w.to_shape((c_out, k)).expect("filters reshape to [c_out, c_in*kh*kw]");
-    let by_col2im = !(algorithm == Algorithm::Implicit && implicit::transposed_suits(g, c_in, c_out));
-
     let (dx, partials) = lowered_backward(
         x,
         dy,
         g,
-        by_col2im,
         || (Array2::zeros((c_out, k)), Array1::zeros(c_out)),
         |(dw, db), cols, dy, dcols| {
             // dw [c_out, k] += dy [c_out, m] · colsᵀ [m, k]       (m = samples·oh·ow)
             mat_mul(1.0, dy, &cols.t(), 1.0, &mut dw.view_mut());
             // dcols [k, m] = w_matᵀ [k, c_out] · dy [c_out, m]
-            if let Some(dcols) = dcols {
-                mat_mul(1.0, &w_mat.t(), dy, 0.0, dcols);
-            }
+            mat_mul(1.0, &w_mat.t(), dy, 0.0, dcols);
             *db += &dy.sum_axis(Axis(1));
         },
     )?;
-    let dx = match dx {
-        Some(dx) => dx,
-        None => implicit::input_gradient(dy, w, g),
-    };
     // Sum the groups' partial gradients in batch order: deterministic for any thread count.
     let mut dw = Array2::zeros((c_out, k));
     let mut db = Array1::zeros(c_out);

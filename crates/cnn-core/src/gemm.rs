@@ -303,6 +303,175 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: 
     }
 }
 
+/// Rows of the filter gradient's products must be padded to a multiple of this many values:
+/// the widest vector a [`Dots`] kernel loads (16 lanes of AVX-512).
+pub(crate) const DOT_LEN: usize = 16;
+
+/// The other shape of product a convolution needs: `C = A·Bᵀ` where **both** operands are
+/// read along their rows, the filter gradient's `dw = dy · colsᵀ` (the sum runs along the
+/// output positions, contiguous in `dy` and in each row of the lowered matrix alike). Packing
+/// for the outer-product kernel above would transpose both; here each of the `nd x nx`
+/// values of a block of C is a dot product of two rows, computed lanes-wide — a vector of
+/// partial sums per value, `nd + nx` loads for `nd·nx` fused multiply-adds per step — and
+/// the lanes are added up once at the end. The rows are found by offsets again, so `B`'s
+/// rows are read straight from the padded image, as in the implicit forward.
+///
+/// The sum runs over several samples at once (`samples` blocks of `A` and `B`, `strides`
+/// apart) so that the lanes are added up once per block of samples, not once per sample.
+#[derive(Clone, Copy)]
+pub(crate) struct Dots {
+    /// Rows of A (of `dy`) per block.
+    pub(crate) nd: usize,
+    /// Rows of B (of the lowered matrix) per block.
+    pub(crate) nx: usize,
+    block: DotsFn,
+}
+
+/// `(a, b, samples, (a_stride, b_stride), a_rows, b_rows, len, out)`: see [`Dots::run`].
+type DotsFn = fn(&[f32], &[f32], usize, (usize, usize), &[usize], &[usize], usize, &mut [f32]);
+
+impl Dots {
+    /// The widest kernel the CPU runs (its features checked once).
+    pub(crate) fn best() -> Dots {
+        static BEST: std::sync::OnceLock<Dots> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") {
+                    return Dots::AVX512;
+                }
+                if has!("avx2") && has!("fma") {
+                    return Dots::AVX2;
+                }
+            }
+            Dots::PORTABLE
+        })
+    }
+
+    const PORTABLE: Dots = Dots { nd: 2, nx: 4, block: dots_portable };
+    #[cfg(target_arch = "x86_64")]
+    const AVX2: Dots = Dots { nd: 2, nx: 6, block: dots_avx2 };
+    #[cfg(target_arch = "x86_64")]
+    const AVX512: Dots = Dots { nd: 4, nx: 6, block: dots_avx512 };
+
+    /// Writes `out[i·nx + j] = Σ_s Σ_t a[s·a_stride + a_rows[i] + t] · b[s·b_stride + b_rows[j] + t]`
+    /// (`t < len`, `s < samples`) for the block's `nd` rows of A and `nx` rows of B.
+    ///
+    /// # Panics
+    /// If the rows are not `nd` and `nx`, `len` is not a multiple of [`DOT_LEN`], or a row
+    /// ends past its operand.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run(&self, a: &[f32], b: &[f32], samples: usize, strides: (usize, usize), a_rows: &[usize], b_rows: &[usize], len: usize, out: &mut [f32]) {
+        assert!(a_rows.len() == self.nd && b_rows.len() == self.nx && out.len() == self.nd * self.nx && len % DOT_LEN == 0, "dot-product block operands");
+        let end = |rows: &[usize], stride: usize| (samples.max(1) - 1) * stride + rows.iter().max().unwrap_or(&0) + len;
+        assert!(end(a_rows, strides.0) <= a.len() && end(b_rows, strides.1) <= b.len(), "a row of the dot-product block is outside its operand");
+        (self.block)(a, b, samples, strides, a_rows, b_rows, len, out)
+    }
+}
+
+/// Portable: a 2 x 4 block, 8 lanes per value in plain loops (vectorised where the compiler can).
+#[allow(clippy::too_many_arguments)]
+fn dots_portable(a: &[f32], b: &[f32], samples: usize, (sa, sb): (usize, usize), a_rows: &[usize], b_rows: &[usize], len: usize, out: &mut [f32]) {
+    const L: usize = 8;
+    let mut acc = [[[0.0f32; L]; 4]; 2];
+    for s in 0..samples {
+        for t in (0..len).step_by(L) {
+            for (acc, &ra) in acc.iter_mut().zip(a_rows) {
+                let a = &a[s * sa + ra + t..][..L];
+                for (acc, &rb) in acc.iter_mut().zip(b_rows) {
+                    let b = &b[s * sb + rb + t..][..L];
+                    for l in 0..L {
+                        acc[l] += a[l] * b[l];
+                    }
+                }
+            }
+        }
+    }
+    for (out, acc) in out.iter_mut().zip(acc.as_flattened()) {
+        *out = acc.iter().sum();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn dots_avx512(a: &[f32], b: &[f32], samples: usize, strides: (usize, usize), a_rows: &[usize], b_rows: &[usize], len: usize, out: &mut [f32]) {
+    // SAFETY: chosen by `Dots::best` only where the CPU has AVX-512F; `run` checked that every
+    // row lies inside its operand.
+    unsafe { dots_block_avx512(a, b, samples, strides, a_rows, b_rows, len, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn dots_avx2(a: &[f32], b: &[f32], samples: usize, strides: (usize, usize), a_rows: &[usize], b_rows: &[usize], len: usize, out: &mut [f32]) {
+    // SAFETY: chosen by `Dots::best` only where the CPU has AVX2 and FMA; `run` checked that
+    // every row lies inside its operand.
+    unsafe { dots_block_avx2(a, b, samples, strides, a_rows, b_rows, len, out) }
+}
+
+/// AVX-512: a 4 x 6 block in 24 zmm registers; each step loads 16 values of the 4 rows of A
+/// and of each of the 6 rows of B, 24 fused multiply-adds.
+///
+/// # Safety
+/// Every row, `len` values from its offset in each of the `samples` blocks, must lie inside
+/// its operand.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_block_avx512(a: &[f32], b: &[f32], samples: usize, (sa, sb): (usize, usize), a_rows: &[usize], b_rows: &[usize], len: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 6]; 4];
+    for s in 0..samples {
+        // SAFETY (all loads): the caller's promise, rows inside their operands.
+        let ra: [*const f32; 4] = std::array::from_fn(|i| unsafe { a.as_ptr().add(s * sa + a_rows[i]) });
+        let rb: [*const f32; 6] = std::array::from_fn(|j| unsafe { b.as_ptr().add(s * sb + b_rows[j]) });
+        for t in (0..len).step_by(16) {
+            let va: [__m512; 4] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(ra[i].add(t)) });
+            for j in 0..6 {
+                let vb = unsafe { _mm512_loadu_ps(rb[j].add(t)) };
+                for i in 0..4 {
+                    acc[i][j] = _mm512_fmadd_ps(va[i], vb, acc[i][j]);
+                }
+            }
+        }
+    }
+    for (out, acc) in out.iter_mut().zip(acc.as_flattened()) {
+        *out = _mm512_reduce_add_ps(*acc);
+    }
+}
+
+/// AVX2 + FMA: a 2 x 6 block in 12 ymm registers, 8 lanes per value.
+///
+/// # Safety
+/// As for [`dots_block_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_block_avx2(a: &[f32], b: &[f32], samples: usize, (sa, sb): (usize, usize), a_rows: &[usize], b_rows: &[usize], len: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 6]; 2];
+    for s in 0..samples {
+        // SAFETY (all loads): the caller's promise, rows inside their operands.
+        let ra: [*const f32; 2] = std::array::from_fn(|i| unsafe { a.as_ptr().add(s * sa + a_rows[i]) });
+        let rb: [*const f32; 6] = std::array::from_fn(|j| unsafe { b.as_ptr().add(s * sb + b_rows[j]) });
+        for t in (0..len).step_by(8) {
+            let va: [__m256; 2] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(ra[i].add(t)) });
+            for j in 0..6 {
+                let vb = unsafe { _mm256_loadu_ps(rb[j].add(t)) };
+                for i in 0..2 {
+                    acc[i][j] = _mm256_fmadd_ps(va[i], vb, acc[i][j]);
+                }
+            }
+        }
+    }
+    for (out, acc) in out.iter_mut().zip(acc.as_flattened()) {
+        // the 8 lanes added up: halves, then pairs, then the last two
+        let half = _mm_add_ps(_mm256_castps256_ps128(*acc), _mm256_extractf128_ps::<1>(*acc));
+        let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        *out = _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)));
+    }
+}
+
 thread_local! {
     /// Each thread's packing buffers and tile, reused from one product to the next.
     static PACKED: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
@@ -457,6 +626,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every dot-product kernel this CPU can run, over three samples of rows that start
+    /// anywhere, against f64 loops.
+    #[test]
+    fn every_dots_kernel_the_cpu_runs_computes_its_block() {
+        let mut kernels = vec![Dots::PORTABLE];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                kernels.push(Dots::AVX2);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                kernels.push(Dots::AVX512);
+            }
+        }
+        let a: Vec<f32> = (0..900).map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0).collect();
+        let b: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32 - 50.0) / 16.0).collect();
+        let (samples, strides, len) = (3, (250, 300), 2 * DOT_LEN);
+        for k in kernels {
+            let a_rows: Vec<usize> = (0..k.nd).map(|i| (i * 53) % (250 - len)).collect();
+            let b_rows: Vec<usize> = (0..k.nx).map(|j| (j * 389 + 7) % (300 - len)).collect();
+            let mut out = vec![f32::NAN; k.nd * k.nx];
+            k.run(&a, &b, samples, strides, &a_rows, &b_rows, len, &mut out);
+            for (i, &ra) in a_rows.iter().enumerate() {
+                for (j, &rb) in b_rows.iter().enumerate() {
+                    let want: f64 = (0..samples).flat_map(|s| (0..len).map(move |t| (s, t))).map(|(s, t)| a[s * strides.0 + ra + t] as f64 * b[s * strides.1 + rb + t] as f64).sum();
+                    assert!((out[i * k.nx + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{}x{} block ({i}, {j})", k.nd, k.nx);
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside its operand")]
+    fn a_dot_row_past_its_operand_is_refused_before_any_load() {
+        let k = Dots::best();
+        let mut out = vec![0.0; k.nd * k.nx];
+        let b_rows: Vec<usize> = (0..k.nx).map(|j| j + 1).collect();
+        // the last sample's last row of B ends one value past b
+        k.run(&[1.0; 200], &vec![1.0; 100 + DOT_LEN + k.nx - 1], 2, (100, 100), &vec![0; k.nd], &b_rows, DOT_LEN, &mut out);
     }
 
     #[test]

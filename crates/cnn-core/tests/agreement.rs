@@ -259,14 +259,16 @@ proptest! {
 #[test]
 fn buffers_reused_from_a_nan_convolution_leak_nothing() {
     // the work matrices are pooled per thread and not cleared: a convolution of NaNs first
-    // (at every shape the next one uses: one sample per task, groups of samples, bands)
-    for (n, c, side, win) in [(4, 3, 9, Window::square(3).padding(Padding::Same)), (8, 5, 4, Window::square(2)), (2, 32, 92, Window::square(3).padding(Padding::Same))] {
+    // (at every shape the next one uses: one sample per task, groups of samples, bands, and
+    // the implicit product's padded samples and spread output gradients)
+    let same = Window::square(3).padding(Padding::Same);
+    for (n, c, filters, side, win) in [(4, 3, 4, 9, same), (8, 5, 4, 4, Window::square(2)), (2, 32, 4, 92, same), (3, 8, 8, 10, same)] {
         let nan = ndarray::Array4::from_elem((n, c, side, side), f32::NAN);
-        let f = random((4, c, win.kh, win.kw), 7);
+        let f = random((filters, c, win.kh, win.kw), 7);
         let y = conv2d(nan.view(), f.view(), None, &win).unwrap();
         assert!(y.iter().all(|v| v.is_nan()), "NaN in, NaN out");
         conv2d_backward(nan.view(), f.view(), y.view(), &win).unwrap();
-        check(n, c, 4, side, side, win, 70);
+        check(n, c, filters, side, side, win, 70);
     }
 }
 
