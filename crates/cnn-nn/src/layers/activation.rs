@@ -63,14 +63,53 @@ macro_rules! elementwise {
     };
 }
 
-elementwise!(
-    /// `max(0, x)`; the gradient is 1 where `x > 0` (where `y > 0`), else 0. NaN stays NaN
-    /// (as in PyTorch): `x.max(0.0)` would turn it into 0 and hide a broken input. A select,
-    /// not a branch: on real activations the sign is unpredictable.
-    ReLU, "ReLU",
-    forward: |x| std::hint::select_unpredictable(x < 0.0, 0.0, x),
-    backward: |y| if y > 0.0 { 1.0 } else { 0.0 }
-);
+/// `max(0, x)`; the gradient is 1 where `x > 0` (where `y > 0`), else 0. NaN stays NaN
+/// (as in PyTorch): `x.max(0.0)` would turn it into 0 and hide a broken input. A select,
+/// not a branch: on real activations the sign is unpredictable.
+#[derive(Default)]
+pub struct ReLU {
+    /// Where the last training forward's output was positive, the only thing its gradient
+    /// needs: a byte per value, where a copy of the output would be four (and a fresh buffer).
+    passes: Option<Vec<bool>>,
+}
+
+impl ReLU {
+    /// The activation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Layer for ReLU {
+    fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
+        Ok(input.to_vec())
+    }
+
+    fn forward(&self, mut x: ArrayD<f32>) -> ArrayD<f32> {
+        x.par_mapv_inplace(|x| std::hint::select_unpredictable(x < 0.0, 0.0, x));
+        x
+    }
+
+    fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        let y = super::standard(self.forward(x));
+        self.passes = Some(y.as_slice().expect("standard layout").par_iter().map(|&y| y > 0.0).collect());
+        y
+    }
+
+    fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
+        let passes = self.passes.take().expect("ReLU::backward needs a training forward first");
+        let mut dy = super::standard(dy);
+        // a product, not a select: a NaN gradient stays NaN where the unit was off
+        let d = dy.as_slice_mut().expect("standard layout");
+        assert_eq!(d.len(), passes.len(), "ReLU::backward: dy must have the shape of the forward's output");
+        d.par_iter_mut().zip(&passes[..]).for_each(|(d, &on)| *d *= if on { 1.0 } else { 0.0 });
+        dy
+    }
+
+    fn describe(&self) -> Describe {
+        Describe { name: "ReLU".into(), is_activation: true, ..Describe::default() }
+    }
+}
 
 elementwise!(
     /// `1 / (1 + e^-x)`; the gradient is `y (1 - y)`.
@@ -188,5 +227,24 @@ impl Layer for Softmax {
 
     fn describe(&self) -> Describe {
         Describe { name: "Softmax".into(), is_activation: true, ..Describe::default() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn relu_passes_the_gradient_where_its_output_was_positive_and_keeps_nan() {
+        let mut relu = ReLU::new();
+        let y = relu.forward_train(array![[-1.0f32, 2.0, 0.0, f32::NAN]].into_dyn());
+        assert_eq!(y.slice(ndarray::s![0, ..3]), ndarray::aview1(&[0.0, 2.0, 0.0]));
+        assert!(y[[0, 3]].is_nan(), "NaN in, NaN out");
+        let dx = relu.backward(array![[5.0f32, 6.0, 7.0, 8.0]].into_dyn());
+        assert_eq!(dx, array![[0.0f32, 6.0, 0.0, 0.0]].into_dyn());
+        // a broken gradient stays broken where the unit was off
+        relu.forward_train(array![[-1.0f32]].into_dyn());
+        assert!(relu.backward(array![[f32::NAN]].into_dyn())[[0, 0]].is_nan());
     }
 }
