@@ -163,7 +163,7 @@ fn summarise(results: &[Measurement], quick: bool) -> String {
     }
 
     let _ = writeln!(out, "\n## All measurements\n");
-    let _ = writeln!(out, "| benchmark | median | throughput per second (FLOPs for convolutions, elements for im2col/col2im/pooling, images for train_step) |");
+    let _ = writeln!(out, "| benchmark | median | throughput per second (FLOPs for convolutions — the direct convolution's, low rank included —, elements for im2col/col2im/pooling, images for train_step) |");
     let _ = writeln!(out, "|---|---:|---:|");
     for m in results {
         let _ = writeln!(out, "| {} | {} | {} |", m.id, time(m.median_ns), opt(m.giga_per_s(), |g| rate(g * 1e9)));
