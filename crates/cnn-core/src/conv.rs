@@ -489,6 +489,7 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
 fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry, algorithm: Algorithm) -> Result<Conv2dGrads> {
     let (c_out, c_in, kh, kw) = w.dim();
     if algorithm == Algorithm::Implicit && implicit::transposed_suits(g, c_in, c_out) {
+        expect_allocatable("input gradient", x.len())?;
         let (dw, db) = implicit::filter_gradient(x, dy, g);
         return Ok(Conv2dGrads { dx: implicit::input_gradient(dy, w, g), dw, db });
     }

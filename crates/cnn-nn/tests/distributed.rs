@@ -19,8 +19,9 @@ use std::sync::Arc;
 
 const RANKS: usize = 2;
 
-/// Free-running steps over which one process and two must agree to 1e-5 (see the test).
-const TIGHT_STEPS: usize = 60;
+/// Free-running steps over which one process and two must agree to 1e-5 (see the test): the
+/// steps before the first decision a rounding-level difference can flip.
+const TIGHT_STEPS: usize = 20;
 
 /// Runs the test named `name` of this test binary in `RANKS` MPI processes; true when this
 /// process is the launcher (the test's work is done by the ranks then).
@@ -63,11 +64,15 @@ fn two_processes_train_like_one() {
 
     // 1. The first 100 steps of the reference recipe (Adam, batch 64), alone and together,
     //    each run on its own: the loss of every step. The two differ only in the order of the
-    //    gradient sums (about 1e-7 relative), and training amplifies that: the gap stays below
-    //    5e-7 for 60 steps, then grows in a way that depends on rounding alone — measured up to
-    //    4e-5 by step 100 with the CPU's best OpenBLAS kernels, 2e-3 with OPENBLAS_CORETYPE=
-    //    Haswell on the same machine. So the first `TIGHT_STEPS` must agree tightly, and the
-    //    rest only stay finite (the ranks' own agreement, bit for bit, is checked below).
+    //    gradient sums (about 1e-7 relative) until the first step where that difference flips a
+    //    decision — a pre-activation within rounding of zero that ReLU keeps in one run and
+    //    zeroes in the other, a max-pooling window whose winner changes — and from there the
+    //    gap jumps (2.7e-7 → 2.9e-6 in one step) and grows with training. That step depends
+    //    on rounding alone: measured at step 61 with the filter gradients of the lowered
+    //    matrix, at step 27 with the implicit ones (the same before and after in both: ≤ 4e-7),
+    //    at step 27 too with SGD instead of Adam. So the first `TIGHT_STEPS` must agree
+    //    tightly and the rest stay finite; the gradients themselves are compared exactly, on
+    //    equal weights, in part 2 (and the ranks' own agreement, bit for bit, below).
     let order = shuffled(train.len(), 11);
     let plain = FitConfig { progress: false, ..FitConfig::default() };
     let (mut alone, mut together) = (reference_cnn(5), reference_cnn(5));
