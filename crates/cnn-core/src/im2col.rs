@@ -104,16 +104,19 @@ pub(crate) fn im2col_tile(x: ArrayView3<f32>, g: &Geometry, tile: Range<usize>, 
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
     let ow = g.ow;
-    for ci in 0..c {
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        for ky in 0..g.kh {
-            // output rows (of the tile, counted from its start) whose input row is in the image
-            let rows = clip(g.rows_inside(ky), &tile);
-            let (first, end) = (rows.start - tile.start, rows.end - tile.start);
-            for kx in 0..g.kw {
+    // tap by tap, the channels innermost: where a tap reads (its rows and columns inside the
+    // image, whether it is one run) is the same for every channel, and worked out once
+    for ky in 0..g.kh {
+        // output rows (of the tile, counted from its start) whose input row is in the image
+        let rows = clip(g.rows_inside(ky), &tile);
+        let (first, end) = (rows.start - tile.start, rows.end - tile.start);
+        for kx in 0..g.kw {
+            let xs = g.cols_inside(kx);
+            let run = run(g, &rows, &xs, tile.start, ky, kx);
+            for ci in 0..c {
+                let plane = &x[ci * h * w..(ci + 1) * h * w];
                 let mut row = cols.row_mut((ci * g.kh + ky) * g.kw + kx);
                 let row = row.as_slice_mut().expect("cols rows are contiguous");
-                let xs = g.cols_inside(kx);
                 // output rows whose input row is padding: zeros, in two blocks
                 row[..first * ow].fill(0.0);
                 row[end * ow..].fill(0.0);
@@ -121,9 +124,9 @@ pub(crate) fn im2col_tile(x: ArrayView3<f32>, g: &Geometry, tile: Range<usize>, 
                     row[first * ow..end * ow].fill(0.0);
                     continue;
                 }
-                if let Some(run) = run(g, &rows, &xs, tile.start, ky, kx) {
+                if let Some(run) = &run {
                     // one copy for the whole tap, then the padding columns it wrapped over
-                    row[run.out.clone()].copy_from_slice(&plane[run.input]);
+                    row[run.out.clone()].copy_from_slice(&plane[run.input.clone()]);
                     for oy in first..end {
                         row[oy * ow..oy * ow + xs.start].fill(0.0);
                         row[oy * ow + xs.end..(oy + 1) * ow].fill(0.0);
