@@ -112,7 +112,8 @@ pub(crate) fn im2col_tile(x: ArrayView3<f32>, g: &Geometry, tile: Range<usize>, 
         let (first, end) = (rows.start - tile.start, rows.end - tile.start);
         for kx in 0..g.kw {
             let xs = g.cols_inside(kx);
-            let run = run(g, &rows, &xs, tile.start, ky, kx);
+            let inside = !rows.is_empty() && !xs.is_empty();
+            let run = if inside { run(g, &rows, &xs, tile.start, ky, kx) } else { None };
             for ci in 0..c {
                 let plane = &x[ci * h * w..(ci + 1) * h * w];
                 let mut row = cols.row_mut((ci * g.kh + ky) * g.kw + kx);
@@ -120,7 +121,7 @@ pub(crate) fn im2col_tile(x: ArrayView3<f32>, g: &Geometry, tile: Range<usize>, 
                 // output rows whose input row is padding: zeros, in two blocks
                 row[..first * ow].fill(0.0);
                 row[end * ow..].fill(0.0);
-                if rows.is_empty() || xs.is_empty() {
+                if !inside {
                     row[first * ow..end * ow].fill(0.0);
                     continue;
                 }
