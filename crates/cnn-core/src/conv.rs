@@ -508,13 +508,18 @@ fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<
             *db += &dy.sum_axis(Axis(1));
         },
     )?;
-    // Sum the groups' partial gradients in batch order: deterministic for any thread count.
-    let mut dw = Array2::zeros((c_out, k));
-    let mut db = Array1::zeros(c_out);
-    for (dw_group, db_group) in &partials {
-        dw += dw_group;
-        db += db_group;
-    }
+    let (dw, db) = sum_in_batch_order(&partials, (c_out, k));
     let dw = dw.into_shape_with_order(w.raw_dim()).expect("dw has the filters' size");
     Ok(Conv2dGrads { dx, dw, db })
+}
+
+/// The tasks' partial filter and bias gradients (`[c_out, k]`, `[c_out]`) summed in batch
+/// order: the same sums, bit for bit, for any number of threads.
+pub(crate) fn sum_in_batch_order(partials: &[(Array2<f32>, Array1<f32>)], (c_out, k): (usize, usize)) -> (Array2<f32>, Array1<f32>) {
+    let (mut dw, mut db) = (Array2::zeros((c_out, k)), Array1::zeros(c_out));
+    for (dw_task, db_task) in partials {
+        dw += dw_task;
+        db += db_task;
+    }
+    (dw, db)
 }

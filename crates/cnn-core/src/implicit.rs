@@ -23,6 +23,7 @@
 //! values as a dot product of a row of `dy` with a row of the lowered matrix read from the
 //! padded sample ([`filter_gradient`], on the [`crate::gemm::Dots`] kernels).
 
+use crate::conv::sum_in_batch_order;
 use crate::gemm::{pack, store, Dots, Kernel, Rows, DOT_LEN};
 use crate::threads::Scratch;
 use crate::window::{Geometry, Padding, Window};
@@ -180,11 +181,7 @@ pub(crate) fn filter_gradient(x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geome
             },
         )
         .collect();
-    let (mut dw, mut db) = (Array2::zeros((c_out, k)), Array1::zeros(c_out));
-    for (dw_task, db_task) in &partials {
-        dw += dw_task;
-        db += db_task;
-    }
+    let (dw, db) = sum_in_batch_order(&partials, (c_out, k));
     (dw.into_shape_with_order((c_out, c_in, g.kh, g.kw)).expect("dw has the filters' size"), db)
 }
 
