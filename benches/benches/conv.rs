@@ -54,13 +54,15 @@ fn naive_is_affordable(case: &ConvCase) -> bool {
     case.flops() < 400_000_000
 }
 
-/// The algorithms compared on every case (all stride 1, one group: both apply); the one
-/// `conv2d` would take is among them.
-fn algorithms(case: &ConvCase) -> [Algorithm; 2] {
-    let both = [Algorithm::Lowered, Algorithm::Implicit];
-    let chosen = Algorithm::choose(&[case.n, case.c_in, case.side, case.side], &[case.c_out, case.c_in, case.k, case.k], &case.window(), 1);
-    assert!(both.contains(&chosen.expect("benchmark shapes are valid")));
-    both
+/// The algorithms compared on every case (all stride 1, one group): the lowered and implicit
+/// products everywhere, Winograd on the 3x3 ones; the one `conv2d` would take is among them.
+fn algorithms(case: &ConvCase) -> Vec<Algorithm> {
+    let shape = ([case.n, case.c_in, case.side, case.side], [case.c_out, case.c_in, case.k, case.k]);
+    let applies = |a: &Algorithm| conv2d_with(*a, random((1, case.c_in, case.side, case.side), 0).view(), random(shape.1, 0).view(), None, &case.window(), 1).is_ok();
+    let all: Vec<Algorithm> = [Algorithm::Lowered, Algorithm::Implicit, Algorithm::Winograd].into_iter().filter(applies).collect();
+    let chosen = Algorithm::choose(&shape.0, &shape.1, &case.window(), 1);
+    assert!(all.contains(&chosen.expect("benchmark shapes are valid")));
+    all
 }
 
 fn conv_forward(c: &mut Criterion) {

@@ -23,6 +23,7 @@
 
 use crate::depthwise;
 use crate::implicit;
+use crate::winograd;
 use crate::gemm::mat_mul;
 use crate::error::{expect_allocatable, expect_shape, CnnError, Result};
 use crate::im2col::{col2im_sample, col2im_tile, im2col_sample, im2col_tile};
@@ -238,6 +239,10 @@ pub enum Algorithm {
     /// padding is within the kernel's reach (else by col2im). Chosen where it was measured
     /// faster.
     Implicit,
+    /// 3x3, stride 1: Winograd's F(2x2, 3x3), 16 multiplications per 2x2 outputs where the
+    /// direct product spends 36 (`src/winograd.rs`); the input gradient too, the filter
+    /// gradient by the implicit product's dot products.
+    Winograd,
     /// Each group of channels through [`Algorithm::Lowered`] on its own.
     Grouped,
     /// One input channel per group: direct loops (`src/depthwise.rs`); a GEMM with
@@ -247,7 +252,7 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every algorithm, in the order above.
-    pub const ALL: [Algorithm; 4] = [Algorithm::Lowered, Algorithm::Implicit, Algorithm::Grouped, Algorithm::Depthwise];
+    pub const ALL: [Algorithm; 5] = [Algorithm::Lowered, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Grouped, Algorithm::Depthwise];
 
     /// The algorithm [`conv2d_groups`] takes for these operands (shapes `[n, c_in, h, w]` and
     /// `[c_out, c_in / groups, kh, kw]`).
@@ -266,11 +271,12 @@ impl Algorithm {
         Ok(Algorithm::of(x[1], w[0], groups, &g))
     }
 
-    /// Its short name: `lowered`, `implicit`, `grouped`, `depthwise`.
+    /// Its short name: `lowered`, `implicit`, `winograd`, `grouped`, `depthwise`.
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Lowered => "lowered",
             Algorithm::Implicit => "implicit",
+            Algorithm::Winograd => "winograd",
             Algorithm::Grouped => "grouped",
             Algorithm::Depthwise => "depthwise",
         }
@@ -278,6 +284,7 @@ impl Algorithm {
 
     fn of(c_in: usize, c_out: usize, groups: usize, g: &Geometry) -> Algorithm {
         match groups {
+            1 if winograd::suits(g, c_in, c_out) => Algorithm::Winograd,
             1 if implicit::suits(g, c_in, c_out) => Algorithm::Implicit,
             1 => Algorithm::Lowered,
             g if g == c_in => Algorithm::Depthwise,
@@ -288,8 +295,9 @@ impl Algorithm {
     /// An error when this algorithm cannot compute a convolution of this shape.
     fn check(self, c_in: usize, groups: usize, g: &Geometry) -> Result<()> {
         let reason = match self {
-            Algorithm::Lowered | Algorithm::Implicit if groups != 1 => format!("computes one group, not {groups} (use grouped or depthwise)"),
+            Algorithm::Lowered | Algorithm::Implicit | Algorithm::Winograd if groups != 1 => format!("computes one group, not {groups} (use grouped or depthwise)"),
             Algorithm::Implicit if (g.sh, g.sw) != (1, 1) => format!("needs stride 1, not {}x{}", g.sh, g.sw),
+            Algorithm::Winograd if !winograd::applies(g) => "needs a 3x3 kernel, stride 1, no dilation and padding of at most 2".to_string(),
             Algorithm::Depthwise if groups != c_in => format!("needs one group per input channel ({c_in}), not {groups}"),
             _ => return Ok(()),
         };
@@ -379,6 +387,10 @@ fn forward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opti
             expect_allocatable("output", n * c_out * g.positions())?;
             Ok(implicit::forward(x, w, b, g))
         }
+        Algorithm::Winograd => {
+            expect_allocatable("output", n * c_out * g.positions())?;
+            Ok(winograd::forward(x, w, b, g))
+        }
         Algorithm::Depthwise => {
             expect_allocatable("output", n * c_out * g.positions())?;
             Ok(depthwise::forward(x, w, b, g))
@@ -461,6 +473,12 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
     let c_out = w.dim().0;
     match algorithm {
         Algorithm::Lowered | Algorithm::Implicit => lowered_backward_conv(x, w, dy, g, algorithm),
+        Algorithm::Winograd => {
+            expect_allocatable("input gradient", x.len())?;
+            let (dw, db) = implicit::filter_gradient(x, dy, g);
+            let (turned, g_t) = implicit::transposed_operands(w, g).expect("winograd applies: padding within the reach");
+            Ok(Conv2dGrads { dx: winograd::forward(dy, turned, None, &g_t), dw, db })
+        }
         Algorithm::Depthwise => {
             expect_allocatable("input gradient", x.len())?;
             let (dx, dw, db) = depthwise::backward(x, w, dy, g);

@@ -212,10 +212,16 @@ fn spread_rows(dy: ArrayView3<f32>, wp: usize, len: usize, spread: &mut [f32]) {
 /// product. Only for a geometry with a [`transposed`] one (the caller checks
 /// [`transposed_suits`]).
 pub(crate) fn input_gradient(dy: ArrayView4<f32>, w: ArrayView4<f32>, g: &Geometry) -> Array4<f32> {
-    let flipped = w.slice(s![.., .., ..;-1, ..;-1]);
-    let turned = flipped.permuted_axes([1, 0, 2, 3]);
-    let g_t = transposed(g).expect("checked by transposed_suits");
+    let (turned, g_t) = transposed_operands(w, g).expect("checked by transposed_suits");
     forward(dy, turned, None, &g_t)
+}
+
+/// The filters and geometry of the input gradient's convolution (see [`input_gradient`]):
+/// `w` turned half a turn in space and transposed in channels, and [`transposed`]'s
+/// geometry; `None` where the padding is beyond the kernel's reach.
+pub(crate) fn transposed_operands<'a>(w: ArrayView4<'a, f32>, g: &Geometry) -> Option<(ArrayView4<'a, f32>, Geometry)> {
+    let flipped = w.slice_move(s![.., .., ..;-1, ..;-1]);
+    Some((flipped.permuted_axes([1, 0, 2, 3]), transposed(g)?))
 }
 
 /// The geometry of [`input_gradient`]'s convolution, if the forward padding is within the

@@ -1,0 +1,437 @@
+//! Winograd's minimal filtering F(2x2, 3x3): a 3x3, stride-1 convolution with 16
+//! multiplications per 2x2 block of outputs and input channel, where the direct product (or
+//! im2col's) spends 36 — 2.25x fewer.
+//!
+//! In one dimension, two outputs of a 3-tap filter `g` over four inputs `d` are
+//!
+//! ```text
+//! y = Aᵀ [ (G g) ⊙ (Bᵀ d) ]        Bᵀ = | 1  0 -1  0 |    G = | 1    0    0  |    Aᵀ = | 1  1  1  0 |
+//!                                      | 0  1  1  0 |        | ½    ½    ½  |         | 0  1 -1 -1 |
+//!                                      | 0 -1  1  0 |        | ½   -½    ½  |
+//!                                      | 0  1  0 -1 |        | 0    0    1  |
+//! ```
+//!
+//! four multiplications instead of six. Nested in two dimensions, a 2x2 block of outputs reads a
+//! 4x4 tile `d` of the input: `Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A`, 16 products instead of 36.
+//! Summed over input channels, the 16 elementwise products become 16 matrix products — the
+//! algorithm is still *a convolution as matrix products*, only on transformed operands:
+//!
+//! ```text
+//! U[ξ] = (G g Gᵀ)[ξ]          [c_out, c_in]   the filters, transformed once per call
+//! V[ξ] = (Bᵀ d B)[ξ]          [c_in, tiles]   every 4x4 input tile, transformed
+//! M[ξ] = U[ξ] · V[ξ]          [c_out, tiles]  16 products on the micro-kernel of `gemm`
+//! Y    = Aᵀ M A               each tile's 2x2 outputs (plus the bias)
+//! ```
+//!
+//! The transforms are additions only (the ½ of `G` is exact). They are written along whole
+//! rows of tiles, so each is a few vector operations: each padded sample is stored with its
+//! even and odd columns apart (tile `tx` starts at column `2·tx`, so its four columns are
+//! even `tx`, odd `tx`, even `tx+1`, odd `tx+1`), and every transformed value of a row of
+//! tiles is one contiguous run in `V`.
+//!
+//! The price: the transforms' memory traffic (`V` holds 4x the input), and values rounded in
+//! a different order than the direct sums (errors a few times larger, still f32 rounding:
+//! the agreement tests hold it to the same tolerance as the other algorithms).
+//!
+//! The input gradient of a 3x3 stride-1 convolution is itself a 3x3 stride-1 convolution
+//! (`dy` with the filters turned, [`crate::implicit::transposed_operands`]), so it runs here
+//! too; the filter gradient stays with the implicit product's dot products.
+
+use crate::gemm::{pack, store, Kernel, Rows};
+use crate::threads::Scratch;
+use crate::window::Geometry;
+use ndarray::{Array4, ArrayView1, ArrayView3, ArrayView4, ArrayViewMut4, Axis};
+use rayon::prelude::*;
+
+/// Transformed tiles per task, times 16·(c_in + c_out): `V` and `M` of a task (512 KiB)
+/// should stay in L2 between the transform and the products.
+const TASK_VALUES: usize = 1 << 17;
+
+/// At least this many input and output channels: the products' length is `c_in` (each tile of
+/// the micro-kernel sums `c_in` steps, then is stored), and the transforms cost `c_in + c_out`
+/// per tile where the products save `c_in·c_out`.
+const MIN_CHANNELS: usize = 16;
+
+/// Whether the shape is one Winograd's F(2x2, 3x3) computes: a 3x3 kernel, stride 1, no
+/// dilation, padding within the kernel's reach (2) on every side, so that its input gradient
+/// is one too.
+pub(crate) fn applies(g: &Geometry) -> bool {
+    (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) && [g.pad_top, g.pad_bottom, g.pad_left, g.pad_right].iter().all(|&p| p <= 2)
+}
+
+/// Whether [`crate::conv::Algorithm::of`] chooses it: it [`applies`], with enough channels
+/// both ways (measured with `cargo bench --bench conv`).
+pub(crate) fn suits(g: &Geometry, c_in: usize, c_out: usize) -> bool {
+    applies(g) && c_in >= MIN_CHANNELS && c_out >= MIN_CHANNELS
+}
+
+/// The filters transformed, `U[ξ] = G g Gᵀ` for every filter and input channel, packed for the
+/// micro-kernel: `U[ξ]` (`[c_out, c_in]`) as the A operand of product `ξ`, one after another.
+fn transformed_filters(w: ArrayView4<f32>, kernel: &Kernel) -> Vec<f32> {
+    let (c_out, c_in, _, _) = w.dim();
+    let mut u = Array4::<f32>::zeros((16, c_out, c_in, 1));
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            let g = |y: usize, x: usize| w[[co, ci, y, x]];
+            // G g: the filter's columns transformed (4 x 3)
+            let gg: [[f32; 3]; 4] = std::array::from_fn(|r| {
+                std::array::from_fn(|x| match r {
+                    0 => g(0, x),
+                    1 => 0.5 * (g(0, x) + g(1, x) + g(2, x)),
+                    2 => 0.5 * (g(0, x) - g(1, x) + g(2, x)),
+                    _ => g(2, x),
+                })
+            });
+            // (G g) Gᵀ: then its rows (4 x 4)
+            for (r, row) in gg.iter().enumerate() {
+                let t = [row[0], 0.5 * (row[0] + row[1] + row[2]), 0.5 * (row[0] - row[1] + row[2]), row[2]];
+                for (c, v) in t.into_iter().enumerate() {
+                    u[[4 * r + c, co, ci, 0]] = v;
+                }
+            }
+        }
+    }
+    let mut packed = Vec::new();
+    let mut one = Vec::new();
+    for u_xi in u.outer_iter() {
+        let u_xi = u_xi.index_axis_move(Axis(2), 0);
+        pack(&mut one, &u_xi, (0, 0), false, c_out, kernel.mr, c_in);
+        packed.extend_from_slice(&one);
+    }
+    packed
+}
+
+/// `y = w ⊛ x + b` by F(2x2, 3x3), for a geometry that [`applies`] (checked by the caller).
+pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
+    let kernel = Kernel::best();
+    let (n, c_in, _, _) = x.dim();
+    let c_out = w.dim().0;
+    // tiles: th x tw blocks of 2x2 outputs; each reads a 4x4 tile of the padded sample
+    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let per_sample = th * tw;
+    let task = (TASK_VALUES / (16 * (c_in + c_out) * per_sample)).clamp(1, n.max(1));
+    // rows of V and M: a task's tiles, room for the last run of lanes, whole slivers
+    let cols = (task * per_sample + LANES).next_multiple_of(kernel.nr);
+    let shape = Shape { c_in, c_out, th, tw, cols, rows: Rows::new((0..c_in).map(|ci| ci * cols).collect()), filters: transformed_filters(w, &kernel), kernel };
+    let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
+    y.axis_chunks_iter_mut(Axis(0), task).into_par_iter().zip(x.axis_chunks_iter(Axis(0), task)).for_each_init(
+        || Buffers {
+            padded: vec![0.0; c_in * (2 * th + 2) * (2 * tw + 2) + 2 * LANES],
+            v: Scratch::matrix(16 * c_in, cols),
+            m: Scratch::matrix(16 * c_out, cols),
+            ys: Scratch::matrix(4, cols),
+            tile: vec![0.0; kernel.mr * kernel.nr],
+        },
+        |buffers, (mut y_task, x_task)| run(&shape, g, b, x_task, y_task.view_mut(), buffers),
+    );
+    y
+}
+
+/// What every task of a layer shares: sizes, the packed transformed filters, the kernel.
+struct Shape {
+    c_in: usize,
+    c_out: usize,
+    /// Rows and columns of tiles per sample.
+    th: usize,
+    tw: usize,
+    /// Columns of `V` and `M`.
+    cols: usize,
+    /// Where the kernel finds row `ci` of a `V[ξ]`.
+    rows: Rows,
+    filters: Vec<f32>,
+    kernel: Kernel,
+}
+
+/// A thread's work buffers: a padded sample, `V` and `M` of a task, a channel's outputs.
+struct Buffers {
+    padded: Vec<f32>,
+    v: Scratch,
+    m: Scratch,
+    ys: Scratch,
+    tile: Vec<f32>,
+}
+
+/// A task on the widest vectors the CPU has: the transforms are plain loops over runs of
+/// [`LANES`] values, compiled once per instruction set and chosen here.
+fn run(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { run_avx512(shape, g, b, x, y, buffers) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { run_avx2(shape, g, b, x, y, buffers) };
+        }
+    }
+    steps(shape, g, b, x, y, buffers)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
+    steps(shape, g, b, x, y, buffers)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn run_avx2(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
+    steps(shape, g, b, x, y, buffers)
+}
+
+/// Transform the inputs, multiply, transform the products back.
+#[inline(always)]
+fn steps(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
+    let Shape { c_in, c_out, th, tw, cols, ref rows, ref filters, kernel } = *shape;
+    let Buffers { padded, v, m, ys, tile } = buffers;
+    let (mut v, mut m, mut ys) = (v.view_mut(), m.view_mut(), ys.view_mut());
+    let v = v.as_slice_mut().expect("scratch is contiguous");
+    let per_sample = th * tw;
+    for (s, x_i) in x.outer_iter().enumerate() {
+        pad_split(x_i, g, (2 * th + 2, 2 * tw + 2), padded);
+        transform_input(padded, shape, s * per_sample, v);
+    }
+    let tiles = x.dim().0 * per_sample;
+    let u_len = filters.len() / 16;
+    for xi in 0..16 {
+        let v_xi = &v[xi * c_in * cols..(xi + 1) * c_in * cols];
+        let mut m_xi = m.slice_mut(ndarray::s![xi * c_out..(xi + 1) * c_out, ..]);
+        for jc in (0..tiles).step_by(kernel.nr) {
+            for (ir, a) in filters[xi * u_len..(xi + 1) * u_len].chunks_exact(kernel.mr * c_in).enumerate() {
+                kernel.run(c_in, a, &v_xi[jc..], rows, tile);
+                store(tile, kernel.nr, 1.0, 0.0, &mut m_xi, (ir * kernel.mr, jc), (c_out, tiles));
+            }
+        }
+    }
+    let (m, ys) = (m.as_slice().expect("scratch is contiguous"), ys.as_slice_mut().expect("scratch is contiguous"));
+    for co in 0..c_out {
+        transform_output(m, shape, co, tiles, ys);
+        let bias = b.map_or(0.0, |b| b[co]);
+        for (s, mut y_i) in y.outer_iter_mut().enumerate() {
+            let mut plane = y_i.index_axis_mut(Axis(0), co);
+            scatter(ys, cols, s * per_sample, (th, tw), bias, plane.as_slice_mut().expect("y is standard layout"), g.ow);
+        }
+    }
+}
+
+/// Values per vector operation of the transforms (a row of tiles is computed this many at
+/// a time, the last run past the row's end into room left for it): one AVX-512 register.
+const LANES: usize = 16;
+type Lanes = [f32; LANES];
+
+#[inline(always)]
+fn load(s: &[f32], at: usize) -> Lanes {
+    s[at..at + LANES].try_into().expect("LANES values")
+}
+
+#[inline(always)]
+fn put(s: &mut [f32], at: usize, v: Lanes) {
+    let run: &mut Lanes = (&mut s[at..at + LANES]).try_into().expect("LANES values");
+    *run = v;
+}
+
+#[inline(always)]
+fn add(a: Lanes, b: Lanes) -> Lanes {
+    let mut sum = a;
+    for i in 0..LANES {
+        sum[i] += b[i];
+    }
+    sum
+}
+
+#[inline(always)]
+fn sub(a: Lanes, b: Lanes) -> Lanes {
+    let mut difference = a;
+    for i in 0..LANES {
+        difference[i] -= b[i];
+    }
+    difference
+}
+
+/// Writes `x` (`[c_in, h, w]`) padded as the geometry says, each row of width `wp` stored as
+/// its even columns then its odd columns (`wp / 2` each), zeros around and after the image.
+#[inline(always)]
+fn pad_split(x: ArrayView3<f32>, g: &Geometry, (hp, wp): (usize, usize), padded: &mut [f32]) {
+    padded.fill(0.0);
+    let half = wp / 2;
+    // x's value i lands in column pad_left + i: the even i on one side, the odd i on the other
+    let (evens, odds) = ((g.pad_left % 2) * half + g.pad_left / 2, (1 - g.pad_left % 2) * half + g.pad_left.div_ceil(2));
+    let x = x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout is contiguous");
+    for (plane, x_c) in padded.chunks_exact_mut(hp * wp).zip(x.chunks_exact(g.h * g.w)) {
+        for (row, x_row) in plane[g.pad_top * wp..].chunks_exact_mut(wp).zip(x_c.chunks_exact(g.w)) {
+            row[evens..].iter_mut().zip(x_row.iter().step_by(2)).for_each(|(p, &v)| *p = v);
+            row[odds..].iter_mut().zip(x_row.iter().skip(1).step_by(2)).for_each(|(p, &v)| *p = v);
+        }
+    }
+}
+
+/// `V[ξ][ci][first + ty·tw + tx] = (Bᵀ d B)[ξ]` for every tile `d` of the padded, split
+/// sample, [`LANES`] tiles of a row of tiles at a time: `Bᵀ` combines the four rows of the
+/// tiles, then `B` the columns of each combination (tile `tx` reads even `tx`, odd `tx`,
+/// even `tx+1`, odd `tx+1`). Everything from the sample in registers: a combination stored
+/// and read back one column over would stall on store forwarding.
+#[inline(always)]
+fn transform_input(padded: &[f32], shape: &Shape, first: usize, v: &mut [f32]) {
+    let Shape { c_in, th, tw, cols, .. } = *shape;
+    let (wp, half) = (2 * tw + 2, tw + 1);
+    let plane_len = (2 * th + 2) * wp;
+    for ci in 0..c_in {
+        for ty in 0..th {
+            let top = ci * plane_len + 2 * ty * wp;
+            for tx in (0..tw).step_by(LANES) {
+                // Bᵀ on the tiles' four columns: even tx, odd tx, even tx+1, odd tx+1
+                let (e0, o0) = (rows_bt(padded, top + tx, wp), rows_bt(padded, top + half + tx, wp));
+                let (e1, o1) = (rows_bt(padded, top + tx + 1, wp), rows_bt(padded, top + half + tx + 1, wp));
+                let step = c_in * cols;
+                for i in 0..4 {
+                    // then B: V[4i + j]
+                    let at = 4 * i * step + ci * cols + first + ty * tw + tx;
+                    put(v, at, sub(e0[i], e1[i]));
+                    put(v, at + step, add(o0[i], e1[i]));
+                    put(v, at + 2 * step, sub(e1[i], o0[i]));
+                    put(v, at + 3 * step, sub(o0[i], o1[i]));
+                }
+            }
+        }
+    }
+}
+
+/// `Bᵀ d` for the column of [`LANES`] tiles whose top value is at `at`: the four rows
+/// `wp` apart, combined.
+#[inline(always)]
+fn rows_bt(padded: &[f32], at: usize, wp: usize) -> [Lanes; 4] {
+    let (d0, d1, d2, d3) = (load(padded, at), load(padded, at + wp), load(padded, at + 2 * wp), load(padded, at + 3 * wp));
+    [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
+}
+
+/// `M A` for one row of [`LANES`] tiles' products: its four columns (`step` apart in `M`)
+/// to two.
+#[inline(always)]
+fn columns_a(m: &[f32], at: usize, step: usize) -> (Lanes, Lanes) {
+    let (a, b, c, d) = (load(m, at), load(m, at + step), load(m, at + 2 * step), load(m, at + 3 * step));
+    (add(add(a, b), c), sub(sub(b, c), d))
+}
+
+/// The 2x2 outputs of every tile of the task for output channel `co`, `Aᵀ M A`, from
+/// `M[ξ][co][t]`: into `ys` as four rows (`y00`, `y01`, `y10`, `y11`) of `cols` values.
+#[inline(always)]
+fn transform_output(m: &[f32], shape: &Shape, co: usize, tiles: usize, ys: &mut [f32]) {
+    let Shape { c_out, cols, .. } = *shape;
+    for t in (0..tiles).step_by(LANES) {
+        // M A: each row i's four columns to two, p_i0 and p_i1
+        let (at, step) = (co * cols + t, c_out * cols);
+        let (p0, p1, p2, p3) = (columns_a(m, at, step), columns_a(m, at + 4 * step, step), columns_a(m, at + 8 * step, step), columns_a(m, at + 12 * step, step));
+        // Aᵀ (M A): the four rows to two; ys rows y00, y01, y10, y11
+        put(ys, t, add(add(p0.0, p1.0), p2.0));
+        put(ys, cols + t, add(add(p0.1, p1.1), p2.1));
+        put(ys, 2 * cols + t, sub(sub(p1.0, p2.0), p3.0));
+        put(ys, 3 * cols + t, sub(sub(p1.1, p2.1), p3.1));
+    }
+}
+
+/// One output plane (`[oh, ow]`, row-major) from `ys`: tile `(ty, tx)` of the sample whose
+/// tiles start at `first` puts its 2x2 block at rows `2·ty..`, columns `2·tx..` (cut at the
+/// plane's edges), plus the bias.
+#[inline(always)]
+fn scatter(ys: &[f32], cols: usize, first: usize, (th, tw): (usize, usize), bias: f32, plane: &mut [f32], ow: usize) {
+    for (oy, row) in plane.chunks_exact_mut(ow).enumerate() {
+        let (ty, a) = (oy / 2, oy % 2);
+        debug_assert!(ty < th);
+        let (even, odd) = (&ys[(2 * a) * cols + first + ty * tw..], &ys[(2 * a + 1) * cols + first + ty * tw..]);
+        for (pair, (&e, &o)) in row.chunks_mut(2).zip(even.iter().zip(odd)) {
+            pair[0] = e + bias;
+            if let Some(second) = pair.get_mut(1) {
+                *second = o + bias;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference;
+    use crate::window::{Padding, Window};
+    use ndarray::Array;
+
+    fn filled(shape: [usize; 4], seed: usize) -> Array4<f32> {
+        let mut i = seed;
+        Array::from_shape_simple_fn(shape, || {
+            i = (i * 1103515245 + 12345) % 2147483648;
+            (i % 2001) as f32 / 1000.0 - 1.0
+        })
+    }
+
+    fn max_error(a: &Array4<f32>, b: &Array4<f32>) -> f32 {
+        assert_eq!(a.dim(), b.dim());
+        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    }
+
+    /// The forward against the naive loops: SAME and VALID, even and odd sizes (a last row or
+    /// column of tiles cut in half), padding of 2 and 0 on opposite sides, a bias, channel
+    /// counts that leave the kernel's slivers part empty, a batch of several tasks.
+    #[test]
+    fn forward_agrees_with_the_naive_loops() {
+        let cases = [
+            ([3, 5, 9, 11], 7, Window::square(3).padding(Padding::Same)),
+            ([2, 4, 8, 8], 9, Window::square(3)),
+            ([2, 3, 7, 6], 5, Window::square(3).padding(Padding::Explicit { top: 2, bottom: 0, left: 0, right: 2 })),
+            ([40, 16, 14, 14], 17, Window::square(3).padding(Padding::Same)),
+        ];
+        for (case, (xs, c_out, win)) in cases.into_iter().enumerate() {
+            let (x, w) = (filled(xs, case), filled([c_out, xs[1], 3, 3], case + 10));
+            let b = Array::from_shape_fn(c_out, |i| i as f32 / 4.0);
+            let g = win.geometry(xs[2], xs[3]).unwrap();
+            assert!(applies(&g));
+            let y = forward(x.view(), w.view(), Some(b.view()), &g);
+            let want = reference::conv2d(x.view(), w.view(), Some(b.view()), &win).unwrap();
+            let err = max_error(&y, &want);
+            assert!(err < 1e-4, "case {case}: {err}");
+        }
+    }
+
+    /// The input gradient as the transposed convolution, against the naive loops.
+    #[test]
+    fn input_gradient_agrees_with_the_naive_loops() {
+        for (case, win) in [Window::square(3).padding(Padding::Same), Window::square(3)].into_iter().enumerate() {
+            let (x, w) = (filled([2, 6, 10, 9], case), filled([5, 6, 3, 3], case + 10));
+            let g = win.geometry(10, 9).unwrap();
+            let dy = filled([2, 5, g.oh, g.ow], case + 20);
+            let (turned, g_t) = crate::implicit::transposed_operands(w.view(), &g).unwrap();
+            let dx = forward(dy.view(), turned, None, &g_t);
+            let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), &win).unwrap().dx;
+            let err = max_error(&dx, &want);
+            assert!(err < 1e-4, "case {case}: {err}");
+        }
+    }
+
+    /// Several tasks on 1, 2 and 3 threads: the same values bit for bit.
+    #[test]
+    fn the_same_values_on_any_number_of_threads() {
+        let (x, w) = (filled([50, 16, 12, 12], 1), filled([16, 16, 3, 3], 2));
+        let g = Window::square(3).padding(Padding::Same).geometry(12, 12).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| forward(x.view(), w.view(), None, &g))
+        };
+        let one = run(1);
+        assert!(TASK_VALUES / (16 * 32 * 36) < 50, "the batch spans several tasks");
+        assert_eq!(run(2), one);
+        assert_eq!(run(3), one);
+    }
+
+    #[test]
+    fn the_shapes_it_takes() {
+        let same = Window::square(3).padding(Padding::Same);
+        for (side, c) in [(28, 16), (14, 32), (7, 64)] {
+            assert!(suits(&same.geometry(side, side).unwrap(), c, c), "ResNet-20, {side}x{side}x{c}");
+        }
+        assert!(!applies(&same.stride(2).geometry(28, 28).unwrap()), "stride 2");
+        assert!(!applies(&Window::square(5).padding(Padding::Same).geometry(28, 28).unwrap()), "5x5");
+        assert!(!applies(&same.dilation(2).geometry(28, 28).unwrap()), "dilation");
+        assert!(!applies(&Window::square(3).padding(Padding::uniform(3)).geometry(8, 8).unwrap()), "padding past the reach");
+        assert!(!suits(&Window::square(3).geometry(28, 28).unwrap(), 1, 32), "one input channel");
+    }
+}
