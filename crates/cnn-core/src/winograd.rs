@@ -108,7 +108,7 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
     let c_out = w.dim().0;
     // tiles: th x tw blocks of 2x2 outputs; each reads a 4x4 tile of the padded sample
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
-    let per_sample = th * tw;
+    let per_sample = th * (tw + 1);
     let task = (TASK_VALUES / (16 * (c_in + c_out) * per_sample)).clamp(1, n.max(1));
     // rows of V and M: a task's tiles, room for the last run of lanes, whole slivers
     let cols = (task * per_sample + LANES).next_multiple_of(kernel.nr);
@@ -116,7 +116,7 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
     let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
     y.axis_chunks_iter_mut(Axis(0), task).into_par_iter().zip(x.axis_chunks_iter(Axis(0), task)).for_each_init(
         || Buffers {
-            padded: vec![0.0; c_in * (2 * th + 2) * (2 * tw + 2) + 2 * LANES],
+            padded: vec![0.0; c_in * 4 * (th + 1) * (tw + 1) + 2 * LANES],
             v: Scratch::matrix(16 * c_in, cols),
             m: Scratch::matrix(16 * c_out, cols),
             ys: Scratch::matrix(4, cols),
@@ -187,9 +187,9 @@ fn steps(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<
     let Buffers { padded, v, m, ys, tile } = buffers;
     let (mut v, mut m, mut ys) = (v.view_mut(), m.view_mut(), ys.view_mut());
     let v = v.as_slice_mut().expect("scratch is contiguous");
-    let per_sample = th * tw;
+    let per_sample = th * (tw + 1);
     for (s, x_i) in x.outer_iter().enumerate() {
-        pad_split(x_i, g, (2 * th + 2, 2 * tw + 2), padded);
+        pad_split(x_i, g, (th + 1, tw + 1), padded);
         transform_input(padded, shape, s * per_sample, v);
     }
     let tiles = x.dim().0 * per_sample;
@@ -210,7 +210,7 @@ fn steps(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<
         let bias = b.map_or(0.0, |b| b[co]);
         for (s, mut y_i) in y.outer_iter_mut().enumerate() {
             let mut plane = y_i.index_axis_mut(Axis(0), co);
-            scatter(ys, cols, s * per_sample, (th, tw), bias, plane.as_slice_mut().expect("y is standard layout"), g.ow);
+            scatter(ys, cols, s * per_sample, tw, bias, plane.as_slice_mut().expect("y is standard layout"), g.ow);
         }
     }
 }
@@ -249,60 +249,69 @@ fn sub(a: Lanes, b: Lanes) -> Lanes {
     difference
 }
 
-/// Writes `x` (`[c_in, h, w]`) padded as the geometry says, each row of width `wp` stored as
-/// its even columns then its odd columns (`wp / 2` each), zeros around and after the image.
+/// Writes `x` (`[c_in, h, w]`) padded as the geometry says, each channel as four phase
+/// planes `Q[p][q]` (`rows x row` values each): padded value `(y, x)` at `Q[y % 2][x % 2]`,
+/// row `y / 2`, column `x / 2`. Zeros around and after the image.
 #[inline(always)]
-fn pad_split(x: ArrayView3<f32>, g: &Geometry, (hp, wp): (usize, usize), padded: &mut [f32]) {
+fn pad_split(x: ArrayView3<f32>, g: &Geometry, (rows, row): (usize, usize), padded: &mut [f32]) {
     padded.fill(0.0);
-    let half = wp / 2;
-    // x's value i lands in column pad_left + i: the even i on one side, the odd i on the other
-    let (evens, odds) = ((g.pad_left % 2) * half + g.pad_left / 2, (1 - g.pad_left % 2) * half + g.pad_left.div_ceil(2));
+    let phase = rows * row;
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
-    for (plane, x_c) in padded.chunks_exact_mut(hp * wp).zip(x.chunks_exact(g.h * g.w)) {
-        for (row, x_row) in plane[g.pad_top * wp..].chunks_exact_mut(wp).zip(x_c.chunks_exact(g.w)) {
-            row[evens..].iter_mut().zip(x_row.iter().step_by(2)).for_each(|(p, &v)| *p = v);
-            row[odds..].iter_mut().zip(x_row.iter().skip(1).step_by(2)).for_each(|(p, &v)| *p = v);
-        }
-    }
-}
-
-/// `V[ξ][ci][first + ty·tw + tx] = (Bᵀ d B)[ξ]` for every tile `d` of the padded, split
-/// sample, [`LANES`] tiles of a row of tiles at a time: `Bᵀ` combines the four rows of the
-/// tiles, then `B` the columns of each combination (tile `tx` reads even `tx`, odd `tx`,
-/// even `tx+1`, odd `tx+1`). Everything from the sample in registers: a combination stored
-/// and read back one column over would stall on store forwarding.
-#[inline(always)]
-fn transform_input(padded: &[f32], shape: &Shape, first: usize, v: &mut [f32]) {
-    let Shape { c_in, th, tw, cols, .. } = *shape;
-    let (wp, half) = (2 * tw + 2, tw + 1);
-    let plane_len = (2 * th + 2) * wp;
-    for ci in 0..c_in {
-        for ty in 0..th {
-            let top = ci * plane_len + 2 * ty * wp;
-            for tx in (0..tw).step_by(LANES) {
-                // Bᵀ on the tiles' four columns: even tx, odd tx, even tx+1, odd tx+1
-                let (e0, o0) = (rows_bt(padded, top + tx, wp), rows_bt(padded, top + half + tx, wp));
-                let (e1, o1) = (rows_bt(padded, top + tx + 1, wp), rows_bt(padded, top + half + tx + 1, wp));
-                let step = c_in * cols;
-                for i in 0..4 {
-                    // then B: V[4i + j]
-                    let at = 4 * i * step + ci * cols + first + ty * tw + tx;
-                    put(v, at, sub(e0[i], e1[i]));
-                    put(v, at + step, add(o0[i], e1[i]));
-                    put(v, at + 2 * step, sub(e1[i], o0[i]));
-                    put(v, at + 3 * step, sub(o0[i], o1[i]));
-                }
+    // x's value i lands in column pad_left + i: the even i in one phase, the odd i in the other
+    let (q_even, q_odd) = (g.pad_left % 2, 1 - g.pad_left % 2);
+    let (c_even, c_odd) = (g.pad_left / 2, g.pad_left.div_ceil(2));
+    let (pairs, last) = (g.w / 2, g.w % 2 == 1);
+    for (planes, x_c) in padded.chunks_exact_mut(4 * phase).zip(x.chunks_exact(g.h * g.w)) {
+        for (iy, x_row) in x_c.chunks_exact(g.w).enumerate() {
+            let y = g.pad_top + iy;
+            let start = |q: usize, col: usize| (2 * (y % 2) + q) * phase + (y / 2) * row + col;
+            let (even_at, odd_at) = (start(q_even, c_even), start(q_odd, c_odd));
+            for i in 0..pairs {
+                planes[even_at + i] = x_row[2 * i];
+                planes[odd_at + i] = x_row[2 * i + 1];
+            }
+            if last {
+                planes[even_at + pairs] = x_row[2 * pairs];
             }
         }
     }
 }
 
-/// `Bᵀ d` for the column of [`LANES`] tiles whose top value is at `at`: the four rows
-/// `wp` apart, combined.
+/// `V[ξ][ci][first + t] = (Bᵀ d B)[ξ]` for every tile `d` of the sample, tiles numbered
+/// `t = ty·row + tx` (`row = tw + 1`: one tile per row of tiles is computed and dropped),
+/// [`LANES`] tiles at a time. Value `(r, c)` of tile `t` is phase plane `Q[r % 2][c % 2]`
+/// at `t + (r / 2)·row + c / 2`: for every `r` and `c`, a run of consecutive tiles reads a
+/// run of consecutive values, so the whole transform is vector loads, additions and stores.
 #[inline(always)]
-fn rows_bt(padded: &[f32], at: usize, wp: usize) -> [Lanes; 4] {
-    let (d0, d1, d2, d3) = (load(padded, at), load(padded, at + wp), load(padded, at + 2 * wp), load(padded, at + 3 * wp));
+fn transform_input(padded: &[f32], shape: &Shape, first: usize, v: &mut [f32]) {
+    let Shape { c_in, th, tw, cols, .. } = *shape;
+    let row = tw + 1;
+    let phase = (th + 1) * row;
+    let step = c_in * cols;
+    for ci in 0..c_in {
+        let q = |p: usize, c: usize| ci * 4 * phase + (2 * p + c % 2) * phase + c / 2;
+        for t in (0..th * row).step_by(LANES) {
+            // Bᵀ on each of the tiles' four columns (rows r: phase r % 2, r / 2 rows of tiles down)
+            let [c0, c1, c2, c3] = [0, 1, 2, 3];
+            let (d0, d1, d2, d3) = (rows_bt(padded, q(0, c0) + t, q(1, c0) + t, row), rows_bt(padded, q(0, c1) + t, q(1, c1) + t, row), rows_bt(padded, q(0, c2) + t, q(1, c2) + t, row), rows_bt(padded, q(0, c3) + t, q(1, c3) + t, row));
+            for i in 0..4 {
+                // then B: V[4i + j]
+                let at = 4 * i * step + ci * cols + first + t;
+                put(v, at, sub(d0[i], d2[i]));
+                put(v, at + step, add(d1[i], d2[i]));
+                put(v, at + 2 * step, sub(d2[i], d1[i]));
+                put(v, at + 3 * step, sub(d1[i], d3[i]));
+            }
+        }
+    }
+}
+
+/// `Bᵀ d` for one column of [`LANES`] tiles: its rows 0 and 2 from the even phase plane at
+/// `even` (one row of tiles apart), rows 1 and 3 from the odd one at `odd`.
+#[inline(always)]
+fn rows_bt(padded: &[f32], even: usize, odd: usize, row: usize) -> [Lanes; 4] {
+    let (d0, d1, d2, d3) = (load(padded, even), load(padded, odd), load(padded, even + row), load(padded, odd + row));
     [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
 }
 
@@ -332,19 +341,20 @@ fn transform_output(m: &[f32], shape: &Shape, co: usize, tiles: usize, ys: &mut 
 }
 
 /// One output plane (`[oh, ow]`, row-major) from `ys`: tile `(ty, tx)` of the sample whose
-/// tiles start at `first` puts its 2x2 block at rows `2·ty..`, columns `2·tx..` (cut at the
-/// plane's edges), plus the bias.
+/// tiles start at `first` (`tw + 1` to a row of tiles) puts its 2x2 block at rows `2·ty..`,
+/// columns `2·tx..` (cut at the plane's edges), plus the bias.
 #[inline(always)]
-fn scatter(ys: &[f32], cols: usize, first: usize, (th, tw): (usize, usize), bias: f32, plane: &mut [f32], ow: usize) {
-    for (oy, row) in plane.chunks_exact_mut(ow).enumerate() {
-        let (ty, a) = (oy / 2, oy % 2);
-        debug_assert!(ty < th);
-        let (even, odd) = (&ys[(2 * a) * cols + first + ty * tw..], &ys[(2 * a + 1) * cols + first + ty * tw..]);
-        for (pair, (&e, &o)) in row.chunks_mut(2).zip(even.iter().zip(odd)) {
-            pair[0] = e + bias;
-            if let Some(second) = pair.get_mut(1) {
-                *second = o + bias;
-            }
+fn scatter(ys: &[f32], cols: usize, first: usize, tw: usize, bias: f32, plane: &mut [f32], ow: usize) {
+    let (pairs, last) = (ow / 2, ow % 2 == 1);
+    for (oy, out) in plane.chunks_exact_mut(ow).enumerate() {
+        let at = first + (oy / 2) * (tw + 1);
+        let (even, odd) = (&ys[2 * (oy % 2) * cols + at..][..tw], &ys[(2 * (oy % 2) + 1) * cols + at..][..tw]);
+        for i in 0..pairs {
+            out[2 * i] = even[i] + bias;
+            out[2 * i + 1] = odd[i] + bias;
+        }
+        if last {
+            out[2 * pairs] = even[pairs] + bias;
         }
     }
 }
