@@ -37,7 +37,7 @@
 //! (`dy` with the filters turned, [`crate::implicit::transposed_operands`]), so it runs here
 //! too; the filter gradient stays with the implicit product's dot products.
 
-use crate::gemm::{pack, store, Kernel, Rows};
+use crate::gemm::{pack, Kernel, Rows};
 use crate::threads::Scratch;
 use crate::window::Geometry;
 use ndarray::{Array4, ArrayView1, ArrayView3, ArrayView4, ArrayViewMut4, Axis};
@@ -118,9 +118,8 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
         || Buffers {
             padded: vec![0.0; c_in * 4 * (th + 1) * (tw + 1) + 2 * LANES],
             v: Scratch::matrix(16 * c_in, cols),
-            m: Scratch::matrix(16 * c_out, cols),
+            m: Scratch::matrix(16 * c_out.next_multiple_of(kernel.mr), cols),
             ys: Scratch::matrix(4, cols),
-            tile: vec![0.0; kernel.mr * kernel.nr],
         },
         |buffers, (mut y_task, x_task)| run(&shape, g, b, x_task, y_task.view_mut(), buffers),
     );
@@ -134,7 +133,7 @@ struct Shape {
     /// Rows and columns of tiles per sample.
     th: usize,
     tw: usize,
-    /// Columns of `V` and `M`.
+    /// Columns of `V` and `M`, a whole number of the kernel's tiles.
     cols: usize,
     /// Where the kernel finds row `ci` of a `V[ξ]`.
     rows: Rows,
@@ -142,13 +141,14 @@ struct Shape {
     kernel: Kernel,
 }
 
-/// A thread's work buffers: a padded sample, `V` and `M` of a task, a channel's outputs.
+/// A thread's work buffers: a padded sample (made zero: the image lands on the same values
+/// for every sample of a call, so the padding stays zero), `V` and `M` of a task, a channel's
+/// outputs.
 struct Buffers {
     padded: Vec<f32>,
     v: Scratch,
     m: Scratch,
     ys: Scratch,
-    tile: Vec<f32>,
 }
 
 /// A task on the widest vectors the CPU has: the transforms are plain loops over runs of
@@ -184,7 +184,7 @@ unsafe fn run_avx2(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: A
 #[inline(always)]
 fn steps(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
     let Shape { c_in, c_out, th, tw, cols, ref rows, ref filters, kernel } = *shape;
-    let Buffers { padded, v, m, ys, tile } = buffers;
+    let Buffers { padded, v, m, ys } = buffers;
     let (mut v, mut m, mut ys) = (v.view_mut(), m.view_mut(), ys.view_mut());
     let v = v.as_slice_mut().expect("scratch is contiguous");
     let per_sample = th * (tw + 1);
@@ -194,17 +194,18 @@ fn steps(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<
     }
     let tiles = x.dim().0 * per_sample;
     let u_len = filters.len() / 16;
+    let m = m.as_slice_mut().expect("scratch is contiguous");
     for xi in 0..16 {
         let v_xi = &v[xi * c_in * cols..(xi + 1) * c_in * cols];
-        let mut m_xi = m.slice_mut(ndarray::s![xi * c_out..(xi + 1) * c_out, ..]);
         for jc in (0..tiles).step_by(kernel.nr) {
             for (ir, a) in filters[xi * u_len..(xi + 1) * u_len].chunks_exact(kernel.mr * c_in).enumerate() {
-                kernel.run(c_in, a, &v_xi[jc..], rows, tile);
-                store(tile, kernel.nr, 1.0, 0.0, &mut m_xi, (ir * kernel.mr, jc), (c_out, tiles));
+                // the kernel writes its tile straight into M
+                let at = m_index(shape, xi, ir * kernel.mr, jc);
+                kernel.run(c_in, a, &v_xi[jc..], rows, &mut m[at..at + kernel.mr * kernel.nr]);
             }
         }
     }
-    let (m, ys) = (m.as_slice().expect("scratch is contiguous"), ys.as_slice_mut().expect("scratch is contiguous"));
+    let ys = ys.as_slice_mut().expect("scratch is contiguous");
     for co in 0..c_out {
         transform_output(m, shape, co, tiles, ys);
         let bias = b.map_or(0.0, |b| b[co]);
@@ -220,15 +221,23 @@ fn steps(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<
 const LANES: usize = 16;
 type Lanes = [f32; LANES];
 
+/// # Safety
+/// `at + LANES <= s.len()` (the transforms check their whole range once, before the loops:
+/// a bounds check per vector load would cost as much as the arithmetic).
 #[inline(always)]
-fn load(s: &[f32], at: usize) -> Lanes {
-    s[at..at + LANES].try_into().expect("LANES values")
+unsafe fn load(s: &[f32], at: usize) -> Lanes {
+    debug_assert!(at + LANES <= s.len());
+    // SAFETY: the caller's promise.
+    unsafe { s.as_ptr().add(at).cast::<Lanes>().read_unaligned() }
 }
 
+/// # Safety
+/// As [`load`].
 #[inline(always)]
-fn put(s: &mut [f32], at: usize, v: Lanes) {
-    let run: &mut Lanes = (&mut s[at..at + LANES]).try_into().expect("LANES values");
-    *run = v;
+unsafe fn put(s: &mut [f32], at: usize, v: Lanes) {
+    debug_assert!(at + LANES <= s.len());
+    // SAFETY: the caller's promise.
+    unsafe { s.as_mut_ptr().add(at).cast::<Lanes>().write_unaligned(v) }
 }
 
 #[inline(always)]
@@ -254,25 +263,23 @@ fn sub(a: Lanes, b: Lanes) -> Lanes {
 /// row `y / 2`, column `x / 2`. Zeros around and after the image.
 #[inline(always)]
 fn pad_split(x: ArrayView3<f32>, g: &Geometry, (rows, row): (usize, usize), padded: &mut [f32]) {
-    padded.fill(0.0);
     let phase = rows * row;
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
     // x's value i lands in column pad_left + i: the even i in one phase, the odd i in the other
     let (q_even, q_odd) = (g.pad_left % 2, 1 - g.pad_left % 2);
     let (c_even, c_odd) = (g.pad_left / 2, g.pad_left.div_ceil(2));
-    let (pairs, last) = (g.w / 2, g.w % 2 == 1);
+    let pairs = g.w / 2;
     for (planes, x_c) in padded.chunks_exact_mut(4 * phase).zip(x.chunks_exact(g.h * g.w)) {
         for (iy, x_row) in x_c.chunks_exact(g.w).enumerate() {
             let y = g.pad_top + iy;
             let start = |q: usize, col: usize| (2 * (y % 2) + q) * phase + (y / 2) * row + col;
             let (even_at, odd_at) = (start(q_even, c_even), start(q_odd, c_odd));
-            for i in 0..pairs {
-                planes[even_at + i] = x_row[2 * i];
-                planes[odd_at + i] = x_row[2 * i + 1];
-            }
-            if last {
-                planes[even_at + pairs] = x_row[2 * pairs];
+            let (x_pairs, x_last) = x_row.split_at(2 * pairs);
+            planes[even_at..][..pairs].iter_mut().zip(x_pairs.chunks_exact(2)).for_each(|(q, pair)| *q = pair[0]);
+            planes[odd_at..][..pairs].iter_mut().zip(x_pairs.chunks_exact(2)).for_each(|(q, pair)| *q = pair[1]);
+            if let Some(&v) = x_last.first() {
+                planes[even_at + pairs] = v;
             }
         }
     }
@@ -289,19 +296,27 @@ fn transform_input(padded: &[f32], shape: &Shape, first: usize, v: &mut [f32]) {
     let row = tw + 1;
     let phase = (th + 1) * row;
     let step = c_in * cols;
+    // the furthest read: the last channel's last phase plane, a column and a row of tiles on
+    // from the last run; the furthest write: the last product's last channel, the last run
+    assert!(padded.len() >= 4 * c_in * phase + 1 + LANES, "padded sample too short");
+    assert!(v.len() >= 16 * step && first + th * row + LANES <= cols, "V too short");
     for ci in 0..c_in {
         let q = |p: usize, c: usize| ci * 4 * phase + (2 * p + c % 2) * phase + c / 2;
         for t in (0..th * row).step_by(LANES) {
-            // Bᵀ on each of the tiles' four columns (rows r: phase r % 2, r / 2 rows of tiles down)
-            let [c0, c1, c2, c3] = [0, 1, 2, 3];
-            let (d0, d1, d2, d3) = (rows_bt(padded, q(0, c0) + t, q(1, c0) + t, row), rows_bt(padded, q(0, c1) + t, q(1, c1) + t, row), rows_bt(padded, q(0, c2) + t, q(1, c2) + t, row), rows_bt(padded, q(0, c3) + t, q(1, c3) + t, row));
-            for i in 0..4 {
-                // then B: V[4i + j]
-                let at = 4 * i * step + ci * cols + first + t;
-                put(v, at, sub(d0[i], d2[i]));
-                put(v, at + step, add(d1[i], d2[i]));
-                put(v, at + 2 * step, sub(d2[i], d1[i]));
-                put(v, at + 3 * step, sub(d1[i], d3[i]));
+            // SAFETY: t < th·row, so every read ends before 4·c_in·phase + 1 + LANES and every
+            // write before 16·step (asserted above).
+            unsafe {
+                // Bᵀ on each of the tiles' four columns (rows r: phase r % 2, r / 2 rows of tiles down)
+                let (d0, d1) = (rows_bt(padded, q(0, 0) + t, q(1, 0) + t, row), rows_bt(padded, q(0, 1) + t, q(1, 1) + t, row));
+                let (d2, d3) = (rows_bt(padded, q(0, 2) + t, q(1, 2) + t, row), rows_bt(padded, q(0, 3) + t, q(1, 3) + t, row));
+                for i in 0..4 {
+                    // then B: V[4i + j]
+                    let at = 4 * i * step + ci * cols + first + t;
+                    put(v, at, sub(d0[i], d2[i]));
+                    put(v, at + step, add(d1[i], d2[i]));
+                    put(v, at + 2 * step, sub(d2[i], d1[i]));
+                    put(v, at + 3 * step, sub(d1[i], d3[i]));
+                }
             }
         }
     }
@@ -309,17 +324,54 @@ fn transform_input(padded: &[f32], shape: &Shape, first: usize, v: &mut [f32]) {
 
 /// `Bᵀ d` for one column of [`LANES`] tiles: its rows 0 and 2 from the even phase plane at
 /// `even` (one row of tiles apart), rows 1 and 3 from the odd one at `odd`.
+///
+/// # Safety
+/// As [`load`], for `odd + row`.
 #[inline(always)]
-fn rows_bt(padded: &[f32], even: usize, odd: usize, row: usize) -> [Lanes; 4] {
-    let (d0, d1, d2, d3) = (load(padded, even), load(padded, odd), load(padded, even + row), load(padded, odd + row));
+unsafe fn rows_bt(padded: &[f32], even: usize, odd: usize, row: usize) -> [Lanes; 4] {
+    // SAFETY: the caller's promise (odd > even).
+    let (d0, d1, d2, d3) = unsafe { (load(padded, even), load(padded, odd), load(padded, even + row), load(padded, odd + row)) };
     [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
 }
 
-/// `M A` for one row of [`LANES`] tiles' products: its four columns (`step` apart in `M`)
-/// to two.
+/// Where product `ξ`'s value for output channel `co` and tile `t` lies in `M`: `M` holds the
+/// micro-kernel's `mr x nr` tiles as it writes them (no copy into rows), product after
+/// product, each `c_out` (rounded up to `mr`) by `cols`.
 #[inline(always)]
-fn columns_a(m: &[f32], at: usize, step: usize) -> (Lanes, Lanes) {
-    let (a, b, c, d) = (load(m, at), load(m, at + step), load(m, at + 2 * step), load(m, at + 3 * step));
+fn m_index(shape: &Shape, xi: usize, co: usize, t: usize) -> usize {
+    let Kernel { mr, nr, .. } = shape.kernel;
+    xi * m_len(shape) + (co / mr) * shape.cols * mr + (co % mr) * nr + (t / nr) * mr * nr + t % nr
+}
+
+/// The values of one product in `M`.
+#[inline(always)]
+fn m_len(shape: &Shape) -> usize {
+    shape.c_out.next_multiple_of(shape.kernel.mr) * shape.cols
+}
+
+/// [`LANES`] values of `M[ξ]` for output channel `co` from tile `t` on (`t` a multiple of
+/// `LANES`), given `at = m_index(shape, 0, co, t)`: one run, or several where the kernel's
+/// tiles are narrower (the portable one).
+#[inline(always)]
+fn load_m(m: &[f32], shape: &Shape, at: usize, xi: usize, co: usize, t: usize) -> Lanes {
+    let nr = shape.kernel.nr;
+    if nr >= LANES {
+        // SAFETY: a run inside one of the kernel's tiles (t is a multiple of LANES, nr of
+        // LANES), inside M (checked by transform_output).
+        return unsafe { load(m, xi * m_len(shape) + at) };
+    }
+    let mut lanes = [0.0; LANES];
+    for (k, piece) in lanes.chunks_mut(nr).enumerate() {
+        piece.copy_from_slice(&m[m_index(shape, xi, co, t + k * nr)..][..nr]);
+    }
+    lanes
+}
+
+/// `M A` for one row of [`LANES`] tiles' products (row `i` of `M`): its four columns to two.
+#[inline(always)]
+fn columns_a(m: &[f32], shape: &Shape, at: usize, i: usize, co: usize, t: usize) -> (Lanes, Lanes) {
+    let (a, b) = (load_m(m, shape, at, 4 * i, co, t), load_m(m, shape, at, 4 * i + 1, co, t));
+    let (c, d) = (load_m(m, shape, at, 4 * i + 2, co, t), load_m(m, shape, at, 4 * i + 3, co, t));
     (add(add(a, b), c), sub(sub(b, c), d))
 }
 
@@ -327,16 +379,20 @@ fn columns_a(m: &[f32], at: usize, step: usize) -> (Lanes, Lanes) {
 /// `M[ξ][co][t]`: into `ys` as four rows (`y00`, `y01`, `y10`, `y11`) of `cols` values.
 #[inline(always)]
 fn transform_output(m: &[f32], shape: &Shape, co: usize, tiles: usize, ys: &mut [f32]) {
-    let Shape { c_out, cols, .. } = *shape;
+    let cols = shape.cols;
+    assert!(m.len() >= 16 * m_len(shape) && ys.len() >= 4 * cols && tiles + LANES <= cols, "M or ys too short");
     for t in (0..tiles).step_by(LANES) {
         // M A: each row i's four columns to two, p_i0 and p_i1
-        let (at, step) = (co * cols + t, c_out * cols);
-        let (p0, p1, p2, p3) = (columns_a(m, at, step), columns_a(m, at + 4 * step, step), columns_a(m, at + 8 * step, step), columns_a(m, at + 12 * step, step));
+        let at = m_index(shape, 0, co, t);
+        let (p0, p1, p2, p3) = (columns_a(m, shape, at, 0, co, t), columns_a(m, shape, at, 1, co, t), columns_a(m, shape, at, 2, co, t), columns_a(m, shape, at, 3, co, t));
         // Aᵀ (M A): the four rows to two; ys rows y00, y01, y10, y11
-        put(ys, t, add(add(p0.0, p1.0), p2.0));
-        put(ys, cols + t, add(add(p0.1, p1.1), p2.1));
-        put(ys, 2 * cols + t, sub(sub(p1.0, p2.0), p3.0));
-        put(ys, 3 * cols + t, sub(sub(p1.1, p2.1), p3.1));
+        // SAFETY: t + LANES <= cols (asserted above).
+        unsafe {
+            put(ys, t, add(add(p0.0, p1.0), p2.0));
+            put(ys, cols + t, add(add(p0.1, p1.1), p2.1));
+            put(ys, 2 * cols + t, sub(sub(p1.0, p2.0), p3.0));
+            put(ys, 3 * cols + t, sub(sub(p1.1, p2.1), p3.1));
+        }
     }
 }
 
@@ -345,16 +401,17 @@ fn transform_output(m: &[f32], shape: &Shape, co: usize, tiles: usize, ys: &mut 
 /// columns `2·tx..` (cut at the plane's edges), plus the bias.
 #[inline(always)]
 fn scatter(ys: &[f32], cols: usize, first: usize, tw: usize, bias: f32, plane: &mut [f32], ow: usize) {
-    let (pairs, last) = (ow / 2, ow % 2 == 1);
+    let pairs = ow / 2;
     for (oy, out) in plane.chunks_exact_mut(ow).enumerate() {
         let at = first + (oy / 2) * (tw + 1);
         let (even, odd) = (&ys[2 * (oy % 2) * cols + at..][..tw], &ys[(2 * (oy % 2) + 1) * cols + at..][..tw]);
-        for i in 0..pairs {
-            out[2 * i] = even[i] + bias;
-            out[2 * i + 1] = odd[i] + bias;
+        let (out_pairs, out_last) = out.split_at_mut(2 * pairs);
+        for ((pair, &e), &o) in out_pairs.chunks_exact_mut(2).zip(even).zip(odd) {
+            pair[0] = e + bias;
+            pair[1] = o + bias;
         }
-        if last {
-            out[2 * pairs] = even[pairs] + bias;
+        if let Some(v) = out_last.first_mut() {
+            *v = even[pairs] + bias;
         }
     }
 }
