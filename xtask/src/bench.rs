@@ -123,16 +123,24 @@ fn summarise(results: &[Measurement], quick: bool) -> String {
 
     let _ = writeln!(out, "## Convolution: every algorithm side by side (vs the naive loops, vs low rank)\n");
     let _ = writeln!(out, "GFLOP/s count the direct convolution's multiply-adds (forward + backward: three times the forward's).\n");
-    let _ = writeln!(out, "| pass | case | naive | lowered | implicit | best GFLOP/s | best vs naive | low rank (rank: time, vs best) |");
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
+    // the algorithms measured (every function of a case's page but low rank), whatever their names
+    let mut algorithms: Vec<&str> = results
+        .iter()
+        .filter_map(|m| m.id.strip_prefix("conv2d_forward/").or_else(|| m.id.strip_prefix("conv2d_fwd_bwd/")))
+        .filter_map(|rest| rest.split('/').nth(1))
+        .filter(|name| !name.starts_with("lowrank_"))
+        .collect();
+    algorithms.sort_unstable();
+    algorithms.dedup();
+    let _ = writeln!(out, "| pass | case | naive | {} | best GFLOP/s | best vs naive | low rank (rank: time, vs best) |", algorithms.join(" | "));
+    let _ = writeln!(out, "|---|---|---:|{}---:|---:|---|", "---:|".repeat(algorithms.len()));
     for (pass, group, naive_fn) in [("forward", "conv2d_forward", "forward"), ("fwd+bwd", "conv2d_fwd_bwd", "fwd_bwd")] {
         let prefix = format!("{group}/");
         let mut cases: Vec<&str> = results.iter().filter_map(|m| m.id.strip_prefix(&prefix)).filter_map(|rest| rest.split('/').next()).collect();
         cases.dedup();
         for case in cases {
-            let algorithm = |name: &str| get(format!("{group}/{case}/{name}"));
-            let (lowered, implicit) = (algorithm("lowered"), algorithm("implicit"));
-            let Some(best) = [lowered, implicit].into_iter().flatten().min_by(|a, b| a.median_ns.total_cmp(&b.median_ns)) else { continue };
+            let measured: Vec<Option<&Measurement>> = algorithms.iter().map(|name| get(format!("{group}/{case}/{name}"))).collect();
+            let Some(best) = measured.iter().flatten().min_by(|a, b| a.median_ns.total_cmp(&b.median_ns)) else { continue };
             let naive = get(format!("conv2d_naive/{case}/{naive_fn}"));
             let lowrank: Vec<String> = results
                 .iter()
@@ -141,10 +149,9 @@ fn summarise(results: &[Measurement], quick: bool) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "| {pass} | {case} | {} | {} | {} | {} | {} | {} |",
+                "| {pass} | {case} | {} | {} | {} | {} | {} |",
                 opt(naive.map(|n| n.median_ns), time),
-                opt(lowered.map(|m| m.median_ns), time),
-                opt(implicit.map(|m| m.median_ns), time),
+                measured.iter().map(|m| opt(m.map(|m| m.median_ns), time)).collect::<Vec<_>>().join(" | "),
                 opt(best.giga_per_s(), |g| format!("{g:.1}")),
                 opt(naive.map(|n| n.median_ns / best.median_ns), |s| format!("{s:.0}x")),
                 if lowrank.is_empty() { "–".into() } else { lowrank.join(", ") },
@@ -191,13 +198,18 @@ mod tests {
         let results = vec![
             m("conv2d_forward/ref_conv2_n64/implicit", 1.0e6, Some(2.0e8)),
             m("conv2d_forward/ref_conv2_n64/lowered", 1.5e6, Some(2.0e8)),
+            m("conv2d_forward/ref_conv2_n64/winograd", 1.2e6, Some(2.0e8)),
+            m("conv2d_forward/ref_conv1_n64/lowered", 0.5e6, Some(1.0e7)),
             m("conv2d_forward/ref_conv2_n64/lowrank_2x_r26", 0.5e6, Some(1.0e8)),
             m("conv2d_naive/ref_conv2_n64/forward", 300.0e6, Some(2.0e8)),
             m("gemm/square_1024/openblas", 1.0e7, Some(2.0e9)),
             m("gemm/square_1024/own", 2.0e7, Some(2.0e9)),
         ];
         let summary = summarise(&results, false);
-        assert!(summary.contains("| forward | ref_conv2_n64 | 300.00 ms | 1.50 ms | 1.00 ms | 200.0 | 300x | 2x_r26: 500.0 µs (2.00x) |"), "{summary}");
+        assert!(summary.contains("| pass | case | naive | implicit | lowered | winograd | best GFLOP/s |"), "{summary}");
+        assert!(summary.contains("| forward | ref_conv2_n64 | 300.00 ms | 1.00 ms | 1.50 ms | 1.20 ms | 200.0 | 300x | 2x_r26: 500.0 µs (2.00x) |"), "{summary}");
+        // a case without some algorithm shows a dash there
+        assert!(summary.contains("| forward | ref_conv1_n64 | – | – | 500.0 µs | – | 20.0 |"), "{summary}");
         assert!(summary.contains("| square_1024 | 200.0 | 100.0 |"), "{summary}");
     }
 }

@@ -239,9 +239,11 @@ pub enum Algorithm {
     /// padding is within the kernel's reach (else by col2im). Chosen where it was measured
     /// faster.
     Implicit,
-    /// 3x3, stride 1: Winograd's F(2x2, 3x3), 16 multiplications per 2x2 outputs where the
-    /// direct product spends 36 (`src/winograd.rs`); the input gradient too, the filter
-    /// gradient by the implicit product's dot products.
+    /// 3x3, stride 1, no dilation, padding of at most 2: Winograd's F(2x2, 3x3), 16
+    /// multiplications per 2x2 outputs where the direct product spends 36
+    /// (`src/winograd.rs`); the input gradient too, the filter gradient by the implicit
+    /// product's dot products. Never chosen by [`conv2d`]: its transforms made it slower than
+    /// [`Algorithm::Implicit`] on every shape measured (the module says by how much).
     Winograd,
     /// Each group of channels through [`Algorithm::Lowered`] on its own.
     Grouped,
@@ -284,7 +286,6 @@ impl Algorithm {
 
     fn of(c_in: usize, c_out: usize, groups: usize, g: &Geometry) -> Algorithm {
         match groups {
-            1 if winograd::suits(g, c_in, c_out) => Algorithm::Winograd,
             1 if implicit::suits(g, c_in, c_out) => Algorithm::Implicit,
             1 => Algorithm::Lowered,
             g if g == c_in => Algorithm::Depthwise,
@@ -369,6 +370,8 @@ pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView
 /// let lowered = conv2d_with(Algorithm::Lowered, x.view(), w.view(), None, &Window::square(3), 1).unwrap();
 /// let implicit = conv2d_with(Algorithm::Implicit, x.view(), w.view(), None, &Window::square(3), 1).unwrap();
 /// assert_eq!(lowered, implicit);
+/// let winograd = conv2d_with(Algorithm::Winograd, x.view(), w.view(), None, &Window::square(3), 1).unwrap();
+/// assert!(winograd.iter().zip(&lowered).all(|(a, b)| (a - b).abs() < 1e-5));
 /// assert!(conv2d_with(Algorithm::Implicit, x.view(), w.view(), None, &Window::square(3).stride(2), 1).is_err());
 /// ```
 pub fn conv2d_with(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window, groups: usize) -> Result<Array4<f32>> {

@@ -36,6 +36,16 @@
 //! The input gradient of a 3x3 stride-1 convolution is itself a 3x3 stride-1 convolution
 //! (`dy` with the filters turned, [`crate::implicit::transposed_operands`]), so it runs here
 //! too; the filter gradient stays with the implicit product's dot products.
+//!
+//! **Not chosen by `conv2d`**: run it by name (`conv2d_with(Algorithm::Winograd, ..)`). On the
+//! AVX-512 Zen 5 it was measured on (`cargo bench --bench conv`, 2 threads, medians, one run),
+//! its 16 products take a third of the implicit product's time, but the transforms, the
+//! sample's split copy and the scattered outputs take more than the rest: ResNet-20's stages
+//! forward 1.72 / 1.40 / 1.80 ms against 1.36 / 1.26 / 1.46 implicit, forward + backward
+//! 6.05 / 4.56 / 5.51 against 4.94 / 4.21 / 4.87; the reference network's conv2 forward 1.01
+//! against 0.92 (forward + backward 3.34 against 3.47, level). With 16–64 channels the
+//! transforms' work (proportional to `c_in + c_out` per tile) is not small beside the products'
+//! (`c_in·c_out`), and `V` and `M` are four times the input and the output.
 
 use crate::gemm::{pack, Kernel, Rows};
 use crate::threads::Scratch;
@@ -47,22 +57,11 @@ use rayon::prelude::*;
 /// should stay in L2 between the transform and the products.
 const TASK_VALUES: usize = 1 << 17;
 
-/// At least this many input and output channels: the products' length is `c_in` (each tile of
-/// the micro-kernel sums `c_in` steps, then is stored), and the transforms cost `c_in + c_out`
-/// per tile where the products save `c_in·c_out`.
-const MIN_CHANNELS: usize = 16;
-
 /// Whether the shape is one Winograd's F(2x2, 3x3) computes: a 3x3 kernel, stride 1, no
 /// dilation, padding within the kernel's reach (2) on every side, so that its input gradient
 /// is one too.
 pub(crate) fn applies(g: &Geometry) -> bool {
     (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) && [g.pad_top, g.pad_bottom, g.pad_left, g.pad_right].iter().all(|&p| p <= 2)
-}
-
-/// Whether [`crate::conv::Algorithm::of`] chooses it: it [`applies`], with enough channels
-/// both ways (measured with `cargo bench --bench conv`).
-pub(crate) fn suits(g: &Geometry, c_in: usize, c_out: usize) -> bool {
-    applies(g) && c_in >= MIN_CHANNELS && c_out >= MIN_CHANNELS
 }
 
 /// The filters transformed, `U[ξ] = G g Gᵀ` for every filter and input channel, packed for the
@@ -484,7 +483,8 @@ mod tests {
             pool.install(|| forward(x.view(), w.view(), None, &g))
         };
         let one = run(1);
-        assert!(TASK_VALUES / (16 * 32 * 36) < 50, "the batch spans several tasks");
+        // 6 x 7 tiles per sample (one per row dropped), 16 + 16 channels: the batch spans several tasks
+        const { assert!(TASK_VALUES / (16 * 32 * 6 * 7) < 50) };
         assert_eq!(run(2), one);
         assert_eq!(run(3), one);
     }
@@ -492,13 +492,12 @@ mod tests {
     #[test]
     fn the_shapes_it_takes() {
         let same = Window::square(3).padding(Padding::Same);
-        for (side, c) in [(28, 16), (14, 32), (7, 64)] {
-            assert!(suits(&same.geometry(side, side).unwrap(), c, c), "ResNet-20, {side}x{side}x{c}");
+        for (side, pad) in [(28, Padding::Same), (13, Padding::Valid), (8, Padding::Explicit { top: 2, bottom: 0, left: 1, right: 2 })] {
+            assert!(applies(&Window::square(3).padding(pad).geometry(side, side).unwrap()), "{side}x{side}, {pad:?}");
         }
         assert!(!applies(&same.stride(2).geometry(28, 28).unwrap()), "stride 2");
         assert!(!applies(&Window::square(5).padding(Padding::Same).geometry(28, 28).unwrap()), "5x5");
         assert!(!applies(&same.dilation(2).geometry(28, 28).unwrap()), "dilation");
         assert!(!applies(&Window::square(3).padding(Padding::uniform(3)).geometry(8, 8).unwrap()), "padding past the reach");
-        assert!(!suits(&Window::square(3).geometry(28, 28).unwrap(), 1, 32), "one input channel");
     }
 }

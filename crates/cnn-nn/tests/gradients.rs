@@ -106,6 +106,48 @@ fn conv_layer_on_the_implicit_product() {
     check_layer(Conv2d::new(8, 3).padding(Padding::Same), &[2, 8, 8, 8], LINEAR, 27);
 }
 
+/// Winograd's F(2x2, 3x3), named through `conv2d_with` as a downstream crate would (it is no
+/// layer's default): forward and all three gradients of ResNet-20-like layers against the
+/// naive loops, and the loss's directional derivative along the input against central
+/// differences in f64.
+#[test]
+fn winograd_by_name_agrees_with_the_naive_loops() {
+    use cnn_nn::cnn_core::{conv2d_backward_with, conv2d_with, reference, Algorithm};
+    use cnn_nn::ndarray::Array4;
+    let mut state = 7u64;
+    let mut random = |shape: [usize; 4]| {
+        Array4::from_shape_simple_fn(shape, || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+    };
+    for (c_in, c_out, side, padding) in [(16, 16, 14, Padding::Same), (8, 12, 7, Padding::Same), (4, 6, 9, Padding::Valid)] {
+        let win = Window::square(3).padding(padding);
+        let (x, w) = (random([2, c_in, side, side]), random([c_out, c_in, 3, 3]));
+        let y = conv2d_with(Algorithm::Winograd, x.view(), w.view(), None, &win, 1).unwrap();
+        let want = reference::conv2d(x.view(), w.view(), None, &win).unwrap();
+        let close = |a: &Array4<f32>, b: &Array4<f32>| a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
+        assert!(close(&y, &want), "forward {c_in}->{c_out} on {side}x{side}");
+        let dy = random([2, c_out, y.dim().2, y.dim().3]);
+        let grads = conv2d_backward_with(Algorithm::Winograd, x.view(), w.view(), dy.view(), &win, 1).unwrap();
+        let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), &win).unwrap();
+        assert!(close(&grads.dx, &want.dx) && close(&grads.dw, &want.dw), "backward {c_in}->{c_out} on {side}x{side}");
+        // L = Σ y·dy; its change along v, in f64, against Σ dx·v
+        let v = random([2, c_in, side, side]);
+        let loss = |t: f64| -> f64 {
+            let moved = &x + &v.mapv(|v| (v as f64 * t) as f32);
+            let y = reference::conv2d(moved.view(), w.view(), None, &win).unwrap();
+            y.iter().zip(&dy).map(|(&y, &d)| y as f64 * d as f64).sum()
+        };
+        let numeric = (loss(1e-2) - loss(-1e-2)) / 2e-2;
+        let analytic: f64 = grads.dx.iter().zip(&v).map(|(&g, &v)| g as f64 * v as f64).sum();
+        assert!((numeric - analytic).abs() <= 1e-3 * (1.0 + numeric.abs()), "{numeric} vs {analytic}");
+    }
+    // what it cannot compute is refused with its name
+    let e = conv2d_with(Algorithm::Winograd, random([1, 2, 8, 8]).view(), random([2, 2, 5, 5]).view(), None, &Window::square(5), 1).unwrap_err();
+    assert!(e.to_string().contains("winograd"), "{e}");
+}
+
 #[test]
 fn pooling_layers() {
     check_layer(MaxPool2d::new(2), &[2, 3, 6, 6], PIECEWISE, 5);
