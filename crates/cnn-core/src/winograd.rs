@@ -118,7 +118,7 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
             padded: vec![0.0; c_in * 4 * (th + 1) * (tw + 1) + 2 * LANES],
             v: Scratch::matrix(16 * c_in, cols),
             m: Scratch::matrix(16 * c_out.next_multiple_of(kernel.mr), cols),
-            ys: Scratch::matrix(4, cols),
+            ys: Scratch::matrix(8, cols),
         },
         |buffers, (mut y_task, x_task)| run(&shape, g, b, x_task, y_task.view_mut(), buffers),
     );
@@ -164,31 +164,32 @@ fn run(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f3
             return unsafe { run_avx2(shape, g, b, x, y, buffers) };
         }
     }
-    steps(shape, g, b, x, y, buffers)
+    steps::<false>(shape, g, b, x, y, buffers)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn run_avx512(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
-    steps(shape, g, b, x, y, buffers)
+    steps::<true>(shape, g, b, x, y, buffers)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn run_avx2(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
-    steps(shape, g, b, x, y, buffers)
+    steps::<false>(shape, g, b, x, y, buffers)
 }
 
-/// Transform the inputs, multiply, transform the products back.
+/// Transform the inputs, multiply, transform the products back. `AVX512`: split and
+/// interleave rows with AVX-512's two-register permutes (see [`Rows2`]).
 #[inline(always)]
-fn steps(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
+fn steps<const AVX512: bool>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
     let Shape { c_in, c_out, th, tw, cols, ref rows, ref filters, kernel } = *shape;
     let Buffers { padded, v, m, ys } = buffers;
     let (mut v, mut m, mut ys) = (v.view_mut(), m.view_mut(), ys.view_mut());
     let v = v.as_slice_mut().expect("scratch is contiguous");
     let per_sample = th * (tw + 1);
     for (s, x_i) in x.outer_iter().enumerate() {
-        pad_split(x_i, g, (th + 1, tw + 1), padded);
+        pad_split::<AVX512>(x_i, g, (th + 1, tw + 1), padded);
         transform_input(padded, shape, s * per_sample, v);
     }
     let tiles = x.dim().0 * per_sample;
@@ -204,14 +205,23 @@ fn steps(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<
             }
         }
     }
+    // channel co's outputs are transformed into one half of ys while channel co - 1's, in the
+    // other half, are scattered: read right after they were written, the values would wait
+    // for the stores (a load that straddles several recent stores is not forwarded)
     let ys = ys.as_slice_mut().expect("scratch is contiguous");
-    for co in 0..c_out {
-        transform_output(m, shape, co, tiles, ys);
-        let bias = b.map_or(0.0, |b| b[co]);
-        for (s, mut y_i) in y.outer_iter_mut().enumerate() {
-            let mut plane = y_i.index_axis_mut(Axis(0), co);
-            scatter(ys, cols, s * per_sample, tw, bias, plane.as_slice_mut().expect("y is standard layout"), g.ow);
+    let (mut fresh, mut ready) = ys.split_at_mut(4 * cols);
+    for co in 0..=c_out {
+        if co < c_out {
+            transform_output(m, shape, co, tiles, fresh);
         }
+        if let Some(prev) = co.checked_sub(1) {
+            let bias = b.map_or(0.0, |b| b[prev]);
+            for (s, mut y_i) in y.outer_iter_mut().enumerate() {
+                let mut plane = y_i.index_axis_mut(Axis(0), prev);
+                scatter::<AVX512>(ready, cols, s * per_sample, tw, bias, plane.as_slice_mut().expect("y is standard layout"), g.ow);
+            }
+        }
+        std::mem::swap(&mut fresh, &mut ready);
     }
 }
 
@@ -261,25 +271,19 @@ fn sub(a: Lanes, b: Lanes) -> Lanes {
 /// planes `Q[p][q]` (`rows x row` values each): padded value `(y, x)` at `Q[y % 2][x % 2]`,
 /// row `y / 2`, column `x / 2`. Zeros around and after the image.
 #[inline(always)]
-fn pad_split(x: ArrayView3<f32>, g: &Geometry, (rows, row): (usize, usize), padded: &mut [f32]) {
+fn pad_split<const AVX512: bool>(x: ArrayView3<f32>, g: &Geometry, (rows, row): (usize, usize), padded: &mut [f32]) {
     let phase = rows * row;
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
     // x's value i lands in column pad_left + i: the even i in one phase, the odd i in the other
     let (q_even, q_odd) = (g.pad_left % 2, 1 - g.pad_left % 2);
     let (c_even, c_odd) = (g.pad_left / 2, g.pad_left.div_ceil(2));
-    let pairs = g.w / 2;
     for (planes, x_c) in padded.chunks_exact_mut(4 * phase).zip(x.chunks_exact(g.h * g.w)) {
         for (iy, x_row) in x_c.chunks_exact(g.w).enumerate() {
             let y = g.pad_top + iy;
             let start = |q: usize, col: usize| (2 * (y % 2) + q) * phase + (y / 2) * row + col;
             let (even_at, odd_at) = (start(q_even, c_even), start(q_odd, c_odd));
-            let (x_pairs, x_last) = x_row.split_at(2 * pairs);
-            planes[even_at..][..pairs].iter_mut().zip(x_pairs.chunks_exact(2)).for_each(|(q, pair)| *q = pair[0]);
-            planes[odd_at..][..pairs].iter_mut().zip(x_pairs.chunks_exact(2)).for_each(|(q, pair)| *q = pair[1]);
-            if let Some(&v) = x_last.first() {
-                planes[even_at + pairs] = v;
-            }
+            Rows2 { even: even_at, odd: odd_at }.split::<AVX512>(x_row, planes);
         }
     }
 }
@@ -399,18 +403,103 @@ fn transform_output(m: &[f32], shape: &Shape, co: usize, tiles: usize, ys: &mut 
 /// tiles start at `first` (`tw + 1` to a row of tiles) puts its 2x2 block at rows `2·ty..`,
 /// columns `2·tx..` (cut at the plane's edges), plus the bias.
 #[inline(always)]
-fn scatter(ys: &[f32], cols: usize, first: usize, tw: usize, bias: f32, plane: &mut [f32], ow: usize) {
-    let pairs = ow / 2;
+fn scatter<const AVX512: bool>(ys: &[f32], cols: usize, first: usize, tw: usize, bias: f32, plane: &mut [f32], ow: usize) {
     for (oy, out) in plane.chunks_exact_mut(ow).enumerate() {
         let at = first + (oy / 2) * (tw + 1);
-        let (even, odd) = (&ys[2 * (oy % 2) * cols + at..][..tw], &ys[(2 * (oy % 2) + 1) * cols + at..][..tw]);
-        let (out_pairs, out_last) = out.split_at_mut(2 * pairs);
-        for ((pair, &e), &o) in out_pairs.chunks_exact_mut(2).zip(even).zip(odd) {
-            pair[0] = e + bias;
-            pair[1] = o + bias;
+        Rows2 { even: 2 * (oy % 2) * cols + at, odd: (2 * (oy % 2) + 1) * cols + at }.interleave::<AVX512>(ys, bias, out);
+    }
+}
+
+/// Two runs in one buffer, the even-numbered values of a row and its odd-numbered ones:
+/// [`pad_split`] splits a row of the image into them, [`scatter`] interleaves two rows of
+/// outputs from them. With AVX-512, 32 values at a time: two loads, two permutes
+/// across both registers, two stores (masked at the row's end); else one value at a time.
+struct Rows2 {
+    even: usize,
+    odd: usize,
+}
+
+impl Rows2 {
+    /// `buf[even + i] = row[2i]`, `buf[odd + i] = row[2i + 1]`.
+    #[inline(always)]
+    fn split<const AVX512: bool>(&self, row: &[f32], buf: &mut [f32]) {
+        let (evens, odds) = (row.len().div_ceil(2), row.len() / 2);
+        assert!(self.even + evens <= buf.len() && self.odd + odds <= buf.len(), "split rows outside the buffer");
+        #[cfg(target_arch = "x86_64")]
+        if AVX512 {
+            // SAFETY: AVX512 is only true on CPUs with AVX-512F (run chose it); every masked
+            // lane lies inside `row` or inside the runs asserted above.
+            return unsafe { avx512::split(row, buf, self.even, self.odd) };
         }
-        if let Some(v) = out_last.first_mut() {
-            *v = even[pairs] + bias;
+        for (i, &v) in row.iter().enumerate() {
+            buf[if i % 2 == 0 { self.even } else { self.odd } + i / 2] = v;
+        }
+    }
+
+    /// `out[2i] = buf[even + i] + bias`, `out[2i + 1] = buf[odd + i] + bias`.
+    #[inline(always)]
+    fn interleave<const AVX512: bool>(&self, buf: &[f32], bias: f32, out: &mut [f32]) {
+        let (evens, odds) = (out.len().div_ceil(2), out.len() / 2);
+        assert!(self.even + evens <= buf.len() && self.odd + odds <= buf.len(), "interleaved rows outside the buffer");
+        #[cfg(target_arch = "x86_64")]
+        if AVX512 {
+            // SAFETY: as in `split`.
+            return unsafe { avx512::interleave(buf, self.even, self.odd, bias, out) };
+        }
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = buf[if i % 2 == 0 { self.even } else { self.odd } + i / 2] + bias;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// The first `n` lanes (at most 16).
+    #[inline(always)]
+    fn mask(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    /// See [`super::Rows2::split`].
+    ///
+    /// # Safety
+    /// AVX-512F; `even + ⌈len/2⌉` and `odd + ⌊len/2⌋` inside `buf`.
+    #[inline(always)]
+    pub(super) unsafe fn split(row: &[f32], buf: &mut [f32], even: usize, odd: usize) {
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        for i in (0..row.len()).step_by(32) {
+            let n = row.len() - i;
+            // SAFETY: masked lanes only, inside `row` and the caller's runs.
+            unsafe {
+                let a = _mm512_maskz_loadu_ps(mask(n), row.as_ptr().add(i));
+                let b = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), row.as_ptr().wrapping_add(i + 16));
+                _mm512_mask_storeu_ps(buf.as_mut_ptr().add(even + i / 2), mask(n.div_ceil(2)), _mm512_permutex2var_ps(a, evens, b));
+                _mm512_mask_storeu_ps(buf.as_mut_ptr().add(odd + i / 2), mask(n / 2), _mm512_permutex2var_ps(a, odds, b));
+            }
+        }
+    }
+
+    /// See [`super::Rows2::interleave`].
+    ///
+    /// # Safety
+    /// AVX-512F; `even + ⌈len/2⌉` and `odd + ⌊len/2⌋` inside `buf` (`len` of `out`).
+    #[inline(always)]
+    pub(super) unsafe fn interleave(buf: &[f32], even: usize, odd: usize, bias: f32, out: &mut [f32]) {
+        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let bias = _mm512_set1_ps(bias);
+        for i in (0..out.len()).step_by(32) {
+            let n = out.len() - i;
+            // SAFETY: masked lanes only, inside `out` and the caller's runs.
+            unsafe {
+                let e = _mm512_maskz_loadu_ps(mask(n.div_ceil(2)), buf.as_ptr().add(even + i / 2));
+                let o = _mm512_maskz_loadu_ps(mask(n / 2), buf.as_ptr().add(odd + i / 2));
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), mask(n), _mm512_add_ps(_mm512_permutex2var_ps(e, low, o), bias));
+                _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(i + 16), mask(n.saturating_sub(16)), _mm512_add_ps(_mm512_permutex2var_ps(e, high, o), bias));
+            }
         }
     }
 }
