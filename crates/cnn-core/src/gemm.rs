@@ -200,11 +200,16 @@ impl Kernel {
         })
     }
 
-    const PORTABLE: Kernel = Kernel { mr: 4, nr: 8, name: "portable", tile: portable };
+    pub(crate) const PORTABLE: Kernel = Kernel { mr: 4, nr: 8, name: "portable", tile: portable };
     #[cfg(target_arch = "x86_64")]
-    const AVX2: Kernel = Kernel { mr: 6, nr: 16, name: "avx2+fma", tile: avx2 };
+    pub(crate) const AVX2: Kernel = Kernel { mr: 6, nr: 16, name: "avx2+fma", tile: avx2 };
     #[cfg(target_arch = "x86_64")]
-    const AVX512: Kernel = Kernel { mr: 8, nr: 32, name: "avx512", tile: avx512 };
+    pub(crate) const AVX512: Kernel = Kernel { mr: 8, nr: 32, name: "avx512", tile: avx512 };
+
+    /// Its instruction set: `avx512`, `avx2+fma` or `portable`.
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
 
     /// Writes the tile (`mr x nr`, row-major) into `tile`.
     ///

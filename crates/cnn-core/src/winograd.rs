@@ -38,14 +38,14 @@
 //! too; the filter gradient stays with the implicit product's dot products.
 //!
 //! **Not chosen by `conv2d`**: run it by name (`conv2d_with(Algorithm::Winograd, ..)`). On the
-//! AVX-512 Zen 5 it was measured on (`cargo bench --bench conv`, 2 threads, medians, one run),
-//! its 16 products take a third of the implicit product's time, but the transforms, the
-//! sample's split copy and the scattered outputs take more than the rest: ResNet-20's stages
-//! forward 1.72 / 1.40 / 1.80 ms against 1.36 / 1.26 / 1.46 implicit, forward + backward
-//! 6.05 / 4.56 / 5.51 against 4.94 / 4.21 / 4.87; the reference network's conv2 forward 1.01
-//! against 0.92 (forward + backward 3.34 against 3.47, level). With 16–64 channels the
-//! transforms' work (proportional to `c_in + c_out` per tile) is not small beside the products'
-//! (`c_in·c_out`), and `V` and `M` are four times the input and the output.
+//! AVX-512 Zen 5 it was measured on (`cargo bench --bench conv`, 2 threads, medians, one run,
+//! side by side), its 16 products take about half the implicit product's time, but the
+//! transforms and the split and interleaved copies take more than that half: ResNet-20's
+//! stages forward 1.58 / 1.39 / 1.72 ms against 1.46 / 1.26 / 1.40 implicit, forward +
+//! backward 4.73 / 4.19 / 5.47 against 4.17 / 3.93 / 4.78; the reference network's conv2
+//! forward 0.96 against 0.92, forward + backward 3.07 against 3.12 (level). With 16–64
+//! channels the transforms' work (proportional to `c_in + c_out` per tile) is not small beside
+//! the products' (`c_in·c_out`), and `V` and `M` are four times the input and the output.
 
 use crate::gemm::{pack, Kernel, Rows};
 use crate::threads::Scratch;
@@ -102,7 +102,12 @@ fn transformed_filters(w: ArrayView4<f32>, kernel: &Kernel) -> Vec<f32> {
 
 /// `y = w ⊛ x + b` by F(2x2, 3x3), for a geometry that [`applies`] (checked by the caller).
 pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
-    let kernel = Kernel::best();
+    forward_on(Kernel::best(), x, w, b, g)
+}
+
+/// [`forward`] on the micro-kernel given, the transforms on its instruction set (the tests run
+/// every kernel the CPU has).
+fn forward_on(kernel: Kernel, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
     let (n, c_in, _, _) = x.dim();
     let c_out = w.dim().0;
     // tiles: th x tw blocks of 2x2 outputs; each reads a 4x4 tile of the padded sample
@@ -150,21 +155,19 @@ struct Buffers {
     ys: Scratch,
 }
 
-/// A task on the widest vectors the CPU has: the transforms are plain loops over runs of
-/// [`LANES`] values, compiled once per instruction set and chosen here.
+/// A task on the instruction set of the layer's micro-kernel: the transforms are plain loops
+/// over runs of [`LANES`] values, compiled once per instruction set and chosen here.
 fn run(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { run_avx512(shape, g, b, x, y, buffers) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { run_avx2(shape, g, b, x, y, buffers) };
-        }
+    match shape.kernel.name() {
+        // SAFETY: `Kernel::best` chose this kernel, or a test did after checking, only where the
+        // CPU has its instruction set.
+        #[cfg(target_arch = "x86_64")]
+        "avx512" => unsafe { run_avx512(shape, g, b, x, y, buffers) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        "avx2+fma" => unsafe { run_avx2(shape, g, b, x, y, buffers) },
+        _ => steps::<false>(shape, g, b, x, y, buffers),
     }
-    steps::<false>(shape, g, b, x, y, buffers)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -559,6 +562,32 @@ mod tests {
             let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), &win).unwrap().dx;
             let err = max_error(&dx, &want);
             assert!(err < 1e-4, "case {case}: {err}");
+        }
+    }
+
+    /// Every micro-kernel this CPU runs, with the transforms on its instruction set (the
+    /// portable one: scalar splits, tiles narrower than a run of lanes), on the shapes above.
+    #[test]
+    fn every_kernel_gives_the_same_convolution() {
+        let mut kernels = vec![Kernel::PORTABLE];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                kernels.push(Kernel::AVX2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(Kernel::AVX512);
+            }
+        }
+        for (case, (xs, c_out, win)) in [([3, 5, 9, 11], 7, Window::square(3).padding(Padding::Same)), ([20, 16, 7, 7], 17, Window::square(3))].into_iter().enumerate() {
+            let (x, w) = (filled(xs, case), filled([c_out, xs[1], 3, 3], case + 10));
+            let g = win.geometry(xs[2], xs[3]).unwrap();
+            let want = reference::conv2d(x.view(), w.view(), None, &win).unwrap();
+            for &kernel in &kernels {
+                let y = forward_on(kernel, x.view(), w.view(), None, &g);
+                let err = max_error(&y, &want);
+                assert!(err < 1e-4, "case {case}, {}: {err}", kernel.name());
+            }
         }
     }
 
