@@ -10,7 +10,7 @@
 //! *equivalent*: the speed at which it does the layer's work; with FLOP counts that differ
 //! within a group, criterion would add a chart of time against FLOPs that means nothing).
 
-use cnn_benches::{big_layer, random, reference_layers, resnet20_layers, ConvCase};
+use cnn_benches::{big_layer, random, reference_layers, resnet20_downsampling, resnet20_layers, ConvCase};
 use cnn_core::{col2im, conv2d, conv2d_backward_with, conv2d_with, im2col, max_pool2d, max_pool2d_backward, reference, threads, Algorithm, Window};
 use cnn_core::lowrank::{lowrank_conv2d, lowrank_conv2d_backward, svd_filters, LowRankFilters, RankPolicy};
 use cnn_core::{avg_pool2d, avg_pool2d_backward};
@@ -45,6 +45,7 @@ fn cases() -> Vec<ConvCase> {
     let mut cases = reference_layers(1).to_vec();
     cases.extend(reference_layers(64));
     cases.extend(resnet20_layers(128));
+    cases.extend(resnet20_downsampling());
     cases.push(big_layer());
     cases
 }
@@ -54,8 +55,8 @@ fn naive_is_affordable(case: &ConvCase) -> bool {
     case.flops() < 400_000_000
 }
 
-/// The algorithms compared on every case (all stride 1, one group): the lowered and implicit
-/// products everywhere, Winograd on the 3x3 ones; the one `conv2d` would take is among them.
+/// The algorithms compared on every case (one group): the lowered and implicit products
+/// everywhere, Winograd on the 3x3 stride-1 ones; the one `conv2d` would take is among them.
 fn algorithms(case: &ConvCase) -> Vec<Algorithm> {
     let shape = ([case.n, case.c_in, case.side, case.side], [case.c_out, case.c_in, case.k, case.k]);
     let applies = |a: &Algorithm| conv2d_with(*a, random((1, case.c_in, case.side, case.side), 0).view(), random(shape.1, 0).view(), None, &case.window(), 1).is_ok();

@@ -27,12 +27,14 @@ pub struct ConvCase {
     pub k: usize,
     /// Padding rule.
     pub padding: Padding,
+    /// Stride (both ways).
+    pub stride: usize,
 }
 
 impl ConvCase {
     /// The window of this layer.
     pub fn window(&self) -> Window {
-        Window::square(self.k).padding(self.padding)
+        Window::square(self.k).padding(self.padding).stride(self.stride)
     }
 
     /// Output side.
@@ -54,7 +56,7 @@ impl ConvCase {
 
 /// The reference network's three conv layers at batch `n`, 3x3 VALID.
 pub fn reference_layers(n: usize) -> [ConvCase; 3] {
-    let case = |name, c_in, side, c_out| ConvCase { name, n, c_in, side, c_out, k: 3, padding: Padding::Valid };
+    let case = |name, c_in, side, c_out| ConvCase { name, n, c_in, side, c_out, k: 3, padding: Padding::Valid, stride: 1 };
     match n {
         1 => [case("ref_conv1_n1", 1, 28, 32), case("ref_conv2_n1", 32, 13, 64), case("ref_conv3_n1", 64, 5, 128)],
         64 => [case("ref_conv1_n64", 1, 28, 32), case("ref_conv2_n64", 32, 13, 64), case("ref_conv3_n64", 64, 5, 128)],
@@ -64,7 +66,7 @@ pub fn reference_layers(n: usize) -> [ConvCase; 3] {
 
 /// A larger layer where the algorithm matters more: 64 channels at 56x56 → 64 filters, SAME, batch 16.
 pub fn big_layer() -> ConvCase {
-    ConvCase { name: "big_64x56x56_n16", n: 16, c_in: 64, side: 56, c_out: 64, k: 3, padding: Padding::Same }
+    ConvCase { name: "big_64x56x56_n16", n: 16, c_in: 64, side: 56, c_out: 64, k: 3, padding: Padding::Same, stride: 1 }
 }
 
 /// Uniform values in [-1, 1) from a fixed seed.
@@ -79,11 +81,18 @@ where
 /// ResNet-20's three kinds of stride-1 layer (3x3 SAME, 16/32/64 channels on 28/14/7 pixels)
 /// at batch `n`.
 pub fn resnet20_layers(n: usize) -> [ConvCase; 3] {
-    let case = |name, c, side| ConvCase { name, n, c_in: c, side, c_out: c, k: 3, padding: Padding::Same };
+    let case = |name, c, side| ConvCase { name, n, c_in: c, side, c_out: c, k: 3, padding: Padding::Same, stride: 1 };
     match n {
         128 => [case("resnet20_stage1_n128", 16, 28), case("resnet20_stage2_n128", 32, 14), case("resnet20_stage3_n128", 64, 7)],
         _ => panic!("resnet20_layers: add the names for batch {n}"),
     }
+}
+
+/// ResNet-20's two downsampling layers (3x3 SAME, stride 2: 16 → 32 channels from 28x28,
+/// 32 → 64 from 14x14) at batch 128.
+pub fn resnet20_downsampling() -> [ConvCase; 2] {
+    let case = |name, c, side| ConvCase { name, n: 128, c_in: c, side, c_out: 2 * c, k: 3, padding: Padding::Same, stride: 2 };
+    [case("resnet20_down2_n128", 16, 28), case("resnet20_down3_n128", 32, 14)]
 }
 
 /// Matrix products the convolutions run (`c_out x positions x K`), named after their layer.

@@ -234,9 +234,10 @@ pub(crate) fn lowered_backward<T: Send>(
 pub enum Algorithm {
     /// im2col, then one GEMM per sample (or small group of samples): the lecture's algorithm.
     Lowered,
-    /// Stride 1: the same products, the lowered matrix read from a padded copy of each sample
-    /// and never written (`src/implicit.rs` explains how); the input gradient too where the
-    /// padding is within the kernel's reach (else by col2im). Chosen where it was measured
+    /// The same products, the lowered matrix read from a padded copy of each sample (split
+    /// into phase planes for a stride above 1) and never written (`src/implicit.rs` explains
+    /// how); for stride 1 the backward too where the padding is within the kernel's reach
+    /// (else, and for larger strides, the lowered backward). Chosen where it was measured
     /// faster.
     Implicit,
     /// 3x3, stride 1, no dilation, padding of at most 2: Winograd's F(2x2, 3x3), 16
@@ -266,7 +267,8 @@ impl Algorithm {
     /// use cnn_core::{Algorithm, Padding, Window};
     /// let same = Window::square(3).padding(Padding::Same);
     /// assert_eq!(Algorithm::choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same, 1).unwrap(), Algorithm::Implicit);
-    /// assert_eq!(Algorithm::choose(&[8, 16, 28, 28], &[32, 16, 3, 3], &same.stride(2), 1).unwrap(), Algorithm::Lowered);
+    /// assert_eq!(Algorithm::choose(&[8, 16, 28, 28], &[32, 16, 3, 3], &same.stride(2), 1).unwrap(), Algorithm::Implicit);
+    /// assert_eq!(Algorithm::choose(&[8, 1, 28, 28], &[32, 1, 3, 3], &same, 1).unwrap(), Algorithm::Lowered);
     /// ```
     pub fn choose(x: &[usize], w: &[usize], win: &Window, groups: usize) -> Result<Algorithm> {
         let g = conv_geometry(x, w, None, win, groups)?;
@@ -297,7 +299,6 @@ impl Algorithm {
     fn check(self, c_in: usize, groups: usize, g: &Geometry) -> Result<()> {
         let reason = match self {
             Algorithm::Lowered | Algorithm::Implicit | Algorithm::Winograd if groups != 1 => format!("computes one group, not {groups} (use grouped or depthwise)"),
-            Algorithm::Implicit if (g.sh, g.sw) != (1, 1) => format!("needs stride 1, not {}x{}", g.sh, g.sw),
             Algorithm::Winograd if !winograd::applies(g) => "needs a 3x3 kernel, stride 1, no dilation and padding of at most 2".to_string(),
             Algorithm::Depthwise if groups != c_in => format!("needs one group per input channel ({c_in}), not {groups}"),
             _ => return Ok(()),
@@ -360,8 +361,8 @@ pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView
 /// [`conv2d_groups`] by the algorithm named, not the one it would choose.
 ///
 /// # Errors
-/// As [`conv2d_groups`], and an algorithm that cannot compute this shape (an implicit
-/// product with stride 2, say).
+/// As [`conv2d_groups`], and an algorithm that cannot compute this shape (Winograd with
+/// stride 2, say).
 ///
 /// ```
 /// use cnn_core::{conv2d_with, Algorithm, Window};
@@ -372,7 +373,7 @@ pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView
 /// assert_eq!(lowered, implicit);
 /// let winograd = conv2d_with(Algorithm::Winograd, x.view(), w.view(), None, &Window::square(3), 1).unwrap();
 /// assert!(winograd.iter().zip(&lowered).all(|(a, b)| (a - b).abs() < 1e-5));
-/// assert!(conv2d_with(Algorithm::Implicit, x.view(), w.view(), None, &Window::square(3).stride(2), 1).is_err());
+/// assert!(conv2d_with(Algorithm::Winograd, x.view(), w.view(), None, &Window::square(3).stride(2), 1).is_err());
 /// ```
 pub fn conv2d_with(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window, groups: usize) -> Result<Array4<f32>> {
     let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win, groups)?;

@@ -49,46 +49,72 @@ const MIN_FIELD: usize = 32;
 const MIN_FILTERS: usize = 8;
 
 /// Whether a convolution of this geometry (one group, `c_in` → `c_out` channels) is computed
-/// here: stride 1, a window larger than one pixel (a 1x1 convolution is its own lowered
-/// matrix already), a padded sample that fits in cache, and the shape limits above (measured
-/// with `cargo bench --bench conv` and the `layer_times` example).
+/// here: a window larger than one pixel (a 1x1 convolution is its own lowered matrix
+/// already), a padded sample that fits in cache, and the shape limits above (measured with
+/// `cargo bench --bench conv` and the `layer_times` example).
 pub(crate) fn suits(g: &Geometry, c_in: usize, c_out: usize) -> bool {
-    let (hp, wp) = padded(g);
-    g.sh == 1
-        && g.sw == 1
-        && !g.is_identity()
-        && c_in * hp * wp <= MAX_PADDED
-        && wp as f64 <= MAX_WASTE * g.ow as f64
+    let planes = Planes::of(g);
+    g.kh * g.kw > 1
+        && c_in * planes.channel() <= MAX_PADDED
+        && planes.wq as f64 <= MAX_WASTE * g.ow as f64
         && c_in * g.kh * g.kw >= MIN_FIELD
         && c_out >= MIN_FILTERS
 }
 
-fn padded(g: &Geometry) -> (usize, usize) {
-    (g.h + g.pad_top + g.pad_bottom, g.w + g.pad_left + g.pad_right)
+/// Where the padded sample's values lie: `sh·sw` phase planes per channel (one plane for
+/// stride 1), each `hq x wq`, padded value `(y, x)` in plane `(y mod sh, x mod sw)` at
+/// `(y / sh)·wq + x / sw`. Output `(oy, ox)` reads padded `(oy·sh + ky·dh, ox·sw + kx·dw)`,
+/// which is `at(ky·dh, kx·dw) + oy·wq + ox`: with the outputs numbered `q = oy·wq + ox`, a
+/// strided convolution's lowered rows are runs too, one phase plane each.
+#[derive(Clone, Copy, Debug)]
+struct Planes {
+    hq: usize,
+    wq: usize,
+    sh: usize,
+    sw: usize,
 }
 
-/// `y = w ⊛ x + b` for any stride-1 geometry (shapes checked by the caller); fast where it
-/// [`suits`], correct everywhere (`conv2d_with` may name it for any stride-1 shape).
+impl Planes {
+    fn of(g: &Geometry) -> Planes {
+        let (hp, wp) = (g.h + g.pad_top + g.pad_bottom, g.w + g.pad_left + g.pad_right);
+        Planes { hq: hp.div_ceil(g.sh), wq: wp.div_ceil(g.sw), sh: g.sh, sw: g.sw }
+    }
+
+    /// Values per channel.
+    fn channel(&self) -> usize {
+        self.sh * self.sw * self.hq * self.wq
+    }
+
+    /// Where padded value `(y, x)` of channel `ci` lies.
+    fn at(&self, ci: usize, y: usize, x: usize) -> usize {
+        ci * self.channel() + ((y % self.sh) * self.sw + x % self.sw) * self.hq * self.wq + (y / self.sh) * self.wq + x / self.sw
+    }
+}
+
+/// `y = w ⊛ x + b` for any geometry (shapes checked by the caller); fast where it [`suits`],
+/// correct everywhere (`conv2d_with` may name it for any shape of one group).
 pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
     let kernel = Kernel::best();
     let (n, c_in, _, _) = x.dim();
     let (c_out, k) = (w.dim().0, c_in * g.kh * g.kw);
-    let (hp, wp) = padded(g);
-    let rows = Rows::new(lowered_rows(g, c_in, (hp, wp)));
+    let planes = Planes::of(g);
+    let offsets = lowered_rows(g, c_in, &planes);
     // the filters, packed once: A of every sample's product
     let w_mat = w.to_shape((c_out, k)).expect("filters reshape to [c_out, c_in*kh*kw]");
     let mut filters = vec![];
     pack(&mut filters, &w_mat.view(), (0, 0), false, c_out, kernel.mr, k);
-    // outputs on the padded width; the last sliver reads up to kernel.nr values past them
-    let q = g.oh * wp;
-    let sample_len = c_in * hp * wp + g.kw * g.dw + kernel.nr;
+    // outputs on the planes' width; the last sliver reads up to kernel.nr values past them
+    let wq = planes.wq;
+    let q = g.oh * wq;
+    let sample_len = (offsets.iter().max().map_or(0, |&last| last + q) + kernel.nr).max(c_in * planes.channel());
+    let rows = Rows::new(offsets);
     let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
     y.outer_iter_mut().into_par_iter().zip(x.outer_iter()).for_each_init(
         || (Scratch::matrix(1, sample_len), Scratch::matrix(c_out, q), vec![0.0; kernel.mr * kernel.nr]),
         |(sample, out, tile), (mut y_i, x_i)| {
             let mut sample = sample.view_mut();
             let sample = sample.as_slice_mut().expect("a new buffer is contiguous");
-            pad_into(x_i, g, (hp, wp), sample);
+            pad_into(x_i, g, &planes, sample);
             let mut out = out.view_mut();
             for jc in (0..q).step_by(kernel.nr) {
                 for (ir, a) in filters.chunks_exact(kernel.mr * k).enumerate() {
@@ -101,7 +127,7 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
             let y_i = y_i.as_slice_mut().expect("y is standard layout");
             for (co, (plane, computed)) in y_i.chunks_exact_mut(g.oh * g.ow).zip(computed.chunks_exact(q)).enumerate() {
                 let bias = b.map_or(0.0, |b| b[co]);
-                for (row, computed) in plane.chunks_exact_mut(g.ow).zip(computed.chunks_exact(wp)) {
+                for (row, computed) in plane.chunks_exact_mut(g.ow).zip(computed.chunks_exact(wq)) {
                     row.iter_mut().zip(computed).for_each(|(y, &v)| *y = v + bias);
                 }
             }
@@ -111,8 +137,8 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
 }
 
 /// Where row `(ci, ky, kx)` of the lowered matrix starts in the padded sample.
-fn lowered_rows(g: &Geometry, c_in: usize, (hp, wp): (usize, usize)) -> Vec<usize> {
-    (0..c_in).flat_map(|ci| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| ci * hp * wp + ky * g.dh * wp + kx * g.dw))).collect()
+fn lowered_rows(g: &Geometry, c_in: usize, planes: &Planes) -> Vec<usize> {
+    (0..c_in).flat_map(|ci| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| planes.at(ci, ky * g.dh, kx * g.dw)))).collect()
 }
 
 /// Padded samples and output gradients per task of [`filter_gradient`], in values (512 KiB:
@@ -139,9 +165,10 @@ pub(crate) fn filter_gradient(x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geome
     let (n, c_in, _, _) = x.dim();
     let c_out = dy.dim().1;
     let k = c_in * g.kh * g.kw;
-    let (hp, wp) = padded(g);
+    let planes = Planes::of(g);
+    let wp = planes.wq;
     let len = (g.oh * wp).next_multiple_of(DOT_LEN);
-    let x_rows = lowered_rows(g, c_in, (hp, wp));
+    let x_rows = lowered_rows(g, c_in, &planes);
     // each padded sample, with the zeros its last row reads past the image
     let x_stride = x_rows.iter().max().map_or(0, |&last| last + len);
     let dy_stride = c_out * len;
@@ -156,7 +183,7 @@ pub(crate) fn filter_gradient(x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geome
             |(xs, ds, out), (x_task, dy_task)| {
                 let (mut xs, mut ds) = (xs.view_mut(), ds.view_mut());
                 for ((x_i, dy_i), (mut padded, mut spread)) in x_task.outer_iter().zip(dy_task.outer_iter()).zip(xs.outer_iter_mut().zip(ds.outer_iter_mut())) {
-                    pad_into(x_i, g, (hp, wp), padded.as_slice_mut().expect("a scratch row is contiguous"));
+                    pad_into(x_i, g, &planes, padded.as_slice_mut().expect("a scratch row is contiguous"));
                     spread_rows(dy_i, wp, len, spread.as_slice_mut().expect("a scratch row is contiguous"));
                 }
                 let (xs, ds) = (xs.as_slice().expect("scratch is contiguous"), ds.as_slice().expect("scratch is contiguous"));
@@ -240,15 +267,27 @@ pub(crate) fn transposed_suits(g: &Geometry, c_in: usize, c_out: usize) -> bool 
     transposed(g).is_some_and(|g_t| suits(&g_t, c_out, c_in))
 }
 
-/// Writes `x` (`[c_in, h, w]`) into `padded` as `[c_in, hp, wp]` with the geometry's zero
-/// borders, and zeros after it.
-fn pad_into(x: ArrayView3<f32>, g: &Geometry, (hp, wp): (usize, usize), padded: &mut [f32]) {
+/// Writes `x` (`[c_in, h, w]`) into `padded` as its [`Planes`], with the geometry's zero
+/// borders, and zeros after them.
+fn pad_into(x: ArrayView3<f32>, g: &Geometry, planes: &Planes, padded: &mut [f32]) {
     padded.fill(0.0);
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
-    for (plane, x_c) in padded.chunks_exact_mut(hp * wp).zip(x.chunks_exact(g.h * g.w)) {
-        for (row, x_row) in plane[g.pad_top * wp..].chunks_exact_mut(wp).zip(x_c.chunks_exact(g.w)) {
-            row[g.pad_left..g.pad_left + g.w].copy_from_slice(x_row);
+    for (ci, x_c) in x.chunks_exact(g.h * g.w).enumerate() {
+        for (iy, x_row) in x_c.chunks_exact(g.w).enumerate() {
+            let (y, x0) = (g.pad_top + iy, g.pad_left);
+            if planes.sw == 1 {
+                // stride 1 (in x): the row is one run
+                let start = planes.at(ci, y, x0);
+                padded[start..start + g.w].copy_from_slice(x_row);
+            } else {
+                // every sw-th value of the row is one run in its phase plane
+                for phase in 0..planes.sw.min(g.w) {
+                    let start = planes.at(ci, y, x0 + phase);
+                    let run = x_row[phase..].iter().step_by(planes.sw);
+                    padded[start..].iter_mut().zip(run).for_each(|(p, &v)| *p = v);
+                }
+            }
         }
     }
 }
@@ -289,6 +328,35 @@ mod tests {
             let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), win).unwrap().dx;
             assert_eq!(dx.dim(), want.dim());
             assert!(dx.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "input gradient, case {case}");
+        }
+    }
+
+    /// Strided forwards read from phase planes, against the naive loops: SAME and VALID with
+    /// stride 2 on even and odd sizes, stride 3 with padding 2, different strides down and
+    /// across, stride with dilation; and the whole backward of a strided layer (the lowered
+    /// one) through `conv2d_backward_with`.
+    #[test]
+    fn strided_forward_agrees_with_the_naive_loops() {
+        let windows = [
+            (Window::square(3).stride(2).padding(Padding::Same), 12, 12),
+            (Window::square(3).stride(2), 11, 13),
+            (Window::square(5).stride(3).padding(Padding::uniform(2)), 14, 10),
+            (Window::new(3, 2).strides(2, 1).padding(Padding::Explicit { top: 1, bottom: 0, left: 0, right: 1 }), 9, 8),
+            (Window::square(3).strides(1, 3).dilation(2), 13, 14),
+        ];
+        for (case, (win, h, w_)) in windows.into_iter().enumerate() {
+            let (x, w) = (filled([3, 5, h, w_], case), filled([7, 5, win.kh, win.kw], case + 10));
+            let b = Array1::from_shape_fn(7, |i| i as f32 - 3.0);
+            let g = win.geometry(h, w_).unwrap();
+            let y = forward(x.view(), w.view(), Some(b.view()), &g);
+            let want = reference::conv2d(x.view(), w.view(), Some(b.view()), &win).unwrap();
+            assert_eq!(y.dim(), want.dim(), "case {case}");
+            assert!(y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "forward, case {case}");
+            let dy = filled([3, 7, g.oh, g.ow], case + 20);
+            let grads = crate::conv2d_backward_with(crate::Algorithm::Implicit, x.view(), w.view(), dy.view(), &win, 1).unwrap();
+            let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), &win).unwrap();
+            assert!(grads.dx.iter().zip(&want.dx).all(|(a, b)| (a - b).abs() < 1e-4), "input gradient, case {case}");
+            assert!(grads.dw.iter().zip(&want.dw).all(|(a, b)| (a - b).abs() < 1e-3), "filter gradient, case {case}");
         }
     }
 
@@ -337,7 +405,7 @@ mod tests {
         assert!(!suits(&valid.geometry(5, 5).unwrap(), 64, 128), "conv3: 5 outputs computed per 3 kept");
         assert!(!suits(&valid.geometry(28, 28).unwrap(), 1, 32), "conv1: a receptive field of 9");
         assert!(!transposed_suits(&valid.geometry(28, 28).unwrap(), 1, 32), "conv1's input gradient: 1 filter");
-        assert!(!suits(&same.stride(2).geometry(28, 28).unwrap(), 16, 32), "stride 2");
+        assert!(suits(&same.stride(2).geometry(28, 28).unwrap(), 16, 32), "ResNet-20's stride-2 layers");
         assert!(!suits(&Window::square(1).geometry(28, 28).unwrap(), 64, 64), "1x1");
     }
 
