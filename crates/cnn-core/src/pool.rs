@@ -81,6 +81,89 @@ fn max_tap<const NAN: bool>(row: &[f32], base: u32, best: &mut [f32], at: &mut [
     }
 }
 
+/// The window of nearly every max pool (VGG's, the reference network's): 2x2, stride 2, no
+/// padding.
+fn is_2x2_stride_2(g: &Geometry) -> bool {
+    (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right) == (2, 2, 2, 2, 0, 0, 0, 0)
+}
+
+/// Max pooling with 2x2 windows, stride 2, no padding, on a plane without NaN: each output
+/// the largest of `a b` over `c d` (the first on ties, in that order), written once. The
+/// general loop walks the four taps over every output row (13 outputs a run in the reference
+/// network: its overhead, not the comparisons, was most of the time); here each row of
+/// outputs is one pass, and with AVX-512 sixteen windows at a time: the two input rows loaded
+/// 32 values each and split into even and odd columns by two permutes, three compares and
+/// blends pick the values and their indices.
+mod pairs {
+    use crate::window::Geometry;
+
+    /// `y_c` and `arg_c` (`oh x ow`) from the plane `x_c` (width `w`).
+    pub(super) fn max_pool(x_c: &[f32], w: usize, g: &Geometry, y_c: &mut [f32], arg_c: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { avx512(x_c, w, g, y_c, arg_c) };
+        }
+        portable(x_c, w, g, y_c, arg_c)
+    }
+
+    /// The loops the vector version follows, one window at a time.
+    pub(super) fn portable(x_c: &[f32], w: usize, g: &Geometry, y_c: &mut [f32], arg_c: &mut [u32]) {
+        for (oy, (ys, ats)) in y_c.chunks_exact_mut(g.ow).zip(arg_c.chunks_exact_mut(g.ow)).enumerate() {
+            let top = 2 * oy * w;
+            for (ox, (y, at)) in ys.iter_mut().zip(ats.iter_mut()).enumerate() {
+                let first = top + 2 * ox;
+                let (mut best, mut arg) = (x_c[first], first);
+                for tap in [first + 1, first + w, first + w + 1] {
+                    if x_c[tap] > best {
+                        (best, arg) = (x_c[tap], tap);
+                    }
+                }
+                (*y, *at) = (best, arg as u32);
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512(x_c: &[f32], w: usize, g: &Geometry, y_c: &mut [f32], arg_c: &mut [u32]) {
+        use std::arch::x86_64::*;
+        assert!(x_c.len() >= 2 * g.oh * w && 2 * g.ow <= w && y_c.len() == g.oh * g.ow && arg_c.len() == y_c.len(), "2x2 pooling operands");
+        let mask = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let (one, below) = (_mm512_set1_epi32(1), _mm512_set1_epi32(w as i32));
+        for oy in 0..g.oh {
+            for ox in (0..g.ow).step_by(16) {
+                let n = g.ow - ox;
+                let first = 2 * oy * w + 2 * ox;
+                // SAFETY: masked lanes only: 2n values of rows 2oy and 2oy + 1 from column
+                // 2ox, inside the plane (asserted), n outputs inside y_c and arg_c.
+                unsafe {
+                    let row = |at: usize| {
+                        let (lo, hi) = (_mm512_maskz_loadu_ps(mask(2 * n), x_c.as_ptr().add(at)), _mm512_maskz_loadu_ps(mask((2 * n).saturating_sub(16)), x_c.as_ptr().wrapping_add(at + 16)));
+                        (_mm512_permutex2var_ps(lo, evens, hi), _mm512_permutex2var_ps(lo, odds, hi))
+                    };
+                    let ((a, b), (c, d)) = (row(first), row(first + w));
+                    // the index of a: first + 2j in lane j
+                    let ia = _mm512_add_epi32(_mm512_set1_epi32(first as i32), _mm512_slli_epi32::<1>(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)));
+                    let (mut best, mut at) = (a, ia);
+                    for (v, i) in [(b, _mm512_add_epi32(ia, one)), (c, _mm512_add_epi32(ia, below)), (d, _mm512_add_epi32(_mm512_add_epi32(ia, below), one))] {
+                        let better = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
+                        best = _mm512_mask_blend_ps(better, best, v);
+                        at = _mm512_mask_blend_epi32(better, at, i);
+                    }
+                    let out = oy * g.ow + ox;
+                    _mm512_mask_storeu_ps(y_c.as_mut_ptr().add(out), mask(n), best);
+                    _mm512_mask_storeu_epi32(arg_c.as_mut_ptr().add(out).cast(), mask(n), at);
+                }
+            }
+        }
+    }
+}
+
 /// Number of image pixels (padding excluded) under each output's window.
 fn window_sizes(g: &Geometry) -> Vec<f32> {
     let mut count = vec![0.0f32; g.positions()];
@@ -128,6 +211,9 @@ pub fn max_pool2d(x: ArrayView4<f32>, win: &Window) -> Result<MaxPool> {
         .for_each(|((x_c, y_c), arg_c)| {
             // one pass to see whether the plane holds NaN (branch-free, so it vectorises)
             let nan = x_c.iter().fold(false, |any, v| any | v.is_nan());
+            if !nan && is_2x2_stride_2(&g) {
+                return pairs::max_pool(x_c, w, &g, y_c, arg_c);
+            }
             // start from the first image pixel of each window, so that a window of -inf
             // (or NaN) values still points inside it
             y_c.fill(f32::NEG_INFINITY);
@@ -286,6 +372,49 @@ mod tests {
         let dx = max_pool2d_backward(dy.view(), pool.argmax.view(), [1, 1, 4, 4], &Window::square(2).stride(2)).unwrap();
         let expected = image(array![[0., 0., 0., 2.], [1., 0., 0., 0.], [3., 0., 0., 0.], [0., 0., 0., 4.]]);
         assert_eq!(dx, expected);
+    }
+
+    /// The 2x2 / stride 2 path (portable and, where the CPU has it, AVX-512) against windows
+    /// searched one by one: values with many ties (first wins), -inf, odd sizes (the last row
+    /// and column dropped), rows of more than 16 windows, and through `max_pool2d`.
+    #[test]
+    fn two_by_two_windows_agree_with_a_search_of_each_window() {
+        let mut seed = 3u64;
+        for (h, w) in [(26, 26), (11, 13), (2, 2), (7, 70), (40, 35)] {
+            let x: Vec<f32> = (0..h * w)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    match seed >> 60 {
+                        0 => f32::NEG_INFINITY,
+                        k => (k % 5) as f32,
+                    }
+                })
+                .collect();
+            let g = Window::square(2).stride(2).geometry(h, w).unwrap();
+            assert!(is_2x2_stride_2(&g));
+            let (mut want_y, mut want_at) = (vec![], vec![]);
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let taps = [(2 * oy) * w + 2 * ox, (2 * oy) * w + 2 * ox + 1, (2 * oy + 1) * w + 2 * ox, (2 * oy + 1) * w + 2 * ox + 1];
+                    let winner = taps.into_iter().fold(taps[0], |best, t| if x[t] > x[best] { t } else { best });
+                    want_y.push(x[winner]);
+                    want_at.push(winner as u32);
+                }
+            }
+            let run = |f: &dyn Fn(&mut [f32], &mut [u32])| {
+                let (mut y, mut at) = (vec![f32::NAN; g.positions()], vec![u32::MAX; g.positions()]);
+                f(&mut y, &mut at);
+                (y, at)
+            };
+            assert_eq!(run(&|y, at| pairs::portable(&x, w, &g, y, at)), (want_y.clone(), want_at.clone()), "portable {h}x{w}");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                assert_eq!(run(&|y, at| unsafe { pairs::avx512(&x, w, &g, y, at) }), (want_y.clone(), want_at.clone()), "avx512 {h}x{w}");
+            }
+            let pooled = max_pool2d(Array::from_shape_vec((1, 1, h, w), x.clone()).unwrap().view(), &Window::square(2).stride(2)).unwrap();
+            assert_eq!((pooled.y.into_raw_vec_and_offset().0, pooled.argmax.into_raw_vec_and_offset().0), (want_y, want_at), "max_pool2d {h}x{w}");
+        }
     }
 
     #[test]
