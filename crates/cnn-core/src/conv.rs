@@ -393,6 +393,7 @@ fn forward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opti
         }
         Algorithm::Winograd => {
             expect_allocatable("output", n * c_out * g.positions())?;
+            expect_allocatable("Winograd's transformed tiles", winograd::work_values(g, c_in, c_out))?;
             Ok(winograd::forward(x, w, b, g))
         }
         Algorithm::Depthwise => {
@@ -479,6 +480,7 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
         Algorithm::Lowered | Algorithm::Implicit => lowered_backward_conv(x, w, dy, g, algorithm),
         Algorithm::Winograd => {
             expect_allocatable("input gradient", x.len())?;
+            expect_allocatable("Winograd's transformed tiles", winograd::work_values(g, c_in, c_out))?;
             let (dw, db) = implicit::filter_gradient(x, dy, g);
             let (turned, g_t) = implicit::transposed_operands(w, g).expect("winograd applies: padding within the reach");
             Ok(Conv2dGrads { dx: winograd::forward(dy, turned, None, &g_t), dw, db })

@@ -64,6 +64,16 @@ pub(crate) fn applies(g: &Geometry) -> bool {
     (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) && [g.pad_top, g.pad_bottom, g.pad_left, g.pad_right].iter().all(|&p| p <= 2)
 }
 
+/// Values of the work buffers a thread needs for one sample (`V`, `M` and the split sample),
+/// for the caller to check before any work: a huge image could otherwise fail to allocate
+/// mid-way.
+pub(crate) fn work_values(g: &Geometry, c_in: usize, c_out: usize) -> usize {
+    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let per_sample = th * (tw + 1);
+    let tiles = (16 * (c_in + c_out + 8)).saturating_mul(per_sample + 2 * LANES + 32);
+    tiles.saturating_add((4 * c_in).saturating_mul((th + 1) * (tw + 1)))
+}
+
 /// The filters transformed, `U[ξ] = G g Gᵀ` for every filter and input channel, packed for the
 /// micro-kernel: `U[ξ]` (`[c_out, c_in]`) as the A operand of product `ξ`, one after another.
 fn transformed_filters(w: ArrayView4<f32>, kernel: &Kernel) -> Vec<f32> {

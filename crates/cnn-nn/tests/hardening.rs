@@ -297,6 +297,18 @@ fn a_lowered_matrix_larger_than_memory_is_an_error() {
     assert!(matches!(e, CnnError::TooLarge { .. }), "{e}");
 }
 
+/// Winograd named on a million channels (the operands broadcast from one value): its
+/// transformed tiles (about 70 GB for one sample) are refused before any work.
+#[test]
+fn winograd_tiles_larger_than_memory_are_an_error() {
+    use cnn_nn::cnn_core::{conv2d_with, Algorithm};
+    let one = Array4::<f32>::ones((1, 1, 1, 1));
+    let x = one.broadcast((1, 1 << 20, 64, 64)).unwrap();
+    let w = one.broadcast((1, 1 << 20, 3, 3)).unwrap();
+    let e = conv2d_with(Algorithm::Winograd, x, w, None, &Window::square(3).padding(Padding::Same), 1).unwrap_err();
+    assert!(matches!(e, CnnError::TooLarge { .. }) && e.to_string().contains("Winograd"), "{e}");
+}
+
 #[test]
 fn the_loss_of_an_empty_batch_is_an_error() {
     let e = softmax_cross_entropy(Array2::<f32>::zeros((0, 10)).view(), &[]).unwrap_err();
