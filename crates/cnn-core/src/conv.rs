@@ -237,8 +237,8 @@ pub enum Algorithm {
     /// The same products, the lowered matrix read from a padded copy of each sample (split
     /// into phase planes for a stride above 1) and never written (`src/implicit.rs` explains
     /// how); for stride 1 the backward too where the padding is within the kernel's reach
-    /// (else, and for larger strides, the lowered backward). Chosen where it was measured
-    /// faster.
+    /// (else the lowered backward); for larger strides the filter gradient too, the input
+    /// gradient by col2im. Chosen where it was measured faster.
     Implicit,
     /// 3x3, stride 1, no dilation, padding of at most 2: Winograd's F(2x2, 3x3), 16
     /// multiplications per 2x2 outputs where the direct product spends 36
@@ -517,6 +517,13 @@ fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<
         let (dw, db) = implicit::filter_gradient(x, dy, g);
         return Ok(Conv2dGrads { dx: implicit::input_gradient(dy, w, g), dw, db });
     }
+    if algorithm == Algorithm::Implicit && (g.sh, g.sw) != (1, 1) {
+        // strided: the filter gradient from the phase planes, the input gradient by the
+        // lowering's adjoint alone (no lowered matrix of x)
+        let dx = col2im_input_gradient(w, dy, g, x.raw_dim())?;
+        let (dw, db) = implicit::filter_gradient(x, dy, g);
+        return Ok(Conv2dGrads { dx, dw, db });
+    }
     let k = c_in * kh * kw;
     let w_mat = w.to_shape((c_out, k)).expect("filters reshape to [c_out, c_in*kh*kw]");
     let (dx, partials) = lowered_backward(
@@ -535,6 +542,28 @@ fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<
     let (dw, db) = sum_in_batch_order(&partials, (c_out, k));
     let dw = dw.into_shape_with_order(w.raw_dim()).expect("dw has the filters' size");
     Ok(Conv2dGrads { dx, dw, db })
+}
+
+/// The input gradient alone, by the adjoint of the lowering: `dcols = w_matᵀ · dy` per
+/// sample, col2im'd (adding overlapping windows) into `dx` of shape `x_dim`.
+fn col2im_input_gradient(w: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry, x_dim: ndarray::Ix4) -> Result<Array4<f32>> {
+    let (c_out, c_in, kh, kw) = w.dim();
+    let (k, p) = (c_in * kh * kw, g.positions());
+    expect_allocatable("input gradient", ndarray::Dimension::size(&x_dim))?;
+    expect_allocatable("lowered gradient", k * p)?;
+    let w_mat = w.to_shape((c_out, k)).expect("filters reshape to [c_out, c_in*kh*kw]");
+    let dy = dy.as_standard_layout();
+    let mut dx = threads::par_zeros(x_dim);
+    dx.outer_iter_mut().into_par_iter().zip(dy.outer_iter()).for_each_init(
+        || Scratch::matrix(k, p),
+        |dcols, (dx_i, dy_i)| {
+            let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
+            let mut dcols = dcols.view_mut();
+            mat_mul(1.0, &w_mat.t(), &dy_i, 0.0, &mut dcols);
+            col2im_sample(dcols, g, dx_i);
+        },
+    );
+    Ok(dx)
 }
 
 /// The tasks' partial filter and bias gradients (`[c_out, k]`, `[c_out]`) summed in batch

@@ -18,7 +18,9 @@
 //! ([`Planes`]: padded value `(y, x)` in plane `(y mod sh, x mod sw)` at `(y/sh)·wq + x/sw`):
 //! tap `(ky, kx)` of output `(oy, ox)` is then plane `(ky·dh mod sh, kx·dw mod sw)` at
 //! `(oy + ky·dh/sh)·wq + ox + kx·dw/sw`, again a run along the outputs numbered `oy·wq + ox`.
-//! (The backward of a strided layer stays lowered.)
+//! For a strided layer the filter gradient reads the same phase planes ([`filter_gradient`]);
+//! its input gradient is the lowering's adjoint alone (`w_matᵀ·dy`, col2im), not a
+//! convolution of stride 1.
 //!
 //! Each sample's padded copy (a few tens of KiB for ResNet-20) stays in L1/L2 while every
 //! filter sweeps it; the filters are packed once per call, for all samples.
@@ -175,7 +177,7 @@ pub(crate) fn filter_gradient(x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geome
     let len = (g.oh * wp).next_multiple_of(DOT_LEN);
     let x_rows = lowered_rows(g, c_in, &planes);
     // each padded sample, with the zeros its last row reads past the image
-    let x_stride = x_rows.iter().max().map_or(0, |&last| last + len);
+    let x_stride = x_rows.iter().max().map_or(0, |&last| last + len).max(c_in * planes.channel());
     let dy_stride = c_out * len;
     let task = (GRADIENT_TASK_VALUES / (x_stride + dy_stride)).clamp(1, n.max(1));
     let dy = dy.as_standard_layout();
@@ -348,6 +350,9 @@ mod tests {
             (Window::square(5).stride(3).padding(Padding::uniform(2)), 14, 10),
             (Window::new(3, 2).strides(2, 1).padding(Padding::Explicit { top: 1, bottom: 0, left: 0, right: 1 }), 9, 8),
             (Window::square(3).strides(1, 3).dilation(2), 13, 14),
+            // ResNet-20's first downsampling shape: its phase planes end past the last lowered
+            // row read (the filter gradient's padded samples must hold the whole planes)
+            (Window::square(3).stride(2).padding(Padding::Same), 28, 28),
         ];
         for (case, (win, h, w_)) in windows.into_iter().enumerate() {
             let (x, w) = (filled([3, 5, h, w_], case), filled([7, 5, win.kh, win.kw], case + 10));
