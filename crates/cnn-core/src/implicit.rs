@@ -303,15 +303,7 @@ fn pad_into(x: ArrayView3<f32>, g: &Geometry, planes: &Planes, padded: &mut [f32
 mod tests {
     use super::*;
     use crate::reference;
-    use ndarray::Array;
-
-    fn filled(shape: [usize; 4], seed: usize) -> Array4<f32> {
-        let mut i = seed;
-        Array::from_shape_simple_fn(shape, || {
-            i = (i * 1103515245 + 12345) % 2147483648;
-            (i % 2001) as f32 / 1000.0 - 1.0
-        })
-    }
+    use crate::test_data::filled;
 
     /// The implicit forward and input gradient against the naive loops, on geometries where
     /// both apply: SAME, VALID (its input gradient pads by the whole reach), asymmetric

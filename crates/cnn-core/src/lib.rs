@@ -38,6 +38,7 @@ pub mod threads;
 mod window;
 mod winograd;
 
+
 pub use conv::{conv2d, conv2d_backward, conv2d_backward_with, conv2d_groups, conv2d_groups_backward, conv2d_with, Algorithm};
 pub use conv1d::{conv1d, conv1d_backward, output_len as conv1d_output_len, Conv1dGrads};
 pub use error::{CnnError, Result};
@@ -45,3 +46,19 @@ pub use im2col::{col2im, im2col};
 pub use operands::Conv2dGrads;
 pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, pool_geometry, MaxPool};
 pub use window::{Geometry, Padding, Window};
+
+/// Test data shared by the unit tests of the convolution modules.
+#[cfg(test)]
+mod test_data {
+    use ndarray::{Array, Array4};
+
+    /// Values in [-1, 1] from a linear congruential sequence: the same for a seed on every
+    /// machine, no dependency on a random-number crate.
+    pub(crate) fn filled(shape: [usize; 4], seed: usize) -> Array4<f32> {
+        let mut i = seed;
+        Array::from_shape_simple_fn(shape, || {
+            i = (i * 1103515245 + 12345) % 2147483648;
+            (i % 2001) as f32 / 1000.0 - 1.0
+        })
+    }
+}

@@ -50,7 +50,7 @@
 use crate::gemm::{pack, Kernel, Rows};
 use crate::threads::Scratch;
 use crate::window::Geometry;
-use ndarray::{Array4, ArrayView1, ArrayView3, ArrayView4, ArrayViewMut4, Axis};
+use ndarray::{Array3, Array4, ArrayView1, ArrayView3, ArrayView4, ArrayViewMut4, Axis};
 use rayon::prelude::*;
 
 /// Transformed tiles per task, times 16·(c_in + c_out): `V` and `M` of a task (512 KiB)
@@ -78,7 +78,7 @@ pub(crate) fn work_values(g: &Geometry, c_in: usize, c_out: usize) -> usize {
 /// micro-kernel: `U[ξ]` (`[c_out, c_in]`) as the A operand of product `ξ`, one after another.
 fn transformed_filters(w: ArrayView4<f32>, kernel: &Kernel) -> Vec<f32> {
     let (c_out, c_in, _, _) = w.dim();
-    let mut u = Array4::<f32>::zeros((16, c_out, c_in, 1));
+    let mut u = Array3::<f32>::zeros((16, c_out, c_in));
     for co in 0..c_out {
         for ci in 0..c_in {
             let g = |y: usize, x: usize| w[[co, ci, y, x]];
@@ -95,7 +95,7 @@ fn transformed_filters(w: ArrayView4<f32>, kernel: &Kernel) -> Vec<f32> {
             for (r, row) in gg.iter().enumerate() {
                 let t = [row[0], 0.5 * (row[0] + row[1] + row[2]), 0.5 * (row[0] - row[1] + row[2]), row[2]];
                 for (c, v) in t.into_iter().enumerate() {
-                    u[[4 * r + c, co, ci, 0]] = v;
+                    u[[4 * r + c, co, ci]] = v;
                 }
             }
         }
@@ -103,7 +103,6 @@ fn transformed_filters(w: ArrayView4<f32>, kernel: &Kernel) -> Vec<f32> {
     let mut packed = Vec::new();
     let mut one = Vec::new();
     for u_xi in u.outer_iter() {
-        let u_xi = u_xi.index_axis_move(Axis(2), 0);
         pack(&mut one, &u_xi, (0, 0), false, c_out, kernel.mr, c_in);
         packed.extend_from_slice(&one);
     }
@@ -521,16 +520,9 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::reference;
+    use crate::test_data::filled;
     use crate::window::{Padding, Window};
     use ndarray::Array;
-
-    fn filled(shape: [usize; 4], seed: usize) -> Array4<f32> {
-        let mut i = seed;
-        Array::from_shape_simple_fn(shape, || {
-            i = (i * 1103515245 + 12345) % 2147483648;
-            (i % 2001) as f32 / 1000.0 - 1.0
-        })
-    }
 
     fn max_error(a: &Array4<f32>, b: &Array4<f32>) -> f32 {
         assert_eq!(a.dim(), b.dim());
