@@ -68,6 +68,12 @@ pub(crate) fn suits(g: &Geometry, c_in: usize, c_out: usize) -> bool {
         && c_out >= MIN_FILTERS
 }
 
+/// Values of one padded sample (its [`Planes`]), for the caller to check before any work: a
+/// padding of millions would otherwise fail to allocate mid-way.
+pub(crate) fn padded_values(g: &Geometry, c_in: usize) -> usize {
+    c_in.saturating_mul(Planes::of(g).channel())
+}
+
 /// Where the padded sample's values lie: `sh·sw` phase planes per channel (one plane for
 /// stride 1), each `hq x wq`, padded value `(y, x)` in plane `(y mod sh, x mod sw)` at
 /// `(y / sh)·wq + x / sw`. Output `(oy, ox)` reads padded `(oy·sh + ky·dh, ox·sw + kx·dw)`,
@@ -89,7 +95,7 @@ impl Planes {
 
     /// Values per channel.
     fn channel(&self) -> usize {
-        self.sh * self.sw * self.hq * self.wq
+        (self.sh * self.sw).saturating_mul(self.hq).saturating_mul(self.wq)
     }
 
     /// Where padded value `(y, x)` of channel `ci` lies.
