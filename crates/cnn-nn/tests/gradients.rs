@@ -104,6 +104,10 @@ fn conv_layer_on_the_implicit_product() {
     let same = Window::square(3).padding(Padding::Same);
     assert_eq!(Algorithm::choose(&[2, 8, 8, 8], &[8, 8, 3, 3], &same, 1).unwrap(), Algorithm::Implicit);
     check_layer(Conv2d::new(8, 3).padding(Padding::Same), &[2, 8, 8, 8], LINEAR, 27);
+    // strided, like ResNet-20's downsampling layers: the implicit product on phase planes
+    let down = Window::square(3).stride(2).padding(Padding::Same);
+    assert_eq!(Algorithm::choose(&[2, 8, 8, 8], &[8, 8, 3, 3], &down, 1).unwrap(), Algorithm::Implicit);
+    check_layer(Conv2d::new(8, 3).strides(2, 2).padding(Padding::Same), &[2, 8, 8, 8], LINEAR, 28);
 }
 
 /// Winograd's F(2x2, 3x3), named through `conv2d_with` as a downstream crate would (it is no
