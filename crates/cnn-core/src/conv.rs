@@ -22,6 +22,7 @@
 //! ```
 
 use crate::depthwise;
+use crate::direct;
 use crate::implicit;
 use crate::winograd;
 use crate::gemm::mat_mul;
@@ -246,6 +247,10 @@ pub enum Algorithm {
     /// product's dot products. Never chosen by [`conv2d`]: its transforms made it slower than
     /// [`Algorithm::Implicit`] on every shape measured (the module says by how much).
     Winograd,
+    /// Direct convolution, oneDNN's way: vectors along the output channels, each output
+    /// pixel's input values broadcast from the padded sample (`src/direct.rs`); no wrapped
+    /// columns, no lowered matrix.
+    Direct,
     /// Each group of channels through [`Algorithm::Lowered`] on its own.
     Grouped,
     /// One input channel per group: direct loops (`src/depthwise.rs`); a GEMM with
@@ -255,7 +260,7 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every algorithm, in the order above.
-    pub const ALL: [Algorithm; 5] = [Algorithm::Lowered, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Grouped, Algorithm::Depthwise];
+    pub const ALL: [Algorithm; 6] = [Algorithm::Lowered, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Direct, Algorithm::Grouped, Algorithm::Depthwise];
 
     /// The algorithm [`conv2d_groups`] takes for these operands (shapes `[n, c_in, h, w]` and
     /// `[c_out, c_in / groups, kh, kw]`).
@@ -281,6 +286,7 @@ impl Algorithm {
             Algorithm::Lowered => "lowered",
             Algorithm::Implicit => "implicit",
             Algorithm::Winograd => "winograd",
+            Algorithm::Direct => "direct",
             Algorithm::Grouped => "grouped",
             Algorithm::Depthwise => "depthwise",
         }
@@ -298,7 +304,7 @@ impl Algorithm {
     /// An error when this algorithm cannot compute a convolution of this shape.
     fn check(self, c_in: usize, groups: usize, g: &Geometry) -> Result<()> {
         let reason = match self {
-            Algorithm::Lowered | Algorithm::Implicit | Algorithm::Winograd if groups != 1 => format!("computes one group, not {groups} (use grouped or depthwise)"),
+            Algorithm::Lowered | Algorithm::Implicit | Algorithm::Winograd | Algorithm::Direct if groups != 1 => format!("computes one group, not {groups} (use grouped or depthwise)"),
             Algorithm::Winograd if !winograd::applies(g) => "needs a 3x3 kernel, stride 1, no dilation and padding of at most 2".to_string(),
             Algorithm::Depthwise if groups != c_in => format!("needs one group per input channel ({c_in}), not {groups}"),
             _ => return Ok(()),
@@ -392,6 +398,11 @@ fn forward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opti
             expect_allocatable("padded sample", implicit::padded_values(g, c_in))?;
             Ok(implicit::forward(x, w, b, g))
         }
+        Algorithm::Direct => {
+            expect_allocatable("output", n * c_out * g.positions())?;
+            expect_allocatable("padded sample", implicit::padded_values(g, c_in))?;
+            Ok(direct::forward(x, w, b, g))
+        }
         Algorithm::Winograd => {
             expect_allocatable("output", n * c_out * g.positions())?;
             expect_allocatable("Winograd's transformed tiles", winograd::work_values(g, c_in, c_out))?;
@@ -478,7 +489,7 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
     let (n, c_in, h, wd) = x.dim();
     let c_out = w.dim().0;
     match algorithm {
-        Algorithm::Lowered | Algorithm::Implicit => lowered_backward_conv(x, w, dy, g, algorithm),
+        Algorithm::Lowered | Algorithm::Implicit | Algorithm::Direct => lowered_backward_conv(x, w, dy, g, algorithm),
         Algorithm::Winograd => {
             expect_allocatable("input gradient", x.len())?;
             expect_allocatable("Winograd's transformed tiles", winograd::work_values(g, c_in, c_out))?;

@@ -164,6 +164,11 @@ impl Rows {
         let last = offsets.iter().copied().max().unwrap_or(0);
         Rows { offsets, last }
     }
+
+    /// The offsets, and the largest of them.
+    pub(crate) fn parts(&self) -> (&[usize], usize) {
+        (&self.offsets, self.last)
+    }
 }
 
 /// A micro-kernel for this CPU and the shape of its tile: it computes the `mr x nr` tile

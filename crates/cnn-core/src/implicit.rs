@@ -80,21 +80,21 @@ pub(crate) fn padded_values(g: &Geometry, c_in: usize) -> usize {
 /// which is `at(ky·dh, kx·dw) + oy·wq + ox`: with the outputs numbered `q = oy·wq + ox`, a
 /// strided convolution's lowered rows are runs too, one phase plane each.
 #[derive(Clone, Copy, Debug)]
-struct Planes {
+pub(crate) struct Planes {
     hq: usize,
-    wq: usize,
+    pub(crate) wq: usize,
     sh: usize,
     sw: usize,
 }
 
 impl Planes {
-    fn of(g: &Geometry) -> Planes {
+    pub(crate) fn of(g: &Geometry) -> Planes {
         let (hp, wp) = (g.h + g.pad_top + g.pad_bottom, g.w + g.pad_left + g.pad_right);
         Planes { hq: hp.div_ceil(g.sh), wq: wp.div_ceil(g.sw), sh: g.sh, sw: g.sw }
     }
 
     /// Values per channel.
-    fn channel(&self) -> usize {
+    pub(crate) fn channel(&self) -> usize {
         (self.sh * self.sw).saturating_mul(self.hq).saturating_mul(self.wq)
     }
 
@@ -150,7 +150,7 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
 }
 
 /// Where row `(ci, ky, kx)` of the lowered matrix starts in the padded sample.
-fn lowered_rows(g: &Geometry, c_in: usize, planes: &Planes) -> Vec<usize> {
+pub(crate) fn lowered_rows(g: &Geometry, c_in: usize, planes: &Planes) -> Vec<usize> {
     (0..c_in).flat_map(|ci| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| planes.at(ci, ky * g.dh, kx * g.dw)))).collect()
 }
 
@@ -282,7 +282,7 @@ pub(crate) fn transposed_suits(g: &Geometry, c_in: usize, c_out: usize) -> bool 
 
 /// Writes `x` (`[c_in, h, w]`) into `padded` as its [`Planes`], with the geometry's zero
 /// borders, and zeros after them.
-fn pad_into(x: ArrayView3<f32>, g: &Geometry, planes: &Planes, padded: &mut [f32]) {
+pub(crate) fn pad_into(x: ArrayView3<f32>, g: &Geometry, planes: &Planes, padded: &mut [f32]) {
     padded.fill(0.0);
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");

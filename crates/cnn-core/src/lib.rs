@@ -26,6 +26,7 @@ extern crate blas_src;
 mod conv;
 mod conv1d;
 mod depthwise;
+mod direct;
 mod error;
 pub mod gemm;
 mod im2col;
