@@ -19,7 +19,7 @@
 //! vectors (16 filters fill half an AVX-512 tile).
 
 use crate::gemm::Rows;
-use crate::implicit::{lowered_rows, pad_into, Planes};
+use crate::implicit::{self, lowered_rows, pad_into, Planes};
 use crate::window::Geometry;
 use ndarray::{Array4, ArrayView1, ArrayView4, Axis};
 use rayon::prelude::*;
@@ -27,6 +27,38 @@ use rayon::prelude::*;
 /// Output pixels per task, at least: the filters (`k x 32` values per sliver) are read once
 /// per tile from L2, so a task should have a few tiles per sliver.
 const TASK_PIXELS: usize = 64;
+
+/// At most this many input pixels per output pixel for the input gradient to be a direct
+/// convolution too (of `dy`, padded by the kernel's reach): 1 for SAME, 1.4 for the reference
+/// network's conv2 (13x13 → 11x11); its conv3 (5x5 → 3x3, 2.8) spends less by col2im.
+const MAX_INPUT_PER_OUTPUT: f64 = 1.5;
+
+/// At most this many filters computed per filter kept: a layer of 16 filters leaves half of
+/// each 32-filter vector tile empty (ResNet-20's first stage: 2.3 ms forward against the
+/// implicit product's 1.3).
+const MAX_FILTER_WASTE: f64 = 1.15;
+
+/// At least this long a receptive field (`c_in·kh·kw`): with fewer steps per tile, the tile's
+/// turn and store cost as much as its products.
+const MIN_FIELD: usize = 32;
+
+/// Whether [`forward`] is the algorithm for a convolution of this geometry, `c_in` → `c_out`
+/// channels: a field and filters that fill its tiles, a padded sample that stays in cache
+/// (as for the implicit product), and the AVX-512 kernel (the only one measured faster than
+/// the implicit product).
+pub(crate) fn suits(g: &Geometry, c_in: usize, c_out: usize) -> bool {
+    let kernel = Broadcasts::best();
+    kernel.name == "avx512"
+        && c_in * g.kh * g.kw >= MIN_FIELD
+        && c_out.next_multiple_of(kernel.nf) as f64 <= MAX_FILTER_WASTE * c_out as f64
+        && implicit::padded_values(g, c_in) <= implicit::MAX_PADDED
+}
+
+/// Whether the input gradient of a layer computed by [`forward`] is a direct convolution too
+/// (stride 1, an input not much larger than the output); else the caller uses col2im.
+pub(crate) fn suits_transposed(g: &Geometry) -> bool {
+    (g.sh, g.sw) == (1, 1) && (g.h * g.w) as f64 <= MAX_INPUT_PER_OUTPUT * g.positions() as f64
+}
 
 /// `y = w ⊛ x + b`, one group (shapes checked by the caller).
 pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
@@ -92,6 +124,7 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
 /// `Σ_p x[at[i] + offsets[p]] · w[p·nf + j]` (pixels `i`, filters `j`).
 #[derive(Clone, Copy)]
 pub(crate) struct Broadcasts {
+    name: &'static str,
     mp: usize,
     nf: usize,
     tile: fn(&[f32], &[usize], &[usize], &[f32], &mut [f32]),
@@ -101,9 +134,9 @@ impl Broadcasts {
     fn best() -> Broadcasts {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            return Broadcasts { mp: 8, nf: 32, tile: avx512 };
+            return Broadcasts { name: "avx512", mp: 8, nf: 32, tile: avx512 };
         }
-        Broadcasts { mp: 4, nf: 8, tile: portable }
+        Broadcasts { name: "portable", mp: 4, nf: 8, tile: portable }
     }
 
     fn run(&self, k: usize, x: &[f32], at: &[usize], rows: &Rows, w: &[f32], tile: &mut [f32]) {

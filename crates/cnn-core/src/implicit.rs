@@ -39,7 +39,7 @@ use rayon::prelude::*;
 
 /// Padded samples up to this many values (1 MiB) go implicit; the B slivers of a larger one
 /// would not stay in cache, and the lowering by bands serves it better.
-const MAX_PADDED: usize = 1 << 18;
+pub(crate) const MAX_PADDED: usize = 1 << 18;
 
 /// At most this many outputs computed per output kept (`wp / ow`): 1.07 (28x28, 3x3 SAME) to
 /// 1.29 (7x7) were faster than the lowering in every stage of ResNet-20; the reference
