@@ -19,6 +19,7 @@
 //! vectors (16 filters fill half an AVX-512 tile).
 
 use crate::gemm::Rows;
+use crate::threads::Scratch;
 use crate::implicit::{self, lowered_rows, pad_into, Planes};
 use crate::window::Geometry;
 use ndarray::{Array4, ArrayView1, ArrayView4, Axis};
@@ -76,15 +77,16 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
     let bases: Vec<usize> = (0..g.oh).flat_map(|oy| (0..g.ow).map(move |ox| oy * planes.wq + ox)).collect();
     let task = TASK_PIXELS.div_ceil(pixels.max(1)).clamp(1, n.max(1));
     let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
-    y.axis_chunks_iter_mut(Axis(0), task).into_par_iter().zip(x.axis_chunks_iter(Axis(0), task)).for_each(|(mut y_t, x_t)| {
+    let tasks = y.axis_chunks_iter_mut(Axis(0), task).into_par_iter().zip(x.axis_chunks_iter(Axis(0), task));
+    tasks.for_each_init(|| (Scratch::matrix(task, sample_len), vec![0.0f32; kernel.mp * kernel.nf]), |(padded, tile), (mut y_t, x_t)| {
         let samples = x_t.dim().0;
-        let mut padded = vec![0.0f32; samples * sample_len];
-        for (x_i, p) in x_t.outer_iter().zip(padded.chunks_exact_mut(sample_len)) {
-            pad_into(x_i, g, &planes, p);
+        let mut padded = padded.view_mut();
+        for (x_i, mut p) in x_t.outer_iter().zip(padded.outer_iter_mut()) {
+            pad_into(x_i, g, &planes, p.as_slice_mut().expect("a scratch row is contiguous"));
         }
+        let padded = &padded.as_slice().expect("scratch is contiguous")[..samples * sample_len];
         let y_t = y_t.as_slice_mut().expect("y is standard layout");
         let total = samples * pixels;
-        let mut tile = vec![0.0f32; kernel.mp * kernel.nf];
         let mut at = [0usize; 16];
         for (s, sliver) in filters.chunks_exact(kernel.nf * k).enumerate() {
             let f0 = s * kernel.nf;
@@ -94,7 +96,7 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
                     let t = (t0 + i).min(total - 1);
                     *a = (t / pixels) * sample_len + bases[t % pixels];
                 }
-                kernel.run(k, &padded, &at[..kernel.mp], &offsets, sliver, &mut tile);
+                kernel.run(k, padded, &at[..kernel.mp], &offsets, sliver, tile);
                 let (s0, p0) = (t0 / pixels, t0 % pixels);
                 let filters = kernel.nf.min(c_out - f0);
                 if p0 + kernel.mp <= pixels {
