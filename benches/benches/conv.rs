@@ -55,8 +55,8 @@ fn naive_is_affordable(case: &ConvCase) -> bool {
     case.flops() < 400_000_000
 }
 
-/// The algorithms compared on every case (one group): the lowered and implicit products
-/// everywhere, Winograd on the 3x3 stride-1 ones; the one `conv2d` would take is among them.
+/// The algorithms compared on every case (one group): the lowered and implicit products and
+/// the direct convolution everywhere, Winograd on the 3x3 stride-1 ones; the one `conv2d` would take is among them.
 fn algorithms(case: &ConvCase) -> Vec<Algorithm> {
     let shape = ([case.n, case.c_in, case.side, case.side], [case.c_out, case.c_in, case.k, case.k]);
     let applies = |a: &Algorithm| conv2d_with(*a, random((1, case.c_in, case.side, case.side), 0).view(), random(shape.1, 0).view(), None, &case.window(), 1).is_ok();

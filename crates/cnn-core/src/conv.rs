@@ -598,6 +598,7 @@ fn lowered_backward_conv(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<
     if algorithm == Algorithm::Implicit && (g.sh, g.sw) != (1, 1) {
         // strided: the filter gradient from the phase planes, the input gradient by the
         // lowering's adjoint alone (no lowered matrix of x)
+        expect_allocatable("padded sample", implicit::padded_values(g, c_in))?;
         let dx = col2im_input_gradient(w, dy, g, x.raw_dim())?;
         let (dw, db) = filter_gradient(x, dy, g)?;
         return Ok(Conv2dGrads { dx, dw, db });

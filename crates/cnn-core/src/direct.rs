@@ -63,7 +63,11 @@ pub(crate) fn suits_transposed(g: &Geometry) -> bool {
 
 /// `y = w ⊛ x + b`, one group (shapes checked by the caller).
 pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
-    let kernel = Broadcasts::best();
+    forward_on(Broadcasts::best(), x, w, b, g)
+}
+
+/// [`forward`] on the given micro-kernel (the tests run every one the CPU has).
+fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
     let (n, c_in, _, _) = x.dim();
     let (c_out, k) = (w.dim().0, c_in * g.kh * g.kw);
     let planes = Planes::of(g);
@@ -133,13 +137,30 @@ pub(crate) struct Broadcasts {
 }
 
 impl Broadcasts {
-    fn best() -> Broadcasts {
+    const PORTABLE: Broadcasts = Broadcasts { name: "portable", mp: 4, nf: 8, tile: portable };
+    #[cfg(target_arch = "x86_64")]
+    const AVX512: Broadcasts = Broadcasts { name: "avx512", mp: 8, nf: 32, tile: avx512 };
+
+    /// The kernels this CPU runs, widest first (its features checked at run time).
+    fn available() -> Vec<Broadcasts> {
+        let mut kernels = vec![];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            return Broadcasts { name: "avx512", mp: 8, nf: 32, tile: avx512 };
+            kernels.push(Broadcasts::AVX512);
         }
-        Broadcasts { name: "portable", mp: 4, nf: 8, tile: portable }
+        kernels.push(Broadcasts::PORTABLE);
+        kernels
     }
+
+    fn best() -> Broadcasts {
+        static BEST: std::sync::OnceLock<Broadcasts> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Broadcasts::available()[0])
+    }
+
+    /// Writes the tile filter-major: `tile[j·mp + i]` for filter `j`, pixel `i`.
+    ///
+    /// # Panics
+    /// If the operands do not have the kernel's shape, or a pixel's reads end outside `x`.
 
     fn run(&self, k: usize, x: &[f32], at: &[usize], rows: &Rows, w: &[f32], tile: &mut [f32]) {
         let (offsets, reach) = rows.parts();
@@ -149,6 +170,7 @@ impl Broadcasts {
     }
 }
 
+/// Plain loops over a 4 x 8 tile (any CPU).
 fn portable(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32]) {
     const MP: usize = 4;
     const NF: usize = 8;
@@ -168,14 +190,21 @@ fn portable(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f
 
 #[cfg(target_arch = "x86_64")]
 fn avx512(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32]) {
+    // SAFETY: chosen only where the CPU has AVX-512F; `run` checked every read inside `x`.
     unsafe { direct_avx512(x, at, offsets, w, tile) }
 }
 
+/// AVX-512: 8 pixels x 32 filters in 16 zmm registers; each step loads a row of the packed
+/// filters (two registers) and broadcasts the 8 pixels' input values, 16 fused multiply-adds.
+///
+/// # Safety
+/// `x[at[i] + offsets[p]]` must lie inside `x` for every pixel and step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn direct_avx512(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32]) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+    // SAFETY (every read): the caller's promise, each pixel's reads inside `x`.
     let px: [*const f32; 8] = std::array::from_fn(|i| unsafe { x.as_ptr().add(at[i]) });
     for (w, &o) in w.chunks_exact(32).zip(offsets) {
         let (w0, w1) = unsafe { (_mm512_loadu_ps(w.as_ptr()), _mm512_loadu_ps(w.as_ptr().add(16))) };
@@ -222,8 +251,11 @@ mod tests {
     use crate::window::{Padding, Window};
     use ndarray::Array1;
 
+    /// Every kernel the CPU runs against the naive loops: tiles that straddle samples and end
+    /// part empty, filters that leave the last sliver part empty, SAME, VALID, strided,
+    /// asymmetric padding, dilation, a kernel wider than tall.
     #[test]
-    fn forward_agrees_with_the_naive_loops() {
+    fn forward_agrees_with_the_naive_loops_on_every_kernel() {
         let cases = [
             (Window::square(3).padding(Padding::Same), 9, 11, 5, 7),
             (Window::square(3), 13, 13, 32, 64),
@@ -232,14 +264,65 @@ mod tests {
             (Window::new(2, 3).padding(Padding::Explicit { top: 1, bottom: 0, left: 2, right: 1 }), 9, 8, 5, 7),
             (Window::square(3).dilation(2).padding(Padding::Same), 9, 11, 5, 7),
         ];
-        for (case, (win, h, w_, c_in, c_out)) in cases.into_iter().enumerate() {
-            let (x, w) = (filled([5, c_in, h, w_], case), filled([c_out, c_in, win.kh, win.kw], case + 10));
-            let b = Array1::from_shape_fn(c_out, |i| i as f32 - 3.0);
-            let g = win.geometry(h, w_).unwrap();
-            let y = forward(x.view(), w.view(), Some(b.view()), &g);
-            let want = reference::conv2d(x.view(), w.view(), Some(b.view()), &win).unwrap();
-            assert_eq!(y.dim(), want.dim(), "case {case}");
-            assert!(y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-3), "forward, case {case}");
+        for kernel in Broadcasts::available() {
+            for (case, (win, h, w_, c_in, c_out)) in cases.into_iter().enumerate() {
+                let (x, w) = (filled([5, c_in, h, w_], case), filled([c_out, c_in, win.kh, win.kw], case + 10));
+                let b = Array1::from_shape_fn(c_out, |i| i as f32 - 3.0);
+                let g = win.geometry(h, w_).unwrap();
+                let y = forward_on(kernel, x.view(), w.view(), Some(b.view()), &g);
+                let want = reference::conv2d(x.view(), w.view(), Some(b.view()), &win).unwrap();
+                assert_eq!(y.dim(), want.dim(), "case {case}");
+                let close = y.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
+                assert!(close, "{} kernel, case {case}", kernel.name);
+            }
         }
+    }
+
+    /// The backward of a layer the direct convolution computes, on each of its paths: the
+    /// input gradient as a direct convolution (SAME, and VALID 13x13) with the filter
+    /// gradient by dot products (64+ positions) or by the lowering (fewer), and by col2im
+    /// (VALID 5x5 → 3x3, strided); bit-identical on 1, 2 and 3 threads.
+    #[test]
+    fn backward_agrees_with_the_naive_loops_at_any_thread_count() {
+        let cases = [
+            (Window::square(3).padding(Padding::Same), 9),
+            (Window::square(3).padding(Padding::Same), 6),
+            (Window::square(3), 13),
+            (Window::square(3), 5),
+            (Window::square(3).stride(2).padding(Padding::Same), 10),
+        ];
+        for (case, (win, side)) in cases.into_iter().enumerate() {
+            let (x, w) = (filled([5, 6, side, side], case), filled([33, 6, 3, 3], case + 10));
+            let g = win.geometry(side, side).unwrap();
+            let dy = filled([5, 33, g.oh, g.ow], case + 20);
+            let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), &win).unwrap();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| crate::conv2d_backward_with(crate::Algorithm::Direct, x.view(), w.view(), dy.view(), &win, 1).unwrap())
+            };
+            let grads = run(1);
+            let close = |a: &Array4<f32>, b: &Array4<f32>| a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
+            assert!(close(&grads.dx, &want.dx) && close(&grads.dw, &want.dw), "case {case}");
+            assert!(grads.db.iter().zip(&want.db).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs())), "case {case}");
+            for threads in [2, 3] {
+                let again = run(threads);
+                assert!(again.dx == grads.dx && again.dw == grads.dw && again.db == grads.db, "case {case}, {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn the_shapes_that_go_direct() {
+        let same = Window::square(3).padding(Padding::Same);
+        let avx512 = Broadcasts::best().name == "avx512";
+        for (side, c) in [(14, 32), (7, 64)] {
+            assert_eq!(suits(&same.geometry(side, side).unwrap(), c, c), avx512, "ResNet-20 {side}x{side}x{c}");
+        }
+        assert_eq!(suits(&Window::square(3).geometry(5, 5).unwrap(), 64, 128), avx512, "the reference network's conv3");
+        assert!(!suits(&same.geometry(28, 28).unwrap(), 16, 16), "16 filters: half a tile");
+        assert!(!suits(&Window::square(3).geometry(28, 28).unwrap(), 1, 32), "a field of 9");
+        assert!(suits_transposed(&Window::square(3).geometry(13, 13).unwrap()), "13x13 -> 11x11");
+        assert!(!suits_transposed(&Window::square(3).geometry(5, 5).unwrap()), "5x5 -> 3x3");
+        assert!(!suits_transposed(&same.stride(2).geometry(8, 8).unwrap()), "strided");
     }
 }

@@ -9,6 +9,9 @@
 //! - [`conv2d`] / [`conv2d_backward`]: forward and backward by im2col and BLAS GEMMs, in
 //!   parallel over the batch; [`conv2d_groups`] for grouped and depthwise convolutions (the
 //!   latter by direct loops); [`conv1d`] / [`conv1d_backward`] through the same code.
+//!   [`Algorithm`] names how: the lowering, the implicit product (the lowered matrix read in
+//!   place, never written), the direct convolution (its transpose: vectors along the
+//!   filters), Winograd; `conv2d` chooses from the shape.
 //! - [`max_pool2d`], [`avg_pool2d`] and their backward passes.
 //! - [`lowrank`]: truncated-SVD factorisation of a filter bank, and convolution with the
 //!   two thin factors.

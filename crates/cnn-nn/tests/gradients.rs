@@ -110,12 +110,29 @@ fn conv_layer_on_the_implicit_product() {
     check_layer(Conv2d::new(8, 3).strides(2, 2).padding(Padding::Same), &[2, 8, 8, 8], LINEAR, 28);
 }
 
-/// Winograd's F(2x2, 3x3), named through `conv2d_with` as a downstream crate would (it is no
-/// layer's default): forward and all three gradients of ResNet-20-like layers against the
-/// naive loops, and the loss's directional derivative along the input against central
-/// differences in f64.
+/// Layers of 32 filters or more take the direct convolution on CPUs with AVX-512 (the
+/// implicit product elsewhere): each path of its backward against finite differences —
+/// SAME (input gradient by a direct convolution, filter gradient by the lowering), SAME on
+/// 9x9 (filter gradient by dot products), VALID 5x5 (col2im), strided.
 #[test]
-fn winograd_by_name_agrees_with_the_naive_loops() {
+fn conv_layer_on_the_direct_convolution() {
+    use cnn_nn::cnn_core::{gemm, Algorithm};
+    let same = Window::square(3).padding(Padding::Same);
+    let expected = if gemm::kernel_name() == "avx512" { Algorithm::Direct } else { Algorithm::Implicit };
+    assert_eq!(Algorithm::choose(&[2, 4, 6, 6], &[32, 4, 3, 3], &same, 1).unwrap(), expected);
+    check_layer(Conv2d::new(32, 3).padding(Padding::Same), &[2, 4, 6, 6], LINEAR, 29);
+    check_layer(Conv2d::new(32, 3).padding(Padding::Same).no_bias(), &[2, 4, 9, 9], LINEAR, 30);
+    check_layer(Conv2d::new(32, 3), &[2, 4, 5, 5], LINEAR, 31);
+    check_layer(Conv2d::new(32, 3).strides(2, 2).padding(Padding::Same), &[2, 4, 8, 8], LINEAR, 32);
+}
+
+/// The algorithms no layer takes by default here, named through `conv2d_with` as a
+/// downstream crate would — Winograd's F(2x2, 3x3) everywhere, the direct convolution on
+/// CPUs without AVX-512 (its portable kernel): forward and all three gradients of
+/// ResNet-20-like layers against the naive loops, and the loss's directional derivative
+/// along the input against central differences in f64.
+#[test]
+fn named_algorithms_agree_with_the_naive_loops() {
     use cnn_nn::cnn_core::{conv2d_backward_with, conv2d_with, reference, Algorithm};
     use cnn_nn::ndarray::Array4;
     let mut state = 7u64;
@@ -125,31 +142,35 @@ fn winograd_by_name_agrees_with_the_naive_loops() {
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
     };
-    for (c_in, c_out, side, padding) in [(16, 16, 14, Padding::Same), (8, 12, 7, Padding::Same), (4, 6, 9, Padding::Valid)] {
-        let win = Window::square(3).padding(padding);
-        let (x, w) = (random([2, c_in, side, side]), random([c_out, c_in, 3, 3]));
-        let y = conv2d_with(Algorithm::Winograd, x.view(), w.view(), None, &win, 1).unwrap();
-        let want = reference::conv2d(x.view(), w.view(), None, &win).unwrap();
-        let close = |a: &Array4<f32>, b: &Array4<f32>| a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
-        assert!(close(&y, &want), "forward {c_in}->{c_out} on {side}x{side}");
-        let dy = random([2, c_out, y.dim().2, y.dim().3]);
-        let grads = conv2d_backward_with(Algorithm::Winograd, x.view(), w.view(), dy.view(), &win, 1).unwrap();
-        let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), &win).unwrap();
-        assert!(close(&grads.dx, &want.dx) && close(&grads.dw, &want.dw), "backward {c_in}->{c_out} on {side}x{side}");
-        // L = Σ y·dy; its change along v, in f64, against Σ dx·v
-        let v = random([2, c_in, side, side]);
-        let loss = |t: f64| -> f64 {
-            let moved = &x + &v.mapv(|v| (v as f64 * t) as f32);
-            let y = reference::conv2d(moved.view(), w.view(), None, &win).unwrap();
-            y.iter().zip(&dy).map(|(&y, &d)| y as f64 * d as f64).sum()
-        };
-        let numeric = (loss(1e-2) - loss(-1e-2)) / 2e-2;
-        let analytic: f64 = grads.dx.iter().zip(&v).map(|(&g, &v)| g as f64 * v as f64).sum();
-        assert!((numeric - analytic).abs() <= 1e-3 * (1.0 + numeric.abs()), "{numeric} vs {analytic}");
+    for algorithm in [Algorithm::Winograd, Algorithm::Direct] {
+        for (c_in, c_out, side, padding) in [(16, 16, 14, Padding::Same), (8, 12, 7, Padding::Same), (4, 6, 9, Padding::Valid)] {
+            let win = Window::square(3).padding(padding);
+            let (x, w) = (random([2, c_in, side, side]), random([c_out, c_in, 3, 3]));
+            let y = conv2d_with(algorithm, x.view(), w.view(), None, &win, 1).unwrap();
+            let want = reference::conv2d(x.view(), w.view(), None, &win).unwrap();
+            let close = |a: &Array4<f32>, b: &Array4<f32>| a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
+            assert!(close(&y, &want), "{} forward {c_in}->{c_out} on {side}x{side}", algorithm.name());
+            let dy = random([2, c_out, y.dim().2, y.dim().3]);
+            let grads = conv2d_backward_with(algorithm, x.view(), w.view(), dy.view(), &win, 1).unwrap();
+            let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), &win).unwrap();
+            assert!(close(&grads.dx, &want.dx) && close(&grads.dw, &want.dw), "backward {c_in}->{c_out} on {side}x{side}");
+            // L = Σ y·dy; its change along v, in f64, against Σ dx·v
+            let v = random([2, c_in, side, side]);
+            let loss = |t: f64| -> f64 {
+                let moved = &x + &v.mapv(|v| (v as f64 * t) as f32);
+                let y = reference::conv2d(moved.view(), w.view(), None, &win).unwrap();
+                y.iter().zip(&dy).map(|(&y, &d)| y as f64 * d as f64).sum()
+            };
+            let numeric = (loss(1e-2) - loss(-1e-2)) / 2e-2;
+            let analytic: f64 = grads.dx.iter().zip(&v).map(|(&g, &v)| g as f64 * v as f64).sum();
+            assert!((numeric - analytic).abs() <= 1e-3 * (1.0 + numeric.abs()), "{numeric} vs {analytic}");
+        }
     }
-    // what it cannot compute is refused with its name
+    // what they cannot compute is refused with their names
     let e = conv2d_with(Algorithm::Winograd, random([1, 2, 8, 8]).view(), random([2, 2, 5, 5]).view(), None, &Window::square(5), 1).unwrap_err();
     assert!(e.to_string().contains("winograd"), "{e}");
+    let e = conv2d_with(Algorithm::Direct, random([1, 4, 8, 8]).view(), random([4, 2, 3, 3]).view(), None, &Window::square(3), 2).unwrap_err();
+    assert!(e.to_string().contains("direct computes one group"), "{e}");
 }
 
 #[test]

@@ -297,7 +297,7 @@ fn a_lowered_matrix_larger_than_memory_is_an_error() {
     assert!(matches!(e, CnnError::TooLarge { .. }), "{e}");
 }
 
-/// The implicit product named on four million channels of a 64x64 image (the operands
+/// The implicit product and the direct convolution named on four million channels of a 64x64 image (the operands
 /// broadcast from one value; strided, so its backward reads phase planes too): one padded
 /// sample (about 70 GB) is refused before any work, forward and backward.
 #[test]
@@ -306,11 +306,13 @@ fn an_implicit_padded_sample_larger_than_memory_is_an_error() {
     let one = Array4::<f32>::ones((1, 1, 1, 1));
     let (x, w) = (one.broadcast((1, 1 << 22, 64, 64)).unwrap(), one.broadcast((1, 1 << 22, 3, 3)).unwrap());
     let win = Window::square(3).stride(2).padding(Padding::Same);
-    let e = conv2d_with(Algorithm::Implicit, x.clone(), w.clone(), None, &win, 1).unwrap_err();
-    assert!(matches!(e, CnnError::TooLarge { .. }) && e.to_string().contains("padded sample"), "{e}");
     let dy = one.broadcast((1, 1, 32, 32)).unwrap();
-    let e = conv2d_backward_with(Algorithm::Implicit, x, w, dy, &win, 1).unwrap_err();
-    assert!(matches!(e, CnnError::TooLarge { .. }) && e.to_string().contains("padded sample"), "{e}");
+    for algorithm in [Algorithm::Implicit, Algorithm::Direct] {
+        let e = conv2d_with(algorithm, x.clone(), w.clone(), None, &win, 1).unwrap_err();
+        assert!(matches!(e, CnnError::TooLarge { .. }) && e.to_string().contains("padded sample"), "{} {e}", algorithm.name());
+        let e = conv2d_backward_with(algorithm, x.clone(), w.clone(), dy.clone(), &win, 1).unwrap_err();
+        assert!(matches!(e, CnnError::TooLarge { .. }) && e.to_string().contains("padded sample"), "{} {e}", algorithm.name());
+    }
 }
 
 /// Winograd named on a million channels (the operands broadcast from one value): its
