@@ -126,6 +126,9 @@ fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opt
     y
 }
 
+/// `(x, at, offsets, w, tile)`: see [`Broadcasts::run`].
+type TileFn = fn(&[f32], &[usize], &[usize], &[f32], &mut [f32]);
+
 /// A micro-kernel of the direct convolution: the `mp x nf` tile
 /// `Σ_p x[at[i] + offsets[p]] · w[p·nf + j]` (pixels `i`, filters `j`).
 #[derive(Clone, Copy)]
@@ -133,7 +136,7 @@ pub(crate) struct Broadcasts {
     name: &'static str,
     mp: usize,
     nf: usize,
-    tile: fn(&[f32], &[usize], &[usize], &[f32], &mut [f32]),
+    tile: TileFn,
 }
 
 impl Broadcasts {
@@ -161,7 +164,6 @@ impl Broadcasts {
     ///
     /// # Panics
     /// If the operands do not have the kernel's shape, or a pixel's reads end outside `x`.
-
     fn run(&self, k: usize, x: &[f32], at: &[usize], rows: &Rows, w: &[f32], tile: &mut [f32]) {
         let (offsets, reach) = rows.parts();
         assert!(at.len() == self.mp && offsets.len() == k && w.len() >= k * self.nf && tile.len() == self.mp * self.nf);
@@ -216,14 +218,14 @@ unsafe fn direct_avx512(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], t
     }
     // the tile turned filter-major (tile[f·8 + pixel]) in registers, 16 filters at a time
     for h in 0..2 {
-        let r: [__m512; 8] = std::array::from_fn(|i| acc[i][h]);
+        let r: [__m512; 8] = acc.map(|pair| pair[h]);
         // per 128-bit lane (filters 4L..4L+4): pairs of pixels, then fours
         let t: [__m512; 8] = std::array::from_fn(|m| {
             let (a, b) = (r[m / 2 * 2], r[m / 2 * 2 + 1]);
-            if m % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+            if m.is_multiple_of(2) { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
         });
         // u[q] / v[q]: in lane L, pixels 0..4 / 4..8 of filter 4L + q
-        let four = |lo: __m512, hi: __m512, q: usize| if q % 2 == 0 { _mm512_shuffle_ps::<0x44>(lo, hi) } else { _mm512_shuffle_ps::<0xEE>(lo, hi) };
+        let four = |lo: __m512, hi: __m512, q: usize| if q.is_multiple_of(2) { _mm512_shuffle_ps::<0x44>(lo, hi) } else { _mm512_shuffle_ps::<0xEE>(lo, hi) };
         let u: [__m512; 4] = std::array::from_fn(|q| four(t[q / 2], t[2 + q / 2], q));
         let v: [__m512; 4] = std::array::from_fn(|q| four(t[4 + q / 2], t[6 + q / 2], q));
         let first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
