@@ -14,9 +14,12 @@
 //!
 //! Any set of pixels makes a tile: pixels of the next sample continue the tile, so no
 //! column is computed and dropped (the implicit product computes the `wp − ow` wrapped
-//! columns of every row, 18% more for a 13x13 VALID layer, 67% at 5x5). The price is the
-//! transposed store (each tile's values scattered to `[c_out, oh·ow]`) and filters in whole
-//! vectors (16 filters fill half an AVX-512 tile).
+//! columns of every row, 18% more for a 13x13 VALID layer, 67% at 5x5). The price is
+//! turning each tile filter-major before it goes to `[c_out, oh·ow]` (each filter's pixels
+//! are a run there) and filters in whole vectors (16 filters fill half an AVX-512 tile).
+//!
+//! The micro-kernel is chosen at run time: AVX-512 (8 pixels x 32 filters, the tile turned
+//! filter-major in registers), AVX2 + FMA (6 x 16) or portable loops (4 x 8).
 
 use crate::gemm::Rows;
 use crate::threads::Scratch;
@@ -142,14 +145,22 @@ pub(crate) struct Broadcasts {
 impl Broadcasts {
     const PORTABLE: Broadcasts = Broadcasts { name: "portable", mp: 4, nf: 8, tile: portable };
     #[cfg(target_arch = "x86_64")]
+    const AVX2: Broadcasts = Broadcasts { name: "avx2+fma", mp: 6, nf: 16, tile: avx2 };
+    #[cfg(target_arch = "x86_64")]
     const AVX512: Broadcasts = Broadcasts { name: "avx512", mp: 8, nf: 32, tile: avx512 };
 
     /// The kernels this CPU runs, widest first (its features checked at run time).
     fn available() -> Vec<Broadcasts> {
         let mut kernels = vec![];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            kernels.push(Broadcasts::AVX512);
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") {
+                kernels.push(Broadcasts::AVX512);
+            }
+            if has!("avx2") && has!("fma") {
+                kernels.push(Broadcasts::AVX2);
+            }
         }
         kernels.push(Broadcasts::PORTABLE);
         kernels
@@ -194,6 +205,45 @@ fn portable(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f
 fn avx512(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32]) {
     // SAFETY: chosen only where the CPU has AVX-512F; `run` checked every read inside `x`.
     unsafe { direct_avx512(x, at, offsets, w, tile) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32]) {
+    // SAFETY: chosen only where the CPU has AVX2 and FMA; `run` checked every read inside `x`.
+    unsafe { direct_avx2(x, at, offsets, w, tile) }
+}
+
+/// AVX2 + FMA: 6 pixels x 16 filters in 12 ymm registers; the tile turned filter-major
+/// through memory (not measured against the implicit product: `conv2d` does not choose it).
+///
+/// # Safety
+/// `x[at[i] + offsets[p]]` must lie inside `x` for every pixel and step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn direct_avx2(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    // SAFETY (every read): the caller's promise, each pixel's reads inside `x`.
+    let px: [*const f32; 6] = std::array::from_fn(|i| unsafe { x.as_ptr().add(at[i]) });
+    for (w, &o) in w.chunks_exact(16).zip(offsets) {
+        let (w0, w1) = unsafe { (_mm256_loadu_ps(w.as_ptr()), _mm256_loadu_ps(w.as_ptr().add(8))) };
+        for i in 0..6 {
+            let v = _mm256_set1_ps(unsafe { *px[i].add(o) });
+            acc[i][0] = _mm256_fmadd_ps(v, w0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(v, w1, acc[i][1]);
+        }
+    }
+    let mut rows = [[0.0f32; 16]; 6];
+    for (row, acc) in rows.iter_mut().zip(acc) {
+        // SAFETY: a row holds 16 values.
+        unsafe {
+            _mm256_storeu_ps(row.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[1]);
+        }
+    }
+    for (j, run) in tile.chunks_exact_mut(6).enumerate() {
+        run.iter_mut().zip(&rows).for_each(|(t, row)| *t = row[j]);
+    }
 }
 
 /// AVX-512: 8 pixels x 32 filters in 16 zmm registers; each step loads a row of the packed
