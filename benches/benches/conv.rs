@@ -44,6 +44,7 @@ fn inputs(case: &ConvCase) -> Inputs {
 fn cases() -> Vec<ConvCase> {
     let mut cases = reference_layers(1).to_vec();
     cases.extend(reference_layers(64));
+    cases.extend(reference_layers(256));
     cases.extend(resnet20_layers(128));
     cases.extend(resnet20_downsampling());
     cases.push(big_layer());

@@ -4,6 +4,8 @@
 # the same cases as cnn-benches' conv and train_step benches (batch 64, random data).
 import sys, time, statistics, torch, torch.nn as nn, torch.nn.functional as F
 torch.set_num_threads(2)
+# the conv layers' batch (64 as the benches' ref_conv*_n64; 256 for ref_conv*_n256): argv[1]
+B = int(sys.argv[1]) if len(sys.argv) > 1 else 64
 def med(f, n=40):
     for _ in range(5): f()
     ts = []
@@ -12,10 +14,10 @@ def med(f, n=40):
     return statistics.median(ts)
 rows = []
 for name, cin, side, cout in [("conv1", 1, 28, 32), ("conv2", 32, 13, 64), ("conv3", 64, 5, 128)]:
-    x = torch.rand(64, cin, side, side, requires_grad=True); w = torch.rand(cout, cin, 3, 3, requires_grad=True); b = torch.rand(cout, requires_grad=True)
+    x = torch.rand(B, cin, side, side, requires_grad=True); w = torch.rand(cout, cin, 3, 3, requires_grad=True); b = torch.rand(cout, requires_grad=True)
     with torch.no_grad():
         fwd = med(lambda: F.conv2d(x, w, b))
-    dy = torch.rand(64, cout, side - 2, side - 2)
+    dy = torch.rand(B, cout, side - 2, side - 2)
     def fb():
         y = F.conv2d(x, w, b); torch.autograd.grad(y, (x, w, b), dy)
     rows.append((name, fwd, med(fb)))
@@ -31,6 +33,6 @@ train = med(step)
 with torch.no_grad():
     infer = med(lambda: m(x))
 for name, f, fb in rows:
-    print(f"{name}_n64 forward {f:.3f} ms, forward+backward {fb:.3f} ms")
+    print(f"{name}_n{B} forward {f:.3f} ms, forward+backward {fb:.3f} ms")
 print(f"maxpool1_n64 forward+backward {pool:.3f} ms")
 print(f"reference network n64: inference {infer:.2f} ms, Adam step {train:.2f} ms")

@@ -54,13 +54,14 @@ impl ConvCase {
     }
 }
 
-/// The reference network's three conv layers at batch `n`, 3x3 VALID.
+/// The reference network's three conv layers at batch `n` (1, 64 or 256), 3x3 VALID.
 pub fn reference_layers(n: usize) -> [ConvCase; 3] {
     let case = |name, c_in, side, c_out| ConvCase { name, n, c_in, side, c_out, k: 3, padding: Padding::Valid, stride: 1 };
     match n {
         1 => [case("ref_conv1_n1", 1, 28, 32), case("ref_conv2_n1", 32, 13, 64), case("ref_conv3_n1", 64, 5, 128)],
         64 => [case("ref_conv1_n64", 1, 28, 32), case("ref_conv2_n64", 32, 13, 64), case("ref_conv3_n64", 64, 5, 128)],
-        _ => panic!("benchmarks use batch 1 or 64"),
+        256 => [case("ref_conv1_n256", 1, 28, 32), case("ref_conv2_n256", 32, 13, 64), case("ref_conv3_n256", 64, 5, 128)],
+        _ => panic!("benchmarks use batch 1, 64 or 256"),
     }
 }
 
