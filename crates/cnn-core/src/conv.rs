@@ -443,6 +443,8 @@ pub fn conv2d_with(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>,
 
 /// The forward pass by `algorithm` (which can compute it: checked by the caller).
 fn forward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry, groups: usize) -> Result<Array4<f32>> {
+    // every algorithm runs in rayon's tasks, and some call OpenBLAS there: one BLAS thread
+    threads::init();
     let (n, c_in, _, _) = x.dim();
     let c_out = w.dim().0;
     match algorithm {
@@ -540,6 +542,7 @@ fn backward_geometry(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>
 
 /// The backward pass by `algorithm` (which can compute it: checked by the caller).
 fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry, groups: usize) -> Result<Conv2dGrads> {
+    threads::init();
     let (n, c_in, h, wd) = x.dim();
     let c_out = w.dim().0;
     match algorithm {

@@ -24,6 +24,7 @@ use std::sync::Once;
 
 extern "C" {
     fn openblas_set_num_threads(num_threads: c_int);
+    fn openblas_get_num_threads() -> c_int;
     fn openblas_get_corename() -> *const c_char;
 }
 
@@ -142,6 +143,13 @@ pub fn set_blas_threads(n: usize) {
     let n = c_int::try_from(n.max(1)).unwrap_or(c_int::MAX);
     // SAFETY: plain setter of OpenBLAS's global thread count, callable at any time.
     unsafe { openblas_set_num_threads(n) }
+}
+
+/// The number of threads OpenBLAS runs each product on (1 once [`init`] has run, unless
+/// [`set_blas_threads`] changed it).
+pub fn blas_threads() -> usize {
+    // SAFETY: plain getter of OpenBLAS's global thread count.
+    usize::try_from(unsafe { openblas_get_num_threads() }).unwrap_or(1)
 }
 
 /// The number of threads rayon spreads the batch over (`RAYON_NUM_THREADS` caps it).
