@@ -74,6 +74,16 @@ fn lower_group(x: ArrayView4<f32>, g: &Geometry, cols: &mut ArrayViewMut2<f32>) 
     }
 }
 
+/// Copies the samples of `dy` (`[samples, c_out, oh, ow]`) side by side into the first
+/// `samples·oh·ow` columns of `out` (`[c_out, ..]`), as the lowered matrix holds them.
+fn group_side_by_side(dy: ArrayView4<f32>, out: &mut ArrayViewMut2<f32>) {
+    let (c_out, p) = (dy.dim().1, dy.dim().2 * dy.dim().3);
+    for (i, dy_i) in dy.outer_iter().enumerate() {
+        let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
+        out.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i);
+    }
+}
+
 /// Runs `product(cols, y)` for every group of samples in parallel: `cols` is the group's
 /// lowered input (`[c_in·kh·kw, samples·oh·ow]`) and `y` its output (`[c_out, samples·oh·ow]`),
 /// already holding the bias if there is one (use beta = 0 otherwise). The scaffold shared by the full-rank and low-rank
@@ -210,10 +220,7 @@ pub(crate) fn lowered_backward<T: Send>(
                     let m = x_group.dim().0 * p;
                     let mut cols = cols.slice_mut(s![.., ..m]);
                     lower_group(x_group, g, &mut cols);
-                    for (i, dy_i) in dy_group.outer_iter().enumerate() {
-                        let dy_i = dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous");
-                        dy_mat.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i);
-                    }
+                    group_side_by_side(dy_group, &mut dy_mat);
                     let mut dcols = dcols.slice_mut(s![.., ..m]);
                     step(&mut partial, &cols.view(), &dy_mat.slice(s![.., ..m]), &mut dcols);
                     for (i, dx_i) in dx_group.outer_iter_mut().enumerate() {
@@ -262,9 +269,7 @@ fn lowered_filter_gradient(x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry
                     let m = x_group.dim().0 * p;
                     let mut cols = cols.slice_mut(s![.., ..m]);
                     lower_group(x_group, g, &mut cols);
-                    for (i, dy_i) in dy_group.outer_iter().enumerate() {
-                        dy_mat.slice_mut(s![.., i * p..(i + 1) * p]).assign(&dy_i.into_shape_with_order((c_out, p)).expect("dy sample is contiguous"));
-                    }
+                    group_side_by_side(dy_group, &mut dy_mat);
                     let dy_m = dy_mat.slice(s![.., ..m]);
                     mat_mul(1.0, &dy_m, &cols.t(), 1.0, &mut dw.view_mut());
                     db += &dy_m.sum_axis(Axis(1));
