@@ -17,6 +17,7 @@
 //!   two thin factors.
 //! - [`reference`](mod@reference): the naive nested loops everything is checked against.
 //! - [`threads`]: why rayon owns the cores and BLAS runs single-threaded, on the best kernels.
+//! - [`vector`]: plain loops compiled for the widest vector instructions the CPU has.
 //!
 //! Conventions: `f32`; activations NCHW `[n, c, h, w]`; filters `[c_out, c_in, kh, kw]` (one
 //! filter is a stack of `c_in` kernels; `c_out` filters give `c_out` output channels); bias
@@ -39,6 +40,7 @@ pub mod lowrank;
 mod pool;
 pub mod reference;
 pub mod threads;
+pub mod vector;
 mod window;
 mod winograd;
 

@@ -2,19 +2,6 @@
 
 use crate::layer::{BuildError, Describe, Init, Layer};
 use ndarray::{ArrayD, Axis, Zip};
-use rayon::prelude::*;
-
-/// A copy made by all of rayon's threads (activations are megabytes).
-fn par_clone(x: &ArrayD<f32>) -> ArrayD<f32> {
-    match x.as_slice() {
-        Some(src) => {
-            let mut data = Vec::with_capacity(src.len());
-            data.par_extend(src.par_iter().copied());
-            ArrayD::from_shape_vec(x.raw_dim(), data).expect("same size")
-        }
-        None => x.clone(),
-    }
-}
 
 /// An element-wise function and its derivative, written in terms of the output `y` (so only
 /// the output is cached).
@@ -46,7 +33,7 @@ macro_rules! elementwise {
 
             fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
                 let y = self.forward(x);
-                self.y = Some(par_clone(&y));
+                self.y = Some(super::par_clone(&y));
                 y
             }
 
@@ -80,29 +67,42 @@ impl ReLU {
     }
 }
 
+/// `max(0, x)`, NaN kept.
+#[inline(always)]
+fn relu(x: f32) -> f32 {
+    std::hint::select_unpredictable(x < 0.0, 0.0, x)
+}
+
 impl Layer for ReLU {
     fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
         Ok(input.to_vec())
     }
 
-    fn forward(&self, mut x: ArrayD<f32>) -> ArrayD<f32> {
-        x.par_mapv_inplace(|x| std::hint::select_unpredictable(x < 0.0, 0.0, x));
-        x
+    fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
+        let mut y = super::standard(x);
+        super::par_update(y.as_slice_mut().expect("standard layout"), |v| *v = relu(*v));
+        y
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let y = super::standard(self.forward(x));
-        self.passes = Some(y.as_slice().expect("standard layout").par_iter().map(|&y| y > 0.0).collect());
+        // the output and where it passes, in one pass
+        let mut y = super::standard(x);
+        let mut passes = vec![false; y.len()];
+        super::par_update2(y.as_slice_mut().expect("standard layout"), &mut passes, |v, on| {
+            *v = relu(*v);
+            *on = *v > 0.0;
+        });
+        self.passes = Some(passes);
         y
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
-        let passes = self.passes.take().expect("ReLU::backward needs a training forward first");
+        let mut passes = self.passes.take().expect("ReLU::backward needs a training forward first");
         let mut dy = super::standard(dy);
         // a product, not a select: a NaN gradient stays NaN where the unit was off
         let d = dy.as_slice_mut().expect("standard layout");
         assert_eq!(d.len(), passes.len(), "ReLU::backward: dy must have the shape of the forward's output");
-        d.par_iter_mut().zip(&passes[..]).for_each(|(d, &on)| *d *= if on { 1.0 } else { 0.0 });
+        super::par_update2(d, &mut passes, |d, on| *d *= if *on { 1.0 } else { 0.0 });
         dy
     }
 

@@ -60,6 +60,15 @@ impl Residual {
     }
 }
 
+/// The two paths' outputs added, in the first one's buffer (`build` made their shapes equal).
+fn sum(a: ArrayD<f32>, mut b: ArrayD<f32>) -> ArrayD<f32> {
+    assert_eq!(a.shape(), b.shape(), "Residual: the paths' outputs differ in shape");
+    let mut a = super::standard(a);
+    b = super::standard(b);
+    super::par_update2(a.as_slice_mut().expect("standard layout"), b.as_slice_mut().expect("standard layout"), |a, b| *a += *b);
+    a
+}
+
 impl Layer for Residual {
     fn build(&mut self, input: &[usize], init: &mut Init) -> Result<Vec<usize>, BuildError> {
         let main = Chain::build_child(&mut self.main, "main", input, init)?;
@@ -71,19 +80,19 @@ impl Layer for Residual {
     }
 
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let sum = self.main.forward(x.clone()) + self.shortcut.forward(x);
+        let sum = sum(self.main.forward(super::par_clone(&x)), self.shortcut.forward(x));
         self.post.forward(sum)
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let sum = self.main.forward_train(x.clone()) + self.shortcut.forward_train(x);
+        let sum = sum(self.main.forward_train(super::par_clone(&x)), self.shortcut.forward_train(x));
         self.post.forward_train(sum)
     }
 
     /// `dsum = post'(dy)`, then `dx = main'(dsum) + shortcut'(dsum)`: `x` feeds both paths.
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let dsum = self.post.backward(dy);
-        self.main.backward(dsum.clone()) + self.shortcut.backward(dsum)
+        sum(self.main.backward(super::par_clone(&dsum)), self.shortcut.backward(dsum))
     }
 
     fn params(&self) -> Vec<(String, &Param)> {

@@ -1,6 +1,7 @@
 //! Normalisation layers: `BatchNorm` (per channel, over the batch) and `LocalResponseNorm`
 //! (AlexNet's, across neighbouring channels).
 
+use cnn_core::vector::widest;
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
 use ndarray::{Array1, Array3, ArrayD, ArrayView2, ArrayView3, Axis, IxDyn, Zip};
 use rayon::prelude::*;
@@ -71,7 +72,7 @@ impl BatchNorm {
         planes.zip(y.as_slice_mut().expect("new array").par_chunks_mut(rest.max(1))).enumerate().for_each(|(plane, (x_p, y_p))| {
             let ch = plane % c;
             let (m, s, g, b) = (mean[ch], inv_std[ch], gamma[[ch]], beta[[ch]]);
-            x_p.iter().zip(y_p).for_each(|(&x, y)| *y = g * ((x - m) * s) + b);
+            widest(|| x_p.iter().zip(y_p).for_each(|(&x, y)| *y = g * ((x - m) * s) + b));
         });
         y
     }
@@ -86,6 +87,12 @@ const LANES: usize = 32;
 /// f64, in one pass: `LANES` running sums each, then added. The order depends on the shape
 /// only: deterministic for any number of threads.
 fn channel_sums<const S: usize>(a: ArrayView2<f32>, b: ArrayView2<f32>, term: impl Fn(f32, f32) -> [f64; S]) -> [f64; S] {
+    widest(#[inline(always)] || lane_sums(a, b, term)).map(|lanes| lanes.iter().sum())
+}
+
+/// The `LANES` running sums of [`channel_sums`].
+#[inline(always)]
+fn lane_sums<const S: usize>(a: ArrayView2<f32>, b: ArrayView2<f32>, term: impl Fn(f32, f32) -> [f64; S]) -> [[f64; LANES]; S] {
     let mut lanes = [[0.0f64; LANES]; S];
     for (a, b) in a.rows().into_iter().zip(b.rows()) {
         let (a, b) = (a.to_slice().expect("rows of a standard layout"), b.to_slice().expect("rows of a standard layout"));
@@ -104,7 +111,7 @@ fn channel_sums<const S: usize>(a: ArrayView2<f32>, b: ArrayView2<f32>, term: im
             }
         }
     }
-    lanes.map(|lanes| lanes.iter().sum())
+    lanes
 }
 
 /// Two statistics of each of `c` channels, in parallel over the channels; `f` makes them of
@@ -137,7 +144,7 @@ impl Layer for BatchNorm {
         let (c, rest) = (y.shape()[1], y.len() / (y.shape()[0] * y.shape()[1]).max(1));
         y.as_slice_mut().expect("standard layout").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, y_p)| {
             let (s, t) = (scale[plane % c], shift[plane % c]);
-            y_p.iter_mut().for_each(|v| *v = *v * s + t);
+            widest(|| y_p.iter_mut().for_each(|v| *v = *v * s + t));
         });
         y
     }
@@ -189,7 +196,7 @@ impl Layer for BatchNorm {
             let (mean_dy, mean_dyx) = (dbeta[ch] / k, dgamma[ch] / k);
             let (m, s) = (mean[ch], inv_std[ch]);
             let x_p = &x_s[plane * rest..][..rest];
-            dx_p.iter_mut().zip(x_p).for_each(|(d, &x)| *d = scale * (*d - mean_dy - (x - m) * s * mean_dyx));
+            widest(|| dx_p.iter_mut().zip(x_p).for_each(|(d, &x)| *d = scale * (*d - mean_dy - (x - m) * s * mean_dyx)));
         });
         self.params[0].accumulate(&dgamma);
         self.params[1].accumulate(&dbeta);
