@@ -195,41 +195,63 @@ pub(crate) fn col2im_tile(mut cols: ArrayViewMut2<f32>, g: &Geometry, tile: Rang
     assert_eq!((h, w), (g.h, g.w), "col2im: image does not match geometry");
     assert_eq!(cols.dim(), (c * g.kh * g.kw, tile.len() * g.ow), "col2im: wrong cols shape");
     let dx = dx.as_slice_mut().expect("col2im: dx must be contiguous");
-    let ow = g.ow;
-    for ci in 0..c {
-        let plane = &mut dx[ci * h * w..(ci + 1) * h * w];
-        for ky in 0..g.kh {
-            let rows = clip(g.rows_inside(ky), &tile);
-            for kx in 0..g.kw {
-                let mut row = cols.row_mut((ci * g.kh + ky) * g.kw + kx);
-                let row = row.as_slice_mut().expect("cols rows are contiguous");
-                let xs = g.cols_inside(kx);
-                if rows.is_empty() || xs.is_empty() {
-                    continue;
-                }
-                if let Some(run) = run(g, &rows, &xs, tile.start, ky, kx) {
-                    // the values of padding positions inside the run would land on the
-                    // neighbouring row's pixels: drop them, then add the run at once
-                    for oy in rows.start - tile.start..rows.end - tile.start {
-                        row[oy * ow..oy * ow + xs.start].fill(0.0);
-                        row[oy * ow + xs.end..(oy + 1) * ow].fill(0.0);
-                    }
-                    plane[run.input].iter_mut().zip(&row[run.out]).for_each(|(d, s)| *d += s);
-                    continue;
-                }
-                for oy in rows.clone() {
-                    let iy = g.input_row(oy, ky);
-                    let dst = &mut plane[iy * w..(iy + 1) * w];
-                    let ix0 = g.input_col(xs.start, kx);
-                    let at = (oy - tile.start) * ow;
-                    let src = &row[at + xs.start..at + xs.end];
-                    if g.sw == 1 {
-                        // contiguous: a loop the compiler vectorises
-                        dst[ix0..ix0 + src.len()].iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                    } else {
-                        dst[ix0..].iter_mut().step_by(g.sw).zip(src).for_each(|(d, s)| *d += s);
-                    }
-                }
+    // where each tap's values land, worked out once for all channels: small images have
+    // rows of 3 to 11 values, where working it out per row cost more than the additions
+    let taps: Vec<Tap> = (0..g.kh).flat_map(|ky| (0..g.kw).map(move |kx| (ky, kx))).map(|(ky, kx)| Tap::new(g, &tile, ky, kx)).collect();
+    // cols' rows in order: channel by channel, each channel's taps
+    let mut rows = cols.rows_mut().into_iter();
+    for plane in dx.chunks_exact_mut(h * w) {
+        for (tap, mut row) in taps.iter().zip(&mut rows) {
+            tap.add(row.as_slice_mut().expect("cols rows are contiguous"), plane, g);
+        }
+    }
+}
+
+/// Where one tap `(ky, kx)` of the window reads, for the output rows of a tile: the rows and
+/// columns inside the image, and whether it is one run ([`run`]).
+struct Tap {
+    ky: usize,
+    kx: usize,
+    rows: Range<usize>,
+    xs: Range<usize>,
+    run: Option<Run>,
+    tile_start: usize,
+}
+
+impl Tap {
+    fn new(g: &Geometry, tile: &Range<usize>, ky: usize, kx: usize) -> Tap {
+        let (rows, xs) = (clip(g.rows_inside(ky), tile), g.cols_inside(kx));
+        let run = if rows.is_empty() || xs.is_empty() { None } else { run(g, &rows, &xs, tile.start, ky, kx) };
+        Tap { ky, kx, rows, xs, run, tile_start: tile.start }
+    }
+
+    /// Adds this tap's lowered row (of one channel) onto its input plane.
+    fn add(&self, row: &mut [f32], plane: &mut [f32], g: &Geometry) {
+        let (ow, w, xs) = (g.ow, g.w, self.xs.clone());
+        if self.rows.is_empty() || xs.is_empty() {
+            return;
+        }
+        if let Some(run) = &self.run {
+            // the values of padding positions inside the run would land on the
+            // neighbouring row's pixels: drop them, then add the run at once
+            for oy in self.rows.start - self.tile_start..self.rows.end - self.tile_start {
+                row[oy * ow..oy * ow + xs.start].fill(0.0);
+                row[oy * ow + xs.end..(oy + 1) * ow].fill(0.0);
+            }
+            plane[run.input.clone()].iter_mut().zip(&row[run.out.clone()]).for_each(|(d, s)| *d += s);
+            return;
+        }
+        let ix0 = g.input_col(xs.start, self.kx);
+        for oy in self.rows.clone() {
+            let iy = g.input_row(oy, self.ky);
+            let dst = &mut plane[iy * w + ix0..(iy + 1) * w];
+            let at = (oy - self.tile_start) * ow;
+            let src = &row[at + xs.start..at + xs.end];
+            if g.sw == 1 {
+                // contiguous: a loop the compiler vectorises
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            } else {
+                dst.iter_mut().step_by(g.sw).zip(src).for_each(|(d, s)| *d += s);
             }
         }
     }
