@@ -247,4 +247,21 @@ mod tests {
         relu.forward_train(array![[-1.0f32]].into_dyn());
         assert!(relu.backward(array![[f32::NAN]].into_dyn())[[0, 0]].is_nan());
     }
+
+    /// Over several of the element-wise loops' chunks (and a part of one), value by value
+    /// as defined: the chunks' loops are compiled for the CPU's widest vectors.
+    #[test]
+    fn relu_over_many_chunks_is_its_definition() {
+        let len = 3 * crate::layers::CHUNK + 5;
+        let x = ArrayD::from_shape_fn(vec![len], |i| match i[0] % 7 { 0 => f32::NAN, 1 => -0.0, k => (k as f32 - 3.5) * i[0] as f32 });
+        let dy = ArrayD::from_shape_fn(vec![len], |i| 1.0 + i[0] as f32);
+        let mut relu = ReLU::new();
+        let (y, eval) = (relu.forward_train(x.clone()), relu.forward(x.clone()));
+        let dx = relu.backward(dy.clone());
+        for i in 0..len {
+            let want = if x[i] < 0.0 { 0.0 } else { x[i] };
+            assert!(y[i].to_bits() == want.to_bits() && eval[i].to_bits() == want.to_bits(), "y[{i}] = {} for x = {}", y[i], x[i]);
+            assert_eq!(dx[i], if want > 0.0 { dy[i] } else { 0.0 }, "dx[{i}]");
+        }
+    }
 }

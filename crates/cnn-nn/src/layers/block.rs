@@ -309,3 +309,29 @@ impl Layer for SubsampleZeroPad {
         Describe { name: format!("SubsampleZeroPad(s={},c={})", self.stride, self.channels), ..Describe::default() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::ModelRng;
+    use crate::layers::ReLU;
+    use rand::SeedableRng;
+
+    /// The paths' sum over several of the element-wise loops' chunks: `relu(x) + x`, and its
+    /// gradient `relu'(x)·dy + dy`, value by value.
+    #[test]
+    fn residual_sums_over_many_chunks() {
+        let side = 64;
+        let n = 2 * crate::layers::CHUNK / (side * side) + 1;
+        let mut block = Residual::new(Chain::new().add(ReLU::new()));
+        block.build(&[1, side, side], &mut Init { rng: &mut ModelRng::seed_from_u64(0) }).unwrap();
+        let x = ArrayD::from_shape_fn(vec![n, 1, side, side], |i| (i[2] as f32 - 31.5) * (1.0 + i[0] as f32 + i[3] as f32));
+        let y = block.forward_train(x.clone());
+        let dx = block.backward(ArrayD::from_elem(x.raw_dim(), 0.5));
+        for ((&x, &y), &dx) in x.iter().zip(&y).zip(&dx) {
+            assert_eq!(y, x.max(0.0) + x);
+            assert_eq!(dx, if x > 0.0 { 1.0 } else { 0.5 });
+        }
+        assert_eq!(block.forward(x.clone()), y, "inference sums the same way");
+    }
+}

@@ -28,7 +28,7 @@ pub(crate) fn standard(x: ArrayD<f32>) -> ArrayD<f32> {
 
 /// Values per task of the element-wise loops: 64 KiB of `f32`, enough to pay for rayon's
 /// scheduling, few enough that one activation of a batch keeps both cores busy.
-const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
 
 /// `f(v)` for every value, in parallel chunks, each chunk's loop compiled for the widest
 /// vector instructions of the CPU ([`cnn_core::vector::widest`]).
