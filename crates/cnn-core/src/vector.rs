@@ -3,7 +3,7 @@
 //! The crates are built for the baseline x86-64 (SSE2: 4 floats per instruction), so that
 //! one binary runs on every machine. The kernels that matter most are written with AVX-512
 //! or AVX2 intrinsics and chosen at run time; the rest — BatchNorm's sums and scaling,
-//! ReLU, adding residuals, an optimiser's update — are plain iterator loops, and
+//! ReLU, adding a residual block's paths — are plain iterator loops, and
 //! [`widest`] lets the compiler vectorise them for the widest instructions the CPU has:
 //! it runs the closure inside a function compiled with those instructions enabled, into
 //! which the closure (and the iterator code it calls) is inlined.
