@@ -307,6 +307,40 @@ fn a_residual_network_is_deterministic_at_any_thread_count() {
     assert_eq!(train(3), one);
 }
 
+/// Activations of several of the element-wise loops' parallel chunks (8 x 32 x 32 values
+/// a sample, 6 samples): a block's sum is `relu(x) + x` value by value, and one training
+/// step's gradients and BatchNorm statistics are the same bit for bit on 1, 2 and 3 threads.
+#[test]
+fn element_wise_layers_over_many_chunks_are_exact_and_deterministic() {
+    let x = ArrayD::from_shape_fn(vec![6, 8, 32, 32], |i| ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) % 23) as f32 / 11.0 - 1.0);
+    let sum = Sequential::builder(&[8, 32, 32]).add(Residual::new(Chain::new().add(ReLU::new()))).build().unwrap();
+    let y = sum.forward(x.clone()).unwrap();
+    assert!(x.iter().zip(&y).all(|(&x, &y)| y == x.max(0.0) + x));
+
+    let block = || {
+        let conv_bn = || Chain::new().add(Conv2d::new(8, 3).padding(cnn_nn::Padding::Same).no_bias()).add(BatchNorm::new());
+        Sequential::builder(&[8, 32, 32])
+            .add(Residual::new(conv_bn().add(ReLU::new()).add(conv_bn())).then(ReLU::new()))
+            .add(GlobalAvgPool2d::new())
+            .add(Dense::new(3))
+            .seed(4)
+            .build()
+            .unwrap()
+    };
+    let step = |threads: usize| {
+        on_threads(threads, || {
+            let mut model = block();
+            model.loss_and_gradients(x.clone(), &[0, 1, 2, 0, 1, 2]).unwrap();
+            let grads: Vec<ArrayD<f32>> = model.named_params().into_iter().map(|(_, p)| p.grad.clone()).collect();
+            (grads, state(&model))
+        })
+    };
+    let one = step(1);
+    assert!(one.0.iter().all(|g| g.iter().all(|v| v.is_finite())) && one.0.iter().any(|g| g.iter().any(|&v| v != 0.0)));
+    assert_eq!(step(2), one);
+    assert_eq!(step(3), one);
+}
+
 #[test]
 fn fit_asks_the_schedule_before_every_step() {
     use cnn_nn::schedule::{Cosine, Progress, Schedule, Warmup};
