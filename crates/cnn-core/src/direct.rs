@@ -83,7 +83,8 @@ fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opt
     // where each output pixel of a sample reads (its top-left tap) in the padded sample
     let bases: Vec<usize> = (0..g.oh).flat_map(|oy| (0..g.ow).map(move |ox| oy * planes.wq + ox)).collect();
     let task = TASK_PIXELS.div_ceil(pixels.max(1)).clamp(1, n.max(1));
-    let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
+    // every value is written below, once: no zeroing first
+    let mut y = Array4::<f32>::uninit((n, c_out, g.oh, g.ow));
     let tasks = y.axis_chunks_iter_mut(Axis(0), task).into_par_iter().zip(x.axis_chunks_iter(Axis(0), task));
     let scratch = || (Scratch::matrix(task, sample_len), vec![0.0f32; kernel.mp * kernel.nf], vec![0usize; kernel.mp]);
     tasks.for_each_init(scratch, |(padded, tile, at), (mut y_t, x_t)| {
@@ -112,21 +113,25 @@ fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opt
                     for (j, run) in tile.chunks_exact(kernel.mp).enumerate().take(filters) {
                         let bias = b.map_or(0.0, |b| b[f0 + j]);
                         let dst = &mut out[(f0 + j) * pixels..][..kernel.mp];
-                        dst.iter_mut().zip(run).for_each(|(y, &v)| *y = v + bias);
+                        dst.iter_mut().zip(run).for_each(|(y, &v)| {
+                            y.write(v + bias);
+                        });
                     }
                 } else {
                     for i in 0..kernel.mp.min(total - t0) {
                         let t = t0 + i;
                         let out = (t / pixels) * c_out * pixels + t % pixels;
                         for j in 0..filters {
-                            y_t[out + (f0 + j) * pixels] = tile[j * kernel.mp + i] + b.map_or(0.0, |b| b[f0 + j]);
+                            y_t[out + (f0 + j) * pixels].write(tile[j * kernel.mp + i] + b.map_or(0.0, |b| b[f0 + j]));
                         }
                     }
                 }
             }
         }
     });
-    y
+    // SAFETY: the tiles cover every pixel of every sample (t0 runs over all of them) for every
+    // block of filters (the packed slivers cover c_out), and each tile wrote all of its values
+    unsafe { y.assume_init() }
 }
 
 /// `(x, at, offsets, w, tile)`: see [`Broadcasts::run`].

@@ -121,7 +121,8 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
     let q = g.oh * wq;
     let sample_len = (offsets.iter().max().map_or(0, |&last| last + q) + kernel.nr).max(c_in * planes.channel());
     let rows = Rows::new(offsets);
-    let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
+    // every value is written below, once: no zeroing first
+    let mut y = Array4::<f32>::uninit((n, c_out, g.oh, g.ow));
     y.outer_iter_mut().into_par_iter().zip(x.outer_iter()).for_each_init(
         || (Scratch::matrix(1, sample_len), Scratch::matrix(c_out, q), vec![0.0; kernel.mr * kernel.nr]),
         |(sample, out, tile), (mut y_i, x_i)| {
@@ -141,12 +142,16 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
             for (co, (plane, computed)) in y_i.chunks_exact_mut(g.oh * g.ow).zip(computed.chunks_exact(q)).enumerate() {
                 let bias = b.map_or(0.0, |b| b[co]);
                 for (row, computed) in plane.chunks_exact_mut(g.ow).zip(computed.chunks_exact(wq)) {
-                    row.iter_mut().zip(computed).for_each(|(y, &v)| *y = v + bias);
+                    row.iter_mut().zip(computed).for_each(|(y, &v)| {
+                        y.write(v + bias);
+                    });
                 }
             }
         },
     );
-    y
+    // SAFETY: each sample's c_out planes, and each plane's oh rows of ow values, were written
+    // from the computed rows above (c_out·q values per sample, wq ≥ ow per row)
+    unsafe { y.assume_init() }
 }
 
 /// Where row `(ci, ky, kx)` of the lowered matrix starts in the padded sample.

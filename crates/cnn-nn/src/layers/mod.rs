@@ -42,14 +42,31 @@ pub(crate) fn par_update2<A: Send, B: Send>(a: &mut [A], b: &mut [B], f: impl Fn
     a.par_chunks_mut(CHUNK).zip(b.par_chunks_mut(CHUNK)).for_each(|(a, b)| widest(|| a.iter_mut().zip(b).for_each(|(a, b)| f(a, b))));
 }
 
+/// `y_i = f(x_i)` into a new vector, in parallel chunks of `chunk` values, each chunk's loop
+/// compiled for the widest vector instructions of the CPU: `per_chunk(j)` gives the function
+/// of chunk `j` (one BatchNorm plane's constants, say). The new values are written straight
+/// into fresh memory, never zeroed first (zeroing a multi-megabyte activation on one core was
+/// a few percent of a ResNet-20 step).
+pub(crate) fn par_map<A: Sync, T: Send, G: Fn(&A) -> T>(x: &[A], chunk: usize, per_chunk: impl Fn(usize) -> G + Sync) -> Vec<T> {
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()].par_chunks_mut(chunk.max(1)).zip(x.par_chunks(chunk.max(1))).enumerate().for_each(|(j, (y, x))| {
+        let f = per_chunk(j);
+        widest(|| {
+            y.iter_mut().zip(x).for_each(|(y, x)| {
+                y.write(f(x));
+            })
+        });
+    });
+    // SAFETY: the chunks of `y` cover its first x.len() values, and each chunk was zipped with
+    // the chunk of `x` of the same length: every value was written above.
+    unsafe { y.set_len(x.len()) };
+    y
+}
+
 /// A copy made by all of rayon's threads (activations are megabytes).
 pub(crate) fn par_clone(x: &ArrayD<f32>) -> ArrayD<f32> {
     match x.as_slice() {
-        Some(src) => {
-            let mut data = Vec::with_capacity(src.len());
-            data.par_extend(src.par_iter().copied());
-            ArrayD::from_shape_vec(x.raw_dim(), data).expect("same size")
-        }
+        Some(src) => ArrayD::from_shape_vec(x.raw_dim(), par_map(src, CHUNK, |_| |&v: &f32| v)).expect("same size"),
         None => x.clone(),
     }
 }
@@ -64,3 +81,23 @@ pub use norm::{BatchNorm, LocalResponseNorm};
 pub use pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};
 pub use separable::SeparableConv2d;
 pub use shape::{Dropout, Flatten};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value written, by its own chunk's function, for a length that is not a whole
+    /// number of chunks; and a copy over several chunks is the tensor.
+    #[test]
+    fn par_map_writes_every_value_with_its_chunks_function() {
+        let x: Vec<f32> = (0..2 * CHUNK + 5).map(|i| i as f32).collect();
+        let y = par_map(&x, CHUNK, |chunk| move |&v: &f32| -v - 1e6 * chunk as f32);
+        assert_eq!(y.len(), x.len());
+        for (i, (&x, &y)) in x.iter().zip(&y).enumerate() {
+            assert_eq!(y, -x - 1e6 * (i / CHUNK) as f32, "value {i}");
+        }
+        let t = ArrayD::from_shape_fn(vec![3, CHUNK + 7], |i| (i[0] * 31 + i[1]) as f32 * 0.5);
+        assert_eq!(par_clone(&t), t);
+        assert!(par_map(&[] as &[f32], CHUNK, |_| |&v: &f32| v).is_empty());
+    }
+}

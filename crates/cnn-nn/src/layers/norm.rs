@@ -66,15 +66,13 @@ impl BatchNorm {
     /// `y = γ·x̂ + β` with `x̂ = (x − mean)·inv_std`, plane by plane in parallel.
     fn normalise(&self, x: &ArrayD<f32>, mean: &Array1<f32>, inv_std: &Array1<f32>) -> ArrayD<f32> {
         let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
-        let mut y = ArrayD::zeros(x.raw_dim());
         let (c, rest) = (x.shape()[1], x.len() / (x.shape()[0] * x.shape()[1]).max(1));
-        let planes = x.as_slice().expect("standard layout").par_chunks(rest.max(1));
-        planes.zip(y.as_slice_mut().expect("new array").par_chunks_mut(rest.max(1))).enumerate().for_each(|(plane, (x_p, y_p))| {
+        let y = super::par_map(x.as_slice().expect("standard layout"), rest, |plane| {
             let ch = plane % c;
             let (m, s, g, b) = (mean[ch], inv_std[ch], gamma[[ch]], beta[[ch]]);
-            widest(|| x_p.iter().zip(y_p).for_each(|(&x, y)| *y = g * ((x - m) * s) + b));
+            move |&x: &f32| g * ((x - m) * s) + b
         });
-        y
+        ArrayD::from_shape_vec(x.raw_dim(), y).expect("one value per input value")
     }
 }
 
