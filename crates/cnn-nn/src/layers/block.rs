@@ -61,10 +61,9 @@ impl Residual {
 }
 
 /// The two paths' outputs added, in the first one's buffer (`build` made their shapes equal).
-fn sum(a: ArrayD<f32>, mut b: ArrayD<f32>) -> ArrayD<f32> {
+fn sum(a: ArrayD<f32>, b: ArrayD<f32>) -> ArrayD<f32> {
     assert_eq!(a.shape(), b.shape(), "Residual: the paths' outputs differ in shape");
-    let mut a = super::standard(a);
-    b = super::standard(b);
+    let (mut a, mut b) = (super::standard(a), super::standard(b));
     super::par_update2(a.as_slice_mut().expect("standard layout"), b.as_slice_mut().expect("standard layout"), |a, b| *a += *b);
     a
 }
