@@ -61,7 +61,7 @@ fn naive_is_affordable(case: &ConvCase) -> bool {
 fn algorithms(case: &ConvCase) -> Vec<Algorithm> {
     let shape = ([case.n, case.c_in, case.side, case.side], [case.c_out, case.c_in, case.k, case.k]);
     let applies = |a: &Algorithm| conv2d_with(*a, random((1, case.c_in, case.side, case.side), 0).view(), random(shape.1, 0).view(), None, &case.window(), 1).is_ok();
-    let all: Vec<Algorithm> = [Algorithm::Lowered, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Direct].into_iter().filter(applies).collect();
+    let all: Vec<Algorithm> = [Algorithm::Lowered, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Winograd4, Algorithm::Direct].into_iter().filter(applies).collect();
     let chosen = Algorithm::choose(&shape.0, &shape.1, &case.window(), 1);
     assert!(all.contains(&chosen.expect("benchmark shapes are valid")));
     all

@@ -302,6 +302,10 @@ pub enum Algorithm {
     /// product's dot products. Never chosen by [`conv2d`]: its transforms made it slower than
     /// [`Algorithm::Implicit`] on every shape measured (the module says by how much).
     Winograd,
+    /// As [`Algorithm::Winograd`] with the larger tile F(4x4, 3x3): 36 multiplications per 4x4
+    /// outputs where the direct product spends 144, values rounded a little more (its
+    /// transforms multiply by up to 8). Not chosen by [`conv2d`] either.
+    Winograd4,
     /// Direct convolution, oneDNN's way: vectors along the output channels, each output
     /// pixel's input values broadcast from the padded sample (`src/direct.rs`); no wrapped
     /// columns, no lowered matrix.
@@ -315,7 +319,7 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every algorithm, in the order above.
-    pub const ALL: [Algorithm; 6] = [Algorithm::Lowered, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Direct, Algorithm::Grouped, Algorithm::Depthwise];
+    pub const ALL: [Algorithm; 7] = [Algorithm::Lowered, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Winograd4, Algorithm::Direct, Algorithm::Grouped, Algorithm::Depthwise];
 
     /// The algorithm [`conv2d_groups`] takes for these operands (shapes `[n, c_in, h, w]` and
     /// `[c_out, c_in / groups, kh, kw]`).
@@ -338,12 +342,13 @@ impl Algorithm {
         Ok(Algorithm::of(x[1], w[0], groups, &g))
     }
 
-    /// Its short name: `lowered`, `implicit`, `winograd`, `grouped`, `depthwise`.
+    /// Its short name: `lowered`, `implicit`, `winograd`, `winograd4`, `direct`, `grouped`, `depthwise`.
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Lowered => "lowered",
             Algorithm::Implicit => "implicit",
             Algorithm::Winograd => "winograd",
+            Algorithm::Winograd4 => "winograd4",
             Algorithm::Direct => "direct",
             Algorithm::Grouped => "grouped",
             Algorithm::Depthwise => "depthwise",
@@ -360,11 +365,16 @@ impl Algorithm {
         }
     }
 
+    /// Winograd's tile of this algorithm (the F(4x4) one for [`Algorithm::Winograd4`]).
+    fn winograd_size(self) -> winograd::Size {
+        if self == Algorithm::Winograd4 { winograd::Size::F4 } else { winograd::Size::F2 }
+    }
+
     /// An error when this algorithm cannot compute a convolution of this shape.
     fn check(self, c_in: usize, groups: usize, g: &Geometry) -> Result<()> {
         let reason = match self {
-            Algorithm::Lowered | Algorithm::Implicit | Algorithm::Winograd | Algorithm::Direct if groups != 1 => format!("computes one group, not {groups} (use grouped or depthwise)"),
-            Algorithm::Winograd if !winograd::applies(g) => "needs a 3x3 kernel, stride 1, no dilation and padding of at most 2".to_string(),
+            Algorithm::Lowered | Algorithm::Implicit | Algorithm::Winograd | Algorithm::Winograd4 | Algorithm::Direct if groups != 1 => format!("computes one group, not {groups} (use grouped or depthwise)"),
+            Algorithm::Winograd | Algorithm::Winograd4 if !winograd::applies(g) => "needs a 3x3 kernel, stride 1, no dilation and padding of at most 2".to_string(),
             Algorithm::Depthwise if groups != c_in => format!("needs one group per input channel ({c_in}), not {groups}"),
             _ => return Ok(()),
         };
@@ -464,10 +474,10 @@ fn forward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opti
             expect_allocatable("padded sample", implicit::padded_values(g, c_in))?;
             Ok(direct::forward(x, w, b, g))
         }
-        Algorithm::Winograd => {
+        Algorithm::Winograd | Algorithm::Winograd4 => {
             expect_allocatable("output", n * c_out * g.positions())?;
             expect_allocatable("Winograd's transformed tiles", winograd::work_values(g, c_in, c_out))?;
-            Ok(winograd::forward(x, w, b, g))
+            Ok(winograd::forward(algorithm.winograd_size(), x, w, b, g))
         }
         Algorithm::Depthwise => {
             expect_allocatable("output", n * c_out * g.positions())?;
@@ -564,12 +574,12 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
             // otherwise by col2im: the lowering's backward, or the implicit product's if strided
             _ => lowered_backward_conv(x, w, dy, g, if (g.sh, g.sw) == (1, 1) { Algorithm::Lowered } else { Algorithm::Implicit }),
         },
-        Algorithm::Winograd => {
+        Algorithm::Winograd | Algorithm::Winograd4 => {
             expect_allocatable("input gradient", x.len())?;
             expect_allocatable("Winograd's transformed tiles", winograd::work_values(g, c_in, c_out))?;
             let (dw, db) = implicit::filter_gradient(x, dy, g);
             let (turned, g_t) = implicit::transposed_operands(w, g).expect("winograd applies: padding within the reach");
-            Ok(Conv2dGrads { dx: winograd::forward(dy, turned, None, &g_t), dw, db })
+            Ok(Conv2dGrads { dx: winograd::forward(algorithm.winograd_size(), dy, turned, None, &g_t), dw, db })
         }
         Algorithm::Depthwise => {
             expect_allocatable("input gradient", x.len())?;

@@ -33,6 +33,21 @@
 //! a different order than the direct sums (errors a few times larger, still f32 rounding:
 //! the agreement tests hold it to the same tolerance as the other algorithms).
 //!
+//! **F(4x4, 3x3)** (`Algorithm::Winograd4`, Lavin and Gray's points 0, ±1, ±2) is the same
+//! algorithm on 6x6 tiles: 36 products per 4x4 outputs where the direct product spends 144,
+//! `V` and `M` 2.25x the input and the output instead of 4x. Both tiles come from one set of
+//! loops ([`Tile`]: each tile's matrices, and `Bᵀ` and `Aᵀ` written out term by term); the
+//! phase planes are four a side (column `x` of the padded sample at plane `x % 4`, column
+//! `x / 4`), split and interleaved by [`Rows4`]. On 28x28 the tiles fit exactly; on 14x14 and
+//! 7x7, 16x16 and 8x8 outputs are computed for 196 and 49 (the larger tile pays only where
+//! the image is large).
+//!
+//! Two things the speed hangs on, found by measurement: the transforms run on AVX-512
+//! registers through intrinsics ([`Vector`]; arrays of 16 values were cut into halves and
+//! shuffled by the compiler), and the `A²` products of `V` and `M` are not a whole number of
+//! 4 KiB apart ([`v_len`]: the transforms touch all of them per tile, and in one L1 set they
+//! evicted each other — F(4x4)'s input transform took 4x longer).
+//!
 //! The input gradient of a 3x3 stride-1 convolution is itself a 3x3 stride-1 convolution
 //! (`dy` with the filters turned, [`crate::implicit::transposed_operands`]), so it runs here
 //! too; the filter gradient stays with the implicit product's dot products.
@@ -52,10 +67,86 @@ use crate::threads::Scratch;
 use crate::window::Geometry;
 use ndarray::{Array3, Array4, ArrayView1, ArrayView3, ArrayView4, ArrayViewMut4, Axis};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Transformed tiles per task, times 16·(c_in + c_out): `V` and `M` of a task (512 KiB)
 /// should stay in L2 between the transform and the products.
 const TASK_VALUES: usize = 1 << 17;
+
+/// A Winograd tile F(m x m, 3 x 3): `M x M` outputs from an `A x A` tile of the input
+/// (`A = M + 2`), by the transforms `Bᵀ` (`A x A`), `G` (`A x 3`) and `Aᵀ` (`M x A`). The
+/// matrices are the definition (and the tests' reference); `bt` and `at` apply `Bᵀ` and `Aᵀ`
+/// to one column of [`LANES`] tiles, written out term by term, so that a coefficient of 0
+/// costs nothing and common sums are shared.
+trait Tile<const M: usize, const A: usize> {
+    #[allow(dead_code, reason = "the definition, and the tests' reference for `bt`")]
+    const BT: [[f32; A]; A];
+    const G: [[f32; 3]; A];
+    #[allow(dead_code, reason = "the definition, and the tests' reference for `at`")]
+    const AT: [[f32; A]; M];
+    /// `Bᵀ d`.
+    fn bt<V: Vector>(d: [V; A]) -> [V; A];
+    /// `Aᵀ m`.
+    fn at<V: Vector>(m: [V; A]) -> [V; M];
+}
+
+/// F(2x2, 3x3): the module's example.
+struct F2;
+
+impl Tile<2, 4> for F2 {
+    const BT: [[f32; 4]; 4] = [[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, -1.0, 1.0, 0.0], [0.0, 1.0, 0.0, -1.0]];
+    const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+    const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+
+    #[inline(always)]
+    fn bt<V: Vector>([d0, d1, d2, d3]: [V; 4]) -> [V; 4] {
+        [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
+    }
+
+    #[inline(always)]
+    fn at<V: Vector>([m0, m1, m2, m3]: [V; 4]) -> [V; 2] {
+        [add(add(m0, m1), m2), sub(sub(m1, m2), m3)]
+    }
+}
+
+/// F(4x4, 3x3) on the points 0, ±1, ±2 (Lavin and Gray, 2016): 36 multiplications per 4x4
+/// block of outputs and input channel where the direct product spends 144 — 4x fewer; the
+/// transforms multiply by up to 8 and 1/24, so the values are rounded a little more.
+struct F4;
+
+impl Tile<4, 6> for F4 {
+    const BT: [[f32; 6]; 6] = [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ];
+    const G: [[f32; 3]; 6] = [
+        [1.0 / 4.0, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    const AT: [[f32; 6]; 4] = [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, 2.0, -2.0, 0.0], [0.0, 1.0, 1.0, 4.0, 4.0, 0.0], [0.0, 1.0, -1.0, 8.0, -8.0, 1.0]];
+
+    #[inline(always)]
+    fn bt<V: Vector>([d0, d1, d2, d3, d4, d5]: [V; 6]) -> [V; 6] {
+        // rows 1 and 2 share d4 − 4·d2 and d3 − 4·d1; rows 3 and 4 share d4 − d2 and d3 − d1
+        let (a, b) = (mul_add(d2, -4.0, d4), mul_add(d1, -4.0, d3));
+        let (c, d) = (sub(d4, d2), sub(d3, d1));
+        [mul_add(d2, -5.0, mul_add(d0, 4.0, d4)), add(a, b), sub(a, b), mul_add(d, 2.0, c), mul_add(d, -2.0, c), mul_add(d3, -5.0, mul_add(d1, 4.0, d5))]
+    }
+
+    #[inline(always)]
+    fn at<V: Vector>([m0, m1, m2, m3, m4, m5]: [V; 6]) -> [V; 4] {
+        let (sum12, sum34, diff12, diff34) = (add(m1, m2), add(m3, m4), sub(m1, m2), sub(m3, m4));
+        [add(add(m0, sum12), sum34), mul_add(diff34, 2.0, diff12), mul_add(sum34, 4.0, sum12), add(mul_add(diff34, 8.0, diff12), m5)]
+    }
+}
 
 /// Whether the shape is one Winograd's F(2x2, 3x3) computes: a 3x3 kernel, stride 1, no
 /// dilation, padding within the kernel's reach (2) on every side, so that its input gradient
@@ -68,34 +159,29 @@ pub(crate) fn applies(g: &Geometry) -> bool {
 /// for the caller to check before any work: a huge image could otherwise fail to allocate
 /// mid-way.
 pub(crate) fn work_values(g: &Geometry, c_in: usize, c_out: usize) -> usize {
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    tile_work_values::<2, 4>(g, c_in, c_out).max(tile_work_values::<4, 6>(g, c_in, c_out))
+}
+
+/// [`work_values`] of one tile.
+fn tile_work_values<const M: usize, const A: usize>(g: &Geometry, c_in: usize, c_out: usize) -> usize {
+    let (th, tw) = (g.oh.div_ceil(M), g.ow.div_ceil(M));
     let per_sample = th * (tw + 1);
-    let tiles = (16 * (c_in + c_out + 8)).saturating_mul(per_sample + 2 * LANES + 32);
-    tiles.saturating_add((4 * c_in).saturating_mul((th + 1) * (tw + 1)))
+    let tiles = (A * A * (c_in + c_out + 8)).saturating_mul(per_sample + 2 * LANES + 32);
+    tiles.saturating_add((M * M * c_in).saturating_mul((th + REACH) * (tw + 1)))
 }
 
 /// The filters transformed, `U[ξ] = G g Gᵀ` for every filter and input channel, packed for the
 /// micro-kernel: `U[ξ]` (`[c_out, c_in]`) as the A operand of product `ξ`, one after another.
-fn transformed_filters(w: ArrayView4<f32>, kernel: &Kernel) -> Vec<f32> {
+fn transformed_filters<const M: usize, const A: usize, T: Tile<M, A>>(w: ArrayView4<f32>, kernel: &Kernel) -> Vec<f32> {
     let (c_out, c_in, _, _) = w.dim();
-    let mut u = Array3::<f32>::zeros((16, c_out, c_in));
+    let mut u = Array3::<f32>::zeros((A * A, c_out, c_in));
     for co in 0..c_out {
         for ci in 0..c_in {
-            let g = |y: usize, x: usize| w[[co, ci, y, x]];
-            // G g: the filter's columns transformed (4 x 3)
-            let gg: [[f32; 3]; 4] = std::array::from_fn(|r| {
-                std::array::from_fn(|x| match r {
-                    0 => g(0, x),
-                    1 => 0.5 * (g(0, x) + g(1, x) + g(2, x)),
-                    2 => 0.5 * (g(0, x) - g(1, x) + g(2, x)),
-                    _ => g(2, x),
-                })
-            });
-            // (G g) Gᵀ: then its rows (4 x 4)
+            // G g: the filter's columns transformed (A x 3), then (G g) Gᵀ (A x A)
+            let gg: [[f32; 3]; A] = std::array::from_fn(|r| std::array::from_fn(|x| (0..3).map(|k| T::G[r][k] * w[[co, ci, k, x]]).sum()));
             for (r, row) in gg.iter().enumerate() {
-                let t = [row[0], 0.5 * (row[0] + row[1] + row[2]), 0.5 * (row[0] - row[1] + row[2]), row[2]];
-                for (c, v) in t.into_iter().enumerate() {
-                    u[[4 * r + c, co, ci]] = v;
+                for c in 0..A {
+                    u[[A * r + c, co, ci]] = (0..3).map(|k| row[k] * T::G[c][k]).sum();
                 }
             }
         }
@@ -109,35 +195,57 @@ fn transformed_filters(w: ArrayView4<f32>, kernel: &Kernel) -> Vec<f32> {
     packed
 }
 
-/// `y = w ⊛ x + b` by F(2x2, 3x3), for a geometry that [`applies`] (checked by the caller).
-pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
-    forward_on(Kernel::best(), x, w, b, g)
+/// Winograd's tile: F(2x2, 3x3) or F(4x4, 3x3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Size {
+    F2,
+    F4,
 }
 
-/// [`forward`] on the micro-kernel given, the transforms on its instruction set (the tests run
-/// every kernel the CPU has).
-fn forward_on(kernel: Kernel, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
+/// `y = w ⊛ x + b` by Winograd's tile of this size, for a geometry that [`applies`] (checked by
+/// the caller).
+pub(crate) fn forward(size: Size, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
+    forward_on(size, Kernel::best(), x, w, b, g)
+}
+
+/// [`forward`] on the micro-kernel given (the tests run every kernel the CPU has).
+fn forward_on(size: Size, kernel: Kernel, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
+    match size {
+        Size::F2 => forward_by::<2, 4, F2>(kernel, x, w, b, g),
+        Size::F4 => forward_by::<4, 6, F4>(kernel, x, w, b, g),
+    }
+}
+
+/// [`forward`] by tile `T` on the micro-kernel given, the transforms on its instruction set.
+fn forward_by<const M: usize, const A: usize, T: Tile<M, A>>(kernel: Kernel, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
     let (n, c_in, _, _) = x.dim();
     let c_out = w.dim().0;
-    // tiles: th x tw blocks of 2x2 outputs; each reads a 4x4 tile of the padded sample
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    // tiles: th x tw blocks of M x M outputs; each reads an A x A tile of the padded sample
+    let (th, tw) = (g.oh.div_ceil(M), g.ow.div_ceil(M));
     let per_sample = th * (tw + 1);
-    let task = (TASK_VALUES / (16 * (c_in + c_out) * per_sample)).clamp(1, n.max(1));
+    let task = (TASK_VALUES / (A * A * (c_in + c_out) * per_sample)).clamp(1, n.max(1));
     // rows of V and M: a task's tiles, room for the last run of lanes, whole slivers
     let cols = (task * per_sample + LANES).next_multiple_of(kernel.nr);
-    let shape = Shape { c_in, c_out, th, tw, cols, rows: Rows::new((0..c_in).map(|ci| ci * cols).collect()), filters: transformed_filters(w, &kernel), kernel };
-    let mut y = Array4::zeros((n, c_out, g.oh, g.ow));
+    let filters = transformed_filters::<M, A, T>(w, &kernel);
+    let shape = Shape { c_in, c_out, th, tw, cols, rows: Rows::new((0..c_in).map(|ci| ci * cols).collect()), filters, kernel };
+    let mut y = Array4::<f32>::uninit((n, c_out, g.oh, g.ow));
     y.axis_chunks_iter_mut(Axis(0), task).into_par_iter().zip(x.axis_chunks_iter(Axis(0), task)).for_each_init(
         || Buffers {
-            padded: vec![0.0; c_in * 4 * (th + 1) * (tw + 1) + 2 * LANES],
-            v: Scratch::matrix(16 * c_in, cols),
-            m: Scratch::matrix(16 * c_out.next_multiple_of(kernel.mr), cols),
-            ys: Scratch::matrix(8, cols),
+            padded: vec![0.0; c_in * M * M * (th + REACH) * (tw + 1) + 2 * LANES],
+            v: Scratch::matrix(A * A, v_len(&shape)),
+            m: Scratch::matrix(A * A, m_len(&shape)),
+            ys: Scratch::matrix(2 * M * M, cols),
         },
-        |buffers, (mut y_task, x_task)| run(&shape, g, b, x_task, y_task.view_mut(), buffers),
+        |buffers, (mut y_task, x_task)| run::<M, A, T>(&shape, g, b, x_task, y_task.view_mut(), buffers),
     );
-    y
+    // SAFETY: every task scattered every row of every plane of its samples (each interleave
+    // writes all of its output row)
+    unsafe { y.assume_init() }
 }
+
+/// Rows (and columns) of tiles past a tile that it reads: its `A = M + 2` rows span the next
+/// tile's first rows, never further (`(A − 1) / M = 1` for both tiles).
+const REACH: usize = 1;
 
 /// What every task of a layer shares: sizes, the packed transformed filters, the kernel.
 struct Shape {
@@ -164,51 +272,50 @@ struct Buffers {
     ys: Scratch,
 }
 
-/// A task on the instruction set of the layer's micro-kernel: the transforms are plain loops
-/// over runs of [`LANES`] values, compiled once per instruction set and chosen here.
-fn run(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
+/// A task on the instruction set of the layer's micro-kernel: the transforms work on
+/// [`Vector`]s of [`LANES`] values, compiled once per instruction set and chosen here.
+fn run<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
     match shape.kernel.name() {
         // SAFETY: `Kernel::best` chose this kernel, or a test did after checking, only where the
         // CPU has its instruction set.
         #[cfg(target_arch = "x86_64")]
-        "avx512" => unsafe { run_avx512(shape, g, b, x, y, buffers) },
+        "avx512" => unsafe { run_avx512::<M, A, T>(shape, g, b, x, y, buffers) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        "avx2+fma" => unsafe { run_avx2(shape, g, b, x, y, buffers) },
-        _ => steps::<false>(shape, g, b, x, y, buffers),
+        "avx2+fma" => unsafe { run_avx2::<M, A, T>(shape, g, b, x, y, buffers) },
+        _ => steps::<Lanes, M, A, T>(shape, g, b, x, y, buffers),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn run_avx512(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
-    steps::<true>(shape, g, b, x, y, buffers)
+unsafe fn run_avx512<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
+    steps::<std::arch::x86_64::__m512, M, A, T>(shape, g, b, x, y, buffers)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn run_avx2(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
-    steps::<false>(shape, g, b, x, y, buffers)
+unsafe fn run_avx2<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
+    steps::<Lanes, M, A, T>(shape, g, b, x, y, buffers)
 }
 
-/// Transform the inputs, multiply, transform the products back. `AVX512`: split and
-/// interleave rows with AVX-512's two-register permutes (see [`Rows2`]).
+/// Transform the inputs, multiply, transform the products back, on vectors `V`.
 #[inline(always)]
-fn steps<const AVX512: bool>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>, buffers: &mut Buffers) {
+fn steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, mut y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
     let Shape { c_in, c_out, th, tw, cols, ref rows, ref filters, kernel } = *shape;
     let Buffers { padded, v, m, ys } = buffers;
     let (mut v, mut m, mut ys) = (v.view_mut(), m.view_mut(), ys.view_mut());
     let v = v.as_slice_mut().expect("scratch is contiguous");
     let per_sample = th * (tw + 1);
     for (s, x_i) in x.outer_iter().enumerate() {
-        pad_split::<AVX512>(x_i, g, (th + 1, tw + 1), padded);
-        transform_input(padded, shape, s * per_sample, v);
+        pad_split::<V, M>(x_i, g, (th + REACH, tw + 1), padded);
+        transform_input::<V, M, A, T>(padded, shape, s * per_sample, v);
     }
     let tiles = x.dim().0 * per_sample;
-    let u_len = filters.len() / 16;
+    let u_len = filters.len() / (A * A);
     let m = m.as_slice_mut().expect("scratch is contiguous");
-    for xi in 0..16 {
-        let v_xi = &v[xi * c_in * cols..(xi + 1) * c_in * cols];
+    for xi in 0..A * A {
+        let v_xi = &v[xi * v_len(shape)..][..c_in * cols];
         for jc in (0..tiles).step_by(kernel.nr) {
             for (ir, a) in filters[xi * u_len..(xi + 1) * u_len].chunks_exact(kernel.mr * c_in).enumerate() {
                 // the kernel writes its tile straight into M
@@ -221,16 +328,16 @@ fn steps<const AVX512: bool>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f
     // other half, are scattered: read right after they were written, the values would wait
     // for the stores (a load that straddles several recent stores is not forwarded)
     let ys = ys.as_slice_mut().expect("scratch is contiguous");
-    let (mut fresh, mut ready) = ys.split_at_mut(4 * cols);
+    let (mut fresh, mut ready) = ys.split_at_mut(M * M * cols);
     for co in 0..=c_out {
         if co < c_out {
-            transform_output(m, shape, co, tiles, fresh);
+            transform_output::<V, M, A, T>(m, shape, co, tiles, fresh);
         }
         if let Some(prev) = co.checked_sub(1) {
             let bias = b.map_or(0.0, |b| b[prev]);
             for (s, mut y_i) in y.outer_iter_mut().enumerate() {
                 let mut plane = y_i.index_axis_mut(Axis(0), prev);
-                scatter::<AVX512>(ready, cols, s * per_sample, tw, bias, plane.as_slice_mut().expect("y is standard layout"), g.ow);
+                scatter::<V, M>(ready, cols, s * per_sample, tw, bias, plane.as_slice_mut().expect("y is standard layout"), g.ow);
             }
         }
         std::mem::swap(&mut fresh, &mut ready);
@@ -242,111 +349,202 @@ fn steps<const AVX512: bool>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f
 const LANES: usize = 16;
 type Lanes = [f32; LANES];
 
-/// # Safety
-/// `at + LANES <= s.len()` (the transforms check their whole range once, before the loops:
-/// a bounds check per vector load would cost as much as the arithmetic).
-#[inline(always)]
-unsafe fn load(s: &[f32], at: usize) -> Lanes {
-    debug_assert!(at + LANES <= s.len());
-    // SAFETY: the caller's promise.
-    unsafe { s.as_ptr().add(at).cast::<Lanes>().read_unaligned() }
+/// A run of [`LANES`] values and the arithmetic the transforms need: an AVX-512 register
+/// through its intrinsics (left to itself, the compiler cuts arrays of 16 values into halves
+/// and shuffles them), or an array the compiler vectorises as it can (AVX2, portable).
+trait Vector: Copy {
+    /// Whether rows are split and interleaved with AVX-512's permutes ([`Rows2`], [`Rows4`]).
+    const AVX512: bool;
+    fn zero() -> Self;
+    /// # Safety
+    /// `at + LANES <= s.len()` (the transforms check their whole range once, before the
+    /// loops: a bounds check per vector load would cost as much as the arithmetic).
+    unsafe fn load(s: &[f32], at: usize) -> Self;
+    /// # Safety
+    /// As [`Vector::load`].
+    unsafe fn put(self, s: &mut [f32], at: usize);
+    fn add(self, b: Self) -> Self;
+    fn sub(self, b: Self) -> Self;
+    /// `self·c + b`, rounded twice (on every instruction set: no fused multiply-add).
+    fn mul_add(self, c: f32, b: Self) -> Self;
 }
 
-/// # Safety
-/// As [`load`].
-#[inline(always)]
-unsafe fn put(s: &mut [f32], at: usize, v: Lanes) {
-    debug_assert!(at + LANES <= s.len());
-    // SAFETY: the caller's promise.
-    unsafe { s.as_mut_ptr().add(at).cast::<Lanes>().write_unaligned(v) }
-}
+impl Vector for Lanes {
+    const AVX512: bool = false;
 
-#[inline(always)]
-fn add(a: Lanes, b: Lanes) -> Lanes {
-    let mut sum = a;
-    for i in 0..LANES {
-        sum[i] += b[i];
+    #[inline(always)]
+    fn zero() -> Self {
+        [0.0; LANES]
     }
-    sum
-}
 
-#[inline(always)]
-fn sub(a: Lanes, b: Lanes) -> Lanes {
-    let mut difference = a;
-    for i in 0..LANES {
-        difference[i] -= b[i];
+    #[inline(always)]
+    unsafe fn load(s: &[f32], at: usize) -> Self {
+        debug_assert!(at + LANES <= s.len());
+        // SAFETY: the caller's promise.
+        unsafe { s.as_ptr().add(at).cast::<Lanes>().read_unaligned() }
     }
-    difference
+
+    #[inline(always)]
+    unsafe fn put(self, s: &mut [f32], at: usize) {
+        debug_assert!(at + LANES <= s.len());
+        // SAFETY: the caller's promise.
+        unsafe { s.as_mut_ptr().add(at).cast::<Lanes>().write_unaligned(self) }
+    }
+
+    #[inline(always)]
+    fn add(mut self, b: Self) -> Self {
+        for i in 0..LANES {
+            self[i] += b[i];
+        }
+        self
+    }
+
+    #[inline(always)]
+    fn sub(mut self, b: Self) -> Self {
+        for i in 0..LANES {
+            self[i] -= b[i];
+        }
+        self
+    }
+
+    #[inline(always)]
+    fn mul_add(self, c: f32, mut b: Self) -> Self {
+        for i in 0..LANES {
+            b[i] += self[i] * c;
+        }
+        b
+    }
 }
 
-/// Writes `x` (`[c_in, h, w]`) padded as the geometry says, each channel as four phase
-/// planes `Q[p][q]` (`rows x row` values each): padded value `(y, x)` at `Q[y % 2][x % 2]`,
-/// row `y / 2`, column `x / 2`. Zeros around and after the image.
+/// Only [`run_avx512`] computes with it, on CPUs with AVX-512F (the SAFETY of every intrinsic
+/// below): these functions are inlined into it.
+#[cfg(target_arch = "x86_64")]
+impl Vector for std::arch::x86_64::__m512 {
+    const AVX512: bool = true;
+
+    #[inline(always)]
+    fn zero() -> Self {
+        // SAFETY: see the impl.
+        unsafe { std::arch::x86_64::_mm512_setzero_ps() }
+    }
+
+    #[inline(always)]
+    unsafe fn load(s: &[f32], at: usize) -> Self {
+        debug_assert!(at + LANES <= s.len());
+        // SAFETY: the caller's promise, and see the impl.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(s.as_ptr().add(at)) }
+    }
+
+    #[inline(always)]
+    unsafe fn put(self, s: &mut [f32], at: usize) {
+        debug_assert!(at + LANES <= s.len());
+        // SAFETY: the caller's promise, and see the impl.
+        unsafe { std::arch::x86_64::_mm512_storeu_ps(s.as_mut_ptr().add(at), self) }
+    }
+
+    #[inline(always)]
+    fn add(self, b: Self) -> Self {
+        // SAFETY: see the impl.
+        unsafe { std::arch::x86_64::_mm512_add_ps(self, b) }
+    }
+
+    #[inline(always)]
+    fn sub(self, b: Self) -> Self {
+        // SAFETY: see the impl.
+        unsafe { std::arch::x86_64::_mm512_sub_ps(self, b) }
+    }
+
+    #[inline(always)]
+    fn mul_add(self, c: f32, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        // SAFETY: see the impl.
+        unsafe { _mm512_add_ps(_mm512_mul_ps(self, _mm512_set1_ps(c)), b) }
+    }
+}
+
 #[inline(always)]
-fn pad_split<const AVX512: bool>(x: ArrayView3<f32>, g: &Geometry, (rows, row): (usize, usize), padded: &mut [f32]) {
+fn add<V: Vector>(a: V, b: V) -> V {
+    a.add(b)
+}
+
+#[inline(always)]
+fn sub<V: Vector>(a: V, b: V) -> V {
+    a.sub(b)
+}
+
+/// `a·c + b`.
+#[inline(always)]
+fn mul_add<V: Vector>(a: V, c: f32, b: V) -> V {
+    a.mul_add(c, b)
+}
+
+/// Writes `x` (`[c_in, h, w]`) padded as the geometry says, each channel as `M x M` phase
+/// planes `Q[p][q]` (`rows x row` values each): padded value `(y, x)` at `Q[y % M][x % M]`,
+/// row `y / M`, column `x / M`. Zeros around and after the image.
+#[inline(always)]
+fn pad_split<V: Vector, const M: usize>(x: ArrayView3<f32>, g: &Geometry, (rows, row): (usize, usize), padded: &mut [f32]) {
     let phase = rows * row;
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
-    // x's value i lands in column pad_left + i: the even i in one phase, the odd i in the other
-    let (q_even, q_odd) = (g.pad_left % 2, 1 - g.pad_left % 2);
-    let (c_even, c_odd) = (g.pad_left / 2, g.pad_left.div_ceil(2));
-    for (planes, x_c) in padded.chunks_exact_mut(4 * phase).zip(x.chunks_exact(g.h * g.w)) {
+    for (planes, x_c) in padded.chunks_exact_mut(M * M * phase).zip(x.chunks_exact(g.h * g.w)) {
         for (iy, x_row) in x_c.chunks_exact(g.w).enumerate() {
             let y = g.pad_top + iy;
-            let start = |q: usize, col: usize| (2 * (y % 2) + q) * phase + (y / 2) * row + col;
-            let (even_at, odd_at) = (start(q_even, c_even), start(q_odd, c_odd));
-            Rows2 { even: even_at, odd: odd_at }.split::<AVX512>(x_row, planes);
+            // the start of phase plane Q[y % M][q]'s row y / M
+            let start = |q: usize| (M * (y % M) + q) * phase + (y / M) * row;
+            if M == 2 {
+                // x's value i lands in column pad_left + i: the even i in one phase, the odd i in the other
+                let (q_even, q_odd) = (g.pad_left % 2, 1 - g.pad_left % 2);
+                let (even_at, odd_at) = (start(q_even) + g.pad_left / 2, start(q_odd) + g.pad_left.div_ceil(2));
+                Rows2 { even: even_at, odd: odd_at }.split::<V>(x_row, planes);
+            } else {
+                assert!(M == 4, "tiles of 2 or 4 outputs a side");
+                // x's value i lands in column pad_left + i
+                Rows4 { at: [start(0), start(1), start(2), start(3)] }.split::<V>(x_row, g.pad_left, planes);
+            }
         }
     }
 }
 
 /// `V[ξ][ci][first + t] = (Bᵀ d B)[ξ]` for every tile `d` of the sample, tiles numbered
 /// `t = ty·row + tx` (`row = tw + 1`: one tile per row of tiles is computed and dropped),
-/// [`LANES`] tiles at a time. Value `(r, c)` of tile `t` is phase plane `Q[r % 2][c % 2]`
-/// at `t + (r / 2)·row + c / 2`: for every `r` and `c`, a run of consecutive tiles reads a
-/// run of consecutive values, so the whole transform is vector loads, additions and stores.
+/// [`LANES`] tiles at a time. Value `(r, c)` of tile `t` is phase plane `Q[r % M][c % M]`
+/// at `t + (r / M)·row + c / M`: for every `r` and `c`, a run of consecutive tiles reads a
+/// run of consecutive values, so the whole transform is vector loads, arithmetic and stores.
 #[inline(always)]
-fn transform_input(padded: &[f32], shape: &Shape, first: usize, v: &mut [f32]) {
+fn transform_input<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(padded: &[f32], shape: &Shape, first: usize, v: &mut [f32]) {
     let Shape { c_in, th, tw, cols, .. } = *shape;
     let row = tw + 1;
-    let phase = (th + 1) * row;
-    let step = c_in * cols;
+    let phase = (th + REACH) * row;
+    let step = v_len(shape);
     // the furthest read: the last channel's last phase plane, a column and a row of tiles on
     // from the last run; the furthest write: the last product's last channel, the last run
-    assert!(padded.len() >= 4 * c_in * phase + 1 + LANES, "padded sample too short");
-    assert!(v.len() >= 16 * step && first + th * row + LANES <= cols, "V too short");
+    assert!(padded.len() >= M * M * c_in * phase + REACH + LANES, "padded sample too short");
+    assert!(v.len() >= A * A * step && first + th * row + LANES <= cols, "V too short");
+    // d B, made zero once (a fresh table per run of tiles would be zeroed every time)
+    let mut e = [[V::zero(); A]; A];
     for ci in 0..c_in {
-        let q = |p: usize, c: usize| ci * 4 * phase + (2 * p + c % 2) * phase + c / 2;
+        let planes = ci * M * M * phase;
         for t in (0..th * row).step_by(LANES) {
-            // SAFETY: t < th·row, so every read ends before 4·c_in·phase + 1 + LANES and every
-            // write before 16·step (asserted above).
-            unsafe {
-                // Bᵀ on each of the tiles' four columns (rows r: phase r % 2, r / 2 rows of tiles down)
-                let (d0, d1) = (rows_bt(padded, q(0, 0) + t, q(1, 0) + t, row), rows_bt(padded, q(0, 1) + t, q(1, 1) + t, row));
-                let (d2, d3) = (rows_bt(padded, q(0, 2) + t, q(1, 2) + t, row), rows_bt(padded, q(0, 3) + t, q(1, 3) + t, row));
-                for i in 0..4 {
-                    // then B: V[4i + j]
-                    let at = 4 * i * step + ci * cols + first + t;
-                    put(v, at, sub(d0[i], d2[i]));
-                    put(v, at + step, add(d1[i], d2[i]));
-                    put(v, at + 2 * step, sub(d2[i], d1[i]));
-                    put(v, at + 3 * step, sub(d1[i], d3[i]));
+            // d B: each of the tile's rows along (row r, column c: plane Q[r % M][c % M])
+            for (r, e) in e.iter_mut().enumerate() {
+                let mut d = [V::zero(); A];
+                for (c, d) in d.iter_mut().enumerate() {
+                    let at = planes + ((r % M) * M + c % M) * phase + (r / M) * row + c / M + t;
+                    // SAFETY: t < th·row, so every read ends before M²·c_in·phase + REACH + LANES
+                    // (asserted above).
+                    *d = unsafe { V::load(padded, at) };
+                }
+                *e = T::bt(d);
+            }
+            // Bᵀ (d B): then each column, into V[A·i + j]
+            for j in 0..A {
+                for (i, value) in T::bt(column(&e, j)).into_iter().enumerate() {
+                    // SAFETY: every write ends before A²·step (asserted above).
+                    unsafe { value.put(v, (A * i + j) * step + ci * cols + first + t) };
                 }
             }
         }
     }
-}
-
-/// `Bᵀ d` for one column of [`LANES`] tiles: its rows 0 and 2 from the even phase plane at
-/// `even` (one row of tiles apart), rows 1 and 3 from the odd one at `odd`.
-///
-/// # Safety
-/// As [`load`], for `odd + row`.
-#[inline(always)]
-unsafe fn rows_bt(padded: &[f32], even: usize, odd: usize, row: usize) -> [Lanes; 4] {
-    // SAFETY: the caller's promise (odd > even).
-    let (d0, d1, d2, d3) = unsafe { (load(padded, even), load(padded, odd), load(padded, even + row), load(padded, odd + row)) };
-    [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
 }
 
 /// Where product `ξ`'s value for output channel `co` and tile `t` lies in `M`: `M` holds the
@@ -358,67 +556,94 @@ fn m_index(shape: &Shape, xi: usize, co: usize, t: usize) -> usize {
     xi * m_len(shape) + (co / mr) * shape.cols * mr + (co % mr) * nr + (t / nr) * mr * nr + t % nr
 }
 
-/// The values of one product in `M`.
+/// The values of one product in `M` (its `c_out` rows, rounded up to the kernel's, of `cols`
+/// values), and one cache line more (see [`v_len`]).
 #[inline(always)]
 fn m_len(shape: &Shape) -> usize {
-    shape.c_out.next_multiple_of(shape.kernel.mr) * shape.cols
+    shape.c_out.next_multiple_of(shape.kernel.mr) * shape.cols + LANES
+}
+
+/// The values of one transformed input `V[ξ]` (`c_in` rows of `cols` values), and one cache
+/// line more: the transforms read or write all `A²` products of a tile together, and
+/// products a whole number of 4 KiB apart would all fall in the same set of the L1 cache
+/// (F(4x4)'s input transform took 4x longer).
+#[inline(always)]
+fn v_len(shape: &Shape) -> usize {
+    shape.c_in * shape.cols + LANES
 }
 
 /// [`LANES`] values of `M[ξ]` for output channel `co` from tile `t` on (`t` a multiple of
 /// `LANES`), given `at = m_index(shape, 0, co, t)`: one run, or several where the kernel's
 /// tiles are narrower (the portable one).
 #[inline(always)]
-fn load_m(m: &[f32], shape: &Shape, at: usize, xi: usize, co: usize, t: usize) -> Lanes {
+fn load_m<V: Vector>(m: &[f32], shape: &Shape, at: usize, xi: usize, co: usize, t: usize) -> V {
     let nr = shape.kernel.nr;
     if nr >= LANES {
         // SAFETY: a run inside one of the kernel's tiles (t is a multiple of LANES, nr of
         // LANES), inside M (checked by transform_output).
-        return unsafe { load(m, xi * m_len(shape) + at) };
+        return unsafe { V::load(m, xi * m_len(shape) + at) };
     }
     let mut lanes = [0.0; LANES];
     for (k, piece) in lanes.chunks_mut(nr).enumerate() {
         piece.copy_from_slice(&m[m_index(shape, xi, co, t + k * nr)..][..nr]);
     }
-    lanes
+    // SAFETY: LANES values.
+    unsafe { V::load(&lanes, 0) }
 }
 
-/// `M A` for one row of [`LANES`] tiles' products (row `i` of `M`): its four columns to two.
+/// The `M x M` outputs of every tile of the task for output channel `co`, `Aᵀ M A`, from
+/// `M[ξ][co][t]`: into `ys` as `M²` rows (output `(i, j)` of each tile in row `M·i + j`) of
+/// `cols` values.
 #[inline(always)]
-fn columns_a(m: &[f32], shape: &Shape, at: usize, i: usize, co: usize, t: usize) -> (Lanes, Lanes) {
-    let (a, b) = (load_m(m, shape, at, 4 * i, co, t), load_m(m, shape, at, 4 * i + 1, co, t));
-    let (c, d) = (load_m(m, shape, at, 4 * i + 2, co, t), load_m(m, shape, at, 4 * i + 3, co, t));
-    (add(add(a, b), c), sub(sub(b, c), d))
-}
-
-/// The 2x2 outputs of every tile of the task for output channel `co`, `Aᵀ M A`, from
-/// `M[ξ][co][t]`: into `ys` as four rows (`y00`, `y01`, `y10`, `y11`) of `cols` values.
-#[inline(always)]
-fn transform_output(m: &[f32], shape: &Shape, co: usize, tiles: usize, ys: &mut [f32]) {
+fn transform_output<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(m: &[f32], shape: &Shape, co: usize, tiles: usize, ys: &mut [f32]) {
     let cols = shape.cols;
-    assert!(m.len() >= 16 * m_len(shape) && ys.len() >= 4 * cols && tiles + LANES <= cols, "M or ys too short");
+    assert!(m.len() >= A * A * m_len(shape) && ys.len() >= M * M * cols && tiles + LANES <= cols, "M or ys too short");
+    // M A, made zero once
+    let mut p = [[V::zero(); M]; A];
     for t in (0..tiles).step_by(LANES) {
-        // M A: each row i's four columns to two, p_i0 and p_i1
         let at = m_index(shape, 0, co, t);
-        let (p0, p1, p2, p3) = (columns_a(m, shape, at, 0, co, t), columns_a(m, shape, at, 1, co, t), columns_a(m, shape, at, 2, co, t), columns_a(m, shape, at, 3, co, t));
-        // Aᵀ (M A): the four rows to two; ys rows y00, y01, y10, y11
-        // SAFETY: t + LANES <= cols (asserted above).
-        unsafe {
-            put(ys, t, add(add(p0.0, p1.0), p2.0));
-            put(ys, cols + t, add(add(p0.1, p1.1), p2.1));
-            put(ys, 2 * cols + t, sub(sub(p1.0, p2.0), p3.0));
-            put(ys, 3 * cols + t, sub(sub(p1.1, p2.1), p3.1));
+        // M A: each row r's A columns to M (row r, column c: product A·r + c)
+        for (r, p) in p.iter_mut().enumerate() {
+            let mut row = [V::zero(); A];
+            for (c, value) in row.iter_mut().enumerate() {
+                *value = load_m(m, shape, at, A * r + c, co, t);
+            }
+            *p = T::at(row);
+        }
+        // Aᵀ (M A): then each column, into ys row M·i + j
+        for j in 0..M {
+            for (i, value) in T::at(column(&p, j)).into_iter().enumerate() {
+                // SAFETY: t + LANES <= cols (asserted above).
+                unsafe { value.put(ys, (M * i + j) * cols + t) };
+            }
         }
     }
 }
 
-/// One output plane (`[oh, ow]`, row-major) from `ys`: tile `(ty, tx)` of the sample whose
-/// tiles start at `first` (`tw + 1` to a row of tiles) puts its 2x2 block at rows `2·ty..`,
-/// columns `2·tx..` (cut at the plane's edges), plus the bias.
+/// Column `j` of `K` rows of `J` vectors.
 #[inline(always)]
-fn scatter<const AVX512: bool>(ys: &[f32], cols: usize, first: usize, tw: usize, bias: f32, plane: &mut [f32], ow: usize) {
+fn column<V: Vector, const K: usize, const J: usize>(rows: &[[V; J]; K], j: usize) -> [V; K] {
+    let mut column = [V::zero(); K];
+    for (value, row) in column.iter_mut().zip(rows) {
+        *value = row[j];
+    }
+    column
+}
+
+/// One output plane (`[oh, ow]`, row-major) from `ys`: tile `(ty, tx)` of the sample whose
+/// tiles start at `first` (`tw + 1` to a row of tiles) puts its `M x M` block at rows
+/// `M·ty..`, columns `M·tx..` (cut at the plane's edges), plus the bias.
+#[inline(always)]
+fn scatter<V: Vector, const M: usize>(ys: &[f32], cols: usize, first: usize, tw: usize, bias: f32, plane: &mut [MaybeUninit<f32>], ow: usize) {
     for (oy, out) in plane.chunks_exact_mut(ow).enumerate() {
-        let at = first + (oy / 2) * (tw + 1);
-        Rows2 { even: 2 * (oy % 2) * cols + at, odd: (2 * (oy % 2) + 1) * cols + at }.interleave::<AVX512>(ys, bias, out);
+        let at = first + (oy / M) * (tw + 1);
+        let start = |j: usize| (M * (oy % M) + j) * cols + at;
+        if M == 2 {
+            Rows2 { even: start(0), odd: start(1) }.interleave::<V>(ys, bias, out);
+        } else {
+            assert!(M == 4, "tiles of 2 or 4 outputs a side");
+            Rows4 { at: [start(0), start(1), start(2), start(3)] }.interleave::<V>(ys, bias, out);
+        }
     }
 }
 
@@ -434,12 +659,12 @@ struct Rows2 {
 impl Rows2 {
     /// `buf[even + i] = row[2i]`, `buf[odd + i] = row[2i + 1]`.
     #[inline(always)]
-    fn split<const AVX512: bool>(&self, row: &[f32], buf: &mut [f32]) {
+    fn split<V: Vector>(&self, row: &[f32], buf: &mut [f32]) {
         let (evens, odds) = (row.len().div_ceil(2), row.len() / 2);
         assert!(self.even + evens <= buf.len() && self.odd + odds <= buf.len(), "split rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
-        if AVX512 {
-            // SAFETY: AVX512 is only true on CPUs with AVX-512F (run chose it); every masked
+        if V::AVX512 {
+            // SAFETY: V::AVX512 is only true on CPUs with AVX-512F (run chose it); every masked
             // lane lies inside `row` or inside the runs asserted above.
             return unsafe { avx512::split(row, buf, self.even, self.odd) };
         }
@@ -450,16 +675,58 @@ impl Rows2 {
 
     /// `out[2i] = buf[even + i] + bias`, `out[2i + 1] = buf[odd + i] + bias`.
     #[inline(always)]
-    fn interleave<const AVX512: bool>(&self, buf: &[f32], bias: f32, out: &mut [f32]) {
+    fn interleave<V: Vector>(&self, buf: &[f32], bias: f32, out: &mut [MaybeUninit<f32>]) {
         let (evens, odds) = (out.len().div_ceil(2), out.len() / 2);
         assert!(self.even + evens <= buf.len() && self.odd + odds <= buf.len(), "interleaved rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
-        if AVX512 {
+        if V::AVX512 {
             // SAFETY: as in `split`.
             return unsafe { avx512::interleave(buf, self.even, self.odd, bias, out) };
         }
         for (i, v) in out.iter_mut().enumerate() {
-            *v = buf[if i % 2 == 0 { self.even } else { self.odd } + i / 2] + bias;
+            v.write(buf[if i % 2 == 0 { self.even } else { self.odd } + i / 2] + bias);
+        }
+    }
+}
+
+/// Four runs in one buffer, a row's values by their column mod 4 (F(4x4)'s phase planes):
+/// [`pad_split`] splits a row of the image into them, [`scatter`] interleaves four rows of
+/// outputs from them. With AVX-512, 64 values at a time: four loads, two rounds of four
+/// two-register permutes, four stores; else one value at a time.
+struct Rows4 {
+    at: [usize; 4],
+}
+
+impl Rows4 {
+    /// `buf[at[q] + i] = p[4i + q]` for the row `p` = `shift` zeros, then `row`.
+    #[inline(always)]
+    fn split<V: Vector>(&self, row: &[f32], shift: usize, buf: &mut [f32]) {
+        let len = shift + row.len();
+        assert!((0..4).all(|q| self.at[q] + (len + 3 - q) / 4 <= buf.len()), "split rows outside the buffer");
+        #[cfg(target_arch = "x86_64")]
+        if V::AVX512 {
+            // SAFETY: V::AVX512 is only true on CPUs with AVX-512F (run chose it); every masked
+            // lane lies inside `row` or inside the runs asserted above.
+            return unsafe { avx512::split4(row, shift, buf, self.at) };
+        }
+        for (i, &v) in row.iter().enumerate() {
+            let col = shift + i;
+            buf[self.at[col % 4] + col / 4] = v;
+        }
+    }
+
+    /// `out[4i + q] = buf[at[q] + i] + bias`.
+    #[inline(always)]
+    fn interleave<V: Vector>(&self, buf: &[f32], bias: f32, out: &mut [MaybeUninit<f32>]) {
+        let len = out.len();
+        assert!((0..4).all(|q| self.at[q] + (len + 3 - q) / 4 <= buf.len()), "interleaved rows outside the buffer");
+        #[cfg(target_arch = "x86_64")]
+        if V::AVX512 {
+            // SAFETY: as in `split`.
+            return unsafe { avx512::interleave4(buf, self.at, bias, out) };
+        }
+        for (col, v) in out.iter_mut().enumerate() {
+            v.write(buf[self.at[col % 4] + col / 4] + bias);
         }
     }
 }
@@ -467,6 +734,7 @@ impl Rows2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     /// The first `n` lanes (at most 16).
     #[inline(always)]
@@ -499,7 +767,7 @@ mod avx512 {
     /// # Safety
     /// AVX-512F; `even + ⌈len/2⌉` and `odd + ⌊len/2⌋` inside `buf` (`len` of `out`).
     #[inline(always)]
-    pub(super) unsafe fn interleave(buf: &[f32], even: usize, odd: usize, bias: f32, out: &mut [f32]) {
+    pub(super) unsafe fn interleave(buf: &[f32], even: usize, odd: usize, bias: f32, out: &mut [MaybeUninit<f32>]) {
         let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         let bias = _mm512_set1_ps(bias);
@@ -509,8 +777,68 @@ mod avx512 {
             unsafe {
                 let e = _mm512_maskz_loadu_ps(mask(n.div_ceil(2)), buf.as_ptr().add(even + i / 2));
                 let o = _mm512_maskz_loadu_ps(mask(n / 2), buf.as_ptr().add(odd + i / 2));
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), mask(n), _mm512_add_ps(_mm512_permutex2var_ps(e, low, o), bias));
-                _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(i + 16), mask(n.saturating_sub(16)), _mm512_add_ps(_mm512_permutex2var_ps(e, high, o), bias));
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(i).cast(), mask(n), _mm512_add_ps(_mm512_permutex2var_ps(e, low, o), bias));
+                _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(i + 16).cast(), mask(n.saturating_sub(16)), _mm512_add_ps(_mm512_permutex2var_ps(e, high, o), bias));
+            }
+        }
+    }
+
+    /// The lanes `l` with `from <= at + l < to`.
+    #[inline(always)]
+    fn lanes(at: usize, from: usize, to: usize) -> __mmask16 {
+        let (lo, hi) = (from.saturating_sub(at).min(16), to.saturating_sub(at).min(16));
+        (mask(hi) & !mask(lo)) as __mmask16
+    }
+
+    /// See [`super::Rows4::split`].
+    ///
+    /// # Safety
+    /// AVX-512F; `at[q] + ⌈(shift + len − q)/4⌉` inside `buf`.
+    #[inline(always)]
+    pub(super) unsafe fn split4(row: &[f32], shift: usize, buf: &mut [f32], at: [usize; 4]) {
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let len = shift + row.len();
+        for j in (0..len).step_by(64) {
+            // SAFETY: masked lanes only: loads inside `row` (position p of the shifted row is
+            // row[p − shift]), stores inside the caller's runs.
+            unsafe {
+                let load = |k: usize| _mm512_maskz_loadu_ps(lanes(j + 16 * k, shift, len), row.as_ptr().wrapping_add(j + 16 * k).wrapping_sub(shift));
+                let (r0, r1, r2, r3) = (load(0), load(1), load(2), load(3));
+                // the even and odd positions of each half, then of those the even and odd
+                let (e01, o01) = (_mm512_permutex2var_ps(r0, evens, r1), _mm512_permutex2var_ps(r0, odds, r1));
+                let (e23, o23) = (_mm512_permutex2var_ps(r2, evens, r3), _mm512_permutex2var_ps(r2, odds, r3));
+                let phases = [_mm512_permutex2var_ps(e01, evens, e23), _mm512_permutex2var_ps(o01, evens, o23), _mm512_permutex2var_ps(e01, odds, e23), _mm512_permutex2var_ps(o01, odds, o23)];
+                for (q, phase) in phases.into_iter().enumerate() {
+                    let count = len.saturating_sub(j + q).div_ceil(4);
+                    _mm512_mask_storeu_ps(buf.as_mut_ptr().add(at[q] + j / 4), mask(count), phase);
+                }
+            }
+        }
+    }
+
+    /// See [`super::Rows4::interleave`].
+    ///
+    /// # Safety
+    /// AVX-512F; `at[q] + ⌈(len − q)/4⌉` inside `buf` (`len` of `out`).
+    #[inline(always)]
+    pub(super) unsafe fn interleave4(buf: &[f32], at: [usize; 4], bias: f32, out: &mut [MaybeUninit<f32>]) {
+        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let bias = _mm512_set1_ps(bias);
+        let len = out.len();
+        for j in (0..len).step_by(64) {
+            // SAFETY: masked lanes only, inside `out` and the caller's runs.
+            unsafe {
+                let load = |q: usize| _mm512_maskz_loadu_ps(mask(len.saturating_sub(j + q).div_ceil(4)), buf.as_ptr().add(at[q] + j / 4));
+                let (q0, q1, q2, q3) = (load(0), load(1), load(2), load(3));
+                // positions 0 and 2 mod 4 to the even ones, 1 and 3 to the odd, then those two
+                let (e_low, e_high) = (_mm512_permutex2var_ps(q0, low, q2), _mm512_permutex2var_ps(q0, high, q2));
+                let (o_low, o_high) = (_mm512_permutex2var_ps(q1, low, q3), _mm512_permutex2var_ps(q1, high, q3));
+                let rows = [_mm512_permutex2var_ps(e_low, low, o_low), _mm512_permutex2var_ps(e_low, high, o_low), _mm512_permutex2var_ps(e_high, low, o_high), _mm512_permutex2var_ps(e_high, high, o_high)];
+                for (k, r) in rows.into_iter().enumerate() {
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j + 16 * k).cast(), lanes(j + 16 * k, 0, len), _mm512_add_ps(r, bias));
+                }
             }
         }
     }
@@ -529,9 +857,12 @@ mod tests {
         a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
     }
 
-    /// The forward against the naive loops: SAME and VALID, even and odd sizes (a last row or
-    /// column of tiles cut in half), padding of 2 and 0 on opposite sides, a bias, channel
-    /// counts that leave the kernel's slivers part empty, a batch of several tasks.
+    const SIZES: [Size; 2] = [Size::F2, Size::F4];
+
+    /// The forward against the naive loops, both tiles: SAME and VALID, sizes 0 to 3 past a
+    /// multiple of 4 (tiles cut by the edges in every way), padding of 2 and 0 on opposite
+    /// sides, a bias, channel counts that leave the kernel's slivers part empty, a batch of
+    /// several tasks, ResNet-20's first stage.
     #[test]
     fn forward_agrees_with_the_naive_loops() {
         let cases = [
@@ -539,16 +870,19 @@ mod tests {
             ([2, 4, 8, 8], 9, Window::square(3)),
             ([2, 3, 7, 6], 5, Window::square(3).padding(Padding::Explicit { top: 2, bottom: 0, left: 0, right: 2 })),
             ([40, 16, 14, 14], 17, Window::square(3).padding(Padding::Same)),
+            ([3, 16, 28, 28], 16, Window::square(3).padding(Padding::Same)),
         ];
         for (case, (xs, c_out, win)) in cases.into_iter().enumerate() {
             let (x, w) = (filled(xs, case), filled([c_out, xs[1], 3, 3], case + 10));
             let b = Array::from_shape_fn(c_out, |i| i as f32 / 4.0);
             let g = win.geometry(xs[2], xs[3]).unwrap();
             assert!(applies(&g));
-            let y = forward(x.view(), w.view(), Some(b.view()), &g);
             let want = reference::conv2d(x.view(), w.view(), Some(b.view()), &win).unwrap();
-            let err = max_error(&y, &want);
-            assert!(err < 1e-4, "case {case}: {err}");
+            for size in SIZES {
+                let y = forward(size, x.view(), w.view(), Some(b.view()), &g);
+                let err = max_error(&y, &want);
+                assert!(err < 1e-4, "case {case}, {size:?}: {err}");
+            }
         }
     }
 
@@ -560,11 +894,29 @@ mod tests {
             let g = win.geometry(10, 9).unwrap();
             let dy = filled([2, 5, g.oh, g.ow], case + 20);
             let (turned, g_t) = crate::implicit::transposed_operands(w.view(), &g).unwrap();
-            let dx = forward(dy.view(), turned, None, &g_t);
             let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), &win).unwrap().dx;
-            let err = max_error(&dx, &want);
-            assert!(err < 1e-4, "case {case}: {err}");
+            for size in SIZES {
+                let dx = forward(size, dy.view(), turned.view(), None, &g_t);
+                let err = max_error(&dx, &want);
+                assert!(err < 1e-4, "case {case}, {size:?}: {err}");
+            }
         }
+    }
+
+    /// The written-out `Bᵀ d` and `Aᵀ m` of each tile against its matrices, on every lane.
+    #[test]
+    fn the_written_out_transforms_are_the_matrices() {
+        fn check<const M: usize, const A: usize, T: Tile<M, A>>() {
+            let input: [Lanes; A] = std::array::from_fn(|k| std::array::from_fn(|lane| (k * 7 + lane * 3) as f32 / 8.0 - 2.0));
+            let product = |matrix: &[[f32; A]], lane: usize, row: usize| (0..A).map(|k| matrix[row][k] * input[k][lane]).sum::<f32>();
+            let (bt, at) = (T::bt(input), T::at(input));
+            for lane in 0..LANES {
+                assert!((0..A).all(|r| (bt[r][lane] - product(&T::BT, lane, r)).abs() < 1e-5), "Bᵀ of F({M}x{M}), lane {lane}");
+                assert!((0..M).all(|r| (at[r][lane] - product(&T::AT, lane, r)).abs() < 1e-5), "Aᵀ of F({M}x{M}), lane {lane}");
+            }
+        }
+        check::<2, 4, F2>();
+        check::<4, 6, F4>();
     }
 
     /// Every micro-kernel this CPU runs, with the transforms on its instruction set (the
@@ -586,9 +938,10 @@ mod tests {
             let g = win.geometry(xs[2], xs[3]).unwrap();
             let want = reference::conv2d(x.view(), w.view(), None, &win).unwrap();
             for &kernel in &kernels {
-                let y = forward_on(kernel, x.view(), w.view(), None, &g);
-                let err = max_error(&y, &want);
-                assert!(err < 1e-4, "case {case}, {}: {err}", kernel.name());
+                for size in SIZES {
+                    let err = max_error(&forward_on(size, kernel, x.view(), w.view(), None, &g), &want);
+                    assert!(err < 1e-4, "case {case}, {size:?} on {}: {err}", kernel.name());
+                }
             }
         }
     }
@@ -598,15 +951,18 @@ mod tests {
     fn the_same_values_on_any_number_of_threads() {
         let (x, w) = (filled([50, 16, 12, 12], 1), filled([16, 16, 3, 3], 2));
         let g = Window::square(3).padding(Padding::Same).geometry(12, 12).unwrap();
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| forward(x.view(), w.view(), None, &g))
-        };
-        let one = run(1);
-        // 6 x 7 tiles per sample (one per row dropped), 16 + 16 channels: the batch spans several tasks
-        const { assert!(TASK_VALUES / (16 * 32 * 6 * 7) < 50) };
-        assert_eq!(run(2), one);
-        assert_eq!(run(3), one);
+        // 6 x 7 tiles per sample (F(2x2): one per row dropped), 16 + 16 channels: the batch
+        // spans several tasks; F(4x4)'s 3 x 4 tiles of 36 values too
+        const { assert!(TASK_VALUES / (16 * 32 * 6 * 7) < 50 && TASK_VALUES / (36 * 32 * 3 * 4) < 50) };
+        for size in SIZES {
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| forward(size, x.view(), w.view(), None, &g))
+            };
+            let one = run(1);
+            assert_eq!(run(2), one, "{size:?}");
+            assert_eq!(run(3), one, "{size:?}");
+        }
     }
 
     #[test]

@@ -310,7 +310,7 @@ fn every_algorithm_named_agrees_or_is_refused() {
             let applies = match algorithm {
                 Algorithm::Lowered => groups == 1,
                 Algorithm::Implicit | Algorithm::Direct => groups == 1,
-                Algorithm::Winograd => groups == 1 && win.sh == 1 && win.kh == 3,
+                Algorithm::Winograd | Algorithm::Winograd4 => groups == 1 && win.sh == 1 && win.kh == 3,
                 Algorithm::Grouped => true,
                 Algorithm::Depthwise => groups == c_in,
             };

@@ -127,7 +127,7 @@ fn conv_layer_on_the_direct_convolution() {
 }
 
 /// The algorithms no layer takes by default here, named through `conv2d_with` as a
-/// downstream crate would — Winograd's F(2x2, 3x3) everywhere, the direct convolution on
+/// downstream crate would — Winograd's F(2x2, 3x3) and F(4x4, 3x3) everywhere, the direct convolution on
 /// CPUs without AVX-512 (its portable kernel): forward and all three gradients of
 /// ResNet-20-like layers against the naive loops, and the loss's directional derivative
 /// along the input against central differences in f64.
@@ -142,7 +142,7 @@ fn named_algorithms_agree_with_the_naive_loops() {
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
     };
-    for algorithm in [Algorithm::Winograd, Algorithm::Direct] {
+    for algorithm in [Algorithm::Winograd, Algorithm::Winograd4, Algorithm::Direct] {
         for (c_in, c_out, side, padding) in [(16, 16, 14, Padding::Same), (8, 12, 7, Padding::Same), (4, 6, 9, Padding::Valid)] {
             let win = Window::square(3).padding(padding);
             let (x, w) = (random([2, c_in, side, side]), random([c_out, c_in, 3, 3]));
