@@ -486,21 +486,22 @@ fn pad_split<V: Vector, const M: usize>(x: ArrayView3<f32>, g: &Geometry, (rows,
     let phase = rows * row;
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
+    // the start of phase plane Q[y % M][q]'s row y / M, for padded row y
+    let start = |y: usize, q: usize| (M * (y % M) + q) * phase + (y / M) * row;
     for (planes, x_c) in padded.chunks_exact_mut(M * M * phase).zip(x.chunks_exact(g.h * g.w)) {
+        if M == 4 {
+            // x's row iy lands in padded row pad_top + iy, its value i in column pad_left + i
+            let at = |iy: usize| std::array::from_fn(|q| start(g.pad_top + iy, q));
+            Rows4 { at }.split::<V>(x_c, g.w, g.pad_left, planes);
+            continue;
+        }
+        assert!(M == 2, "tiles of 2 or 4 outputs a side");
         for (iy, x_row) in x_c.chunks_exact(g.w).enumerate() {
             let y = g.pad_top + iy;
-            // the start of phase plane Q[y % M][q]'s row y / M
-            let start = |q: usize| (M * (y % M) + q) * phase + (y / M) * row;
-            if M == 2 {
-                // x's value i lands in column pad_left + i: the even i in one phase, the odd i in the other
-                let (q_even, q_odd) = (g.pad_left % 2, 1 - g.pad_left % 2);
-                let (even_at, odd_at) = (start(q_even) + g.pad_left / 2, start(q_odd) + g.pad_left.div_ceil(2));
-                Rows2 { even: even_at, odd: odd_at }.split::<V>(x_row, planes);
-            } else {
-                assert!(M == 4, "tiles of 2 or 4 outputs a side");
-                // x's value i lands in column pad_left + i
-                Rows4 { at: [start(0), start(1), start(2), start(3)] }.split::<V>(x_row, g.pad_left, planes);
-            }
+            // x's value i lands in column pad_left + i: the even i in one phase, the odd i in the other
+            let (q_even, q_odd) = (g.pad_left % 2, 1 - g.pad_left % 2);
+            let (even_at, odd_at) = (start(y, q_even) + g.pad_left / 2, start(y, q_odd) + g.pad_left.div_ceil(2));
+            Rows2 { even: even_at, odd: odd_at }.split::<V>(x_row, planes);
         }
     }
 }
@@ -635,15 +636,15 @@ fn column<V: Vector, const K: usize, const J: usize>(rows: &[[V; J]; K], j: usiz
 /// `M·ty..`, columns `M·tx..` (cut at the plane's edges), plus the bias.
 #[inline(always)]
 fn scatter<V: Vector, const M: usize>(ys: &[f32], cols: usize, first: usize, tw: usize, bias: f32, plane: &mut [MaybeUninit<f32>], ow: usize) {
+    // where output row oy's column j mod M comes from
+    let start = |oy: usize, j: usize| (M * (oy % M) + j) * cols + first + (oy / M) * (tw + 1);
+    if M == 4 {
+        let at = |oy: usize| std::array::from_fn(|j| start(oy, j));
+        return Rows4 { at }.interleave::<V>(ys, bias, plane, ow);
+    }
+    assert!(M == 2, "tiles of 2 or 4 outputs a side");
     for (oy, out) in plane.chunks_exact_mut(ow).enumerate() {
-        let at = first + (oy / M) * (tw + 1);
-        let start = |j: usize| (M * (oy % M) + j) * cols + at;
-        if M == 2 {
-            Rows2 { even: start(0), odd: start(1) }.interleave::<V>(ys, bias, out);
-        } else {
-            assert!(M == 4, "tiles of 2 or 4 outputs a side");
-            Rows4 { at: [start(0), start(1), start(2), start(3)] }.interleave::<V>(ys, bias, out);
-        }
+        Rows2 { even: start(oy, 0), odd: start(oy, 1) }.interleave::<V>(ys, bias, out);
     }
 }
 
@@ -689,44 +690,59 @@ impl Rows2 {
     }
 }
 
-/// Four runs in one buffer, a row's values by their column mod 4 (F(4x4)'s phase planes):
-/// [`pad_split`] splits a row of the image into them, [`scatter`] interleaves four rows of
-/// outputs from them. With AVX-512, 64 values at a time: four loads, two rounds of four
-/// two-register permutes, four stores; else one value at a time.
-struct Rows4 {
-    at: [usize; 4],
+/// Four runs per row, a row's values by their column mod 4 (F(4x4)'s phase planes), row `y`'s
+/// starting at `at(y)`: [`pad_split`] splits every row of a channel into them, [`scatter`]
+/// interleaves every row of an output plane from them. With AVX-512, 64 values at a time:
+/// four loads, two rounds of four two-register permutes, four stores, the masks at the rows'
+/// ends computed once for all the rows (per row, they cost more than the permutes); else
+/// one value at a time.
+struct Rows4<F: Fn(usize) -> [usize; 4]> {
+    at: F,
 }
 
-impl Rows4 {
-    /// `buf[at[q] + i] = p[4i + q]` for the row `p` = `shift` zeros, then `row`.
+impl<F: Fn(usize) -> [usize; 4]> Rows4<F> {
+    /// Whether every row's runs of `len` values (its run `q` holds `⌈(len − q)/4⌉`) lie in a
+    /// buffer of `buf` values.
     #[inline(always)]
-    fn split<V: Vector>(&self, row: &[f32], shift: usize, buf: &mut [f32]) {
-        let len = shift + row.len();
-        assert!((0..4).all(|q| self.at[q] + (len + 3 - q) / 4 <= buf.len()), "split rows outside the buffer");
+    fn inside(&self, rows: usize, len: usize, buf: usize) -> bool {
+        (0..rows).all(|y| (0..4).all(|q| (self.at)(y)[q] + (len + 3 - q) / 4 <= buf))
+    }
+
+    /// `buf[at(y)[q] + i] = p[4i + q]` for every row `y` of `rows` (`w` values each), `p` =
+    /// `shift` zeros, then the row.
+    #[inline(always)]
+    fn split<V: Vector>(&self, rows: &[f32], w: usize, shift: usize, buf: &mut [f32]) {
+        assert!(w > 0 && self.inside(rows.len() / w, shift + w, buf.len()), "split rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
         if V::AVX512 {
             // SAFETY: V::AVX512 is only true on CPUs with AVX-512F (run chose it); every masked
-            // lane lies inside `row` or inside the runs asserted above.
-            return unsafe { avx512::split4(row, shift, buf, self.at) };
+            // lane lies inside `rows` or inside the runs asserted above.
+            return unsafe { avx512::split4(rows, w, shift, buf, &self.at) };
         }
-        for (i, &v) in row.iter().enumerate() {
-            let col = shift + i;
-            buf[self.at[col % 4] + col / 4] = v;
+        for (y, row) in rows.chunks_exact(w).enumerate() {
+            let at = (self.at)(y);
+            for (i, &v) in row.iter().enumerate() {
+                let col = shift + i;
+                buf[at[col % 4] + col / 4] = v;
+            }
         }
     }
 
-    /// `out[4i + q] = buf[at[q] + i] + bias`.
+    /// `plane[y·w + 4i + q] = buf[at(y)[q] + i] + bias` for every row `y` of `plane` (`w`
+    /// values each).
     #[inline(always)]
-    fn interleave<V: Vector>(&self, buf: &[f32], bias: f32, out: &mut [MaybeUninit<f32>]) {
-        let len = out.len();
-        assert!((0..4).all(|q| self.at[q] + (len + 3 - q) / 4 <= buf.len()), "interleaved rows outside the buffer");
+    fn interleave<V: Vector>(&self, buf: &[f32], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
+        assert!(w > 0 && self.inside(plane.len() / w, w, buf.len()), "interleaved rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
         if V::AVX512 {
             // SAFETY: as in `split`.
-            return unsafe { avx512::interleave4(buf, self.at, bias, out) };
+            return unsafe { avx512::interleave4(buf, &self.at, bias, plane, w) };
         }
-        for (col, v) in out.iter_mut().enumerate() {
-            v.write(buf[self.at[col % 4] + col / 4] + bias);
+        for (y, out) in plane.chunks_exact_mut(w).enumerate() {
+            let at = (self.at)(y);
+            for (col, v) in out.iter_mut().enumerate() {
+                v.write(buf[at[col % 4] + col / 4] + bias);
+            }
         }
     }
 }
@@ -793,25 +809,29 @@ mod avx512 {
     /// See [`super::Rows4::split`].
     ///
     /// # Safety
-    /// AVX-512F; `at[q] + ⌈(shift + len − q)/4⌉` inside `buf`.
+    /// AVX-512F; `at(y)[q] + ⌈(shift + w − q)/4⌉` inside `buf` for every row `y`.
     #[inline(always)]
-    pub(super) unsafe fn split4(row: &[f32], shift: usize, buf: &mut [f32], at: [usize; 4]) {
+    pub(super) unsafe fn split4(rows: &[f32], w: usize, shift: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let len = shift + row.len();
+        let len = shift + w;
         for j in (0..len).step_by(64) {
-            // SAFETY: masked lanes only: loads inside `row` (position p of the shifted row is
-            // row[p − shift]), stores inside the caller's runs.
-            unsafe {
-                let load = |k: usize| _mm512_maskz_loadu_ps(lanes(j + 16 * k, shift, len), row.as_ptr().wrapping_add(j + 16 * k).wrapping_sub(shift));
-                let (r0, r1, r2, r3) = (load(0), load(1), load(2), load(3));
-                // the even and odd positions of each half, then of those the even and odd
-                let (e01, o01) = (_mm512_permutex2var_ps(r0, evens, r1), _mm512_permutex2var_ps(r0, odds, r1));
-                let (e23, o23) = (_mm512_permutex2var_ps(r2, evens, r3), _mm512_permutex2var_ps(r2, odds, r3));
-                let phases = [_mm512_permutex2var_ps(e01, evens, e23), _mm512_permutex2var_ps(o01, evens, o23), _mm512_permutex2var_ps(e01, odds, e23), _mm512_permutex2var_ps(o01, odds, o23)];
-                for (q, phase) in phases.into_iter().enumerate() {
-                    let count = len.saturating_sub(j + q).div_ceil(4);
-                    _mm512_mask_storeu_ps(buf.as_mut_ptr().add(at[q] + j / 4), mask(count), phase);
+            let loads: [__mmask16; 4] = std::array::from_fn(|k| lanes(j + 16 * k, shift, len));
+            let stores: [__mmask16; 4] = std::array::from_fn(|q| mask(len.saturating_sub(j + q).div_ceil(4)));
+            for (y, row) in rows.chunks_exact(w).enumerate() {
+                let at = at(y);
+                // SAFETY: masked lanes only: loads inside the row (position p of the shifted
+                // row is row[p − shift]), stores inside the caller's runs.
+                unsafe {
+                    let load = |k: usize| _mm512_maskz_loadu_ps(loads[k], row.as_ptr().wrapping_add(j + 16 * k).wrapping_sub(shift));
+                    let (r0, r1, r2, r3) = (load(0), load(1), load(2), load(3));
+                    // the even and odd positions of each half, then of those the even and odd
+                    let (e01, o01) = (_mm512_permutex2var_ps(r0, evens, r1), _mm512_permutex2var_ps(r0, odds, r1));
+                    let (e23, o23) = (_mm512_permutex2var_ps(r2, evens, r3), _mm512_permutex2var_ps(r2, odds, r3));
+                    let phases = [_mm512_permutex2var_ps(e01, evens, e23), _mm512_permutex2var_ps(o01, evens, o23), _mm512_permutex2var_ps(e01, odds, e23), _mm512_permutex2var_ps(o01, odds, o23)];
+                    for (q, phase) in phases.into_iter().enumerate() {
+                        _mm512_mask_storeu_ps(buf.as_mut_ptr().wrapping_add(at[q] + j / 4), stores[q], phase);
+                    }
                 }
             }
         }
@@ -820,24 +840,28 @@ mod avx512 {
     /// See [`super::Rows4::interleave`].
     ///
     /// # Safety
-    /// AVX-512F; `at[q] + ⌈(len − q)/4⌉` inside `buf` (`len` of `out`).
+    /// AVX-512F; `at(y)[q] + ⌈(w − q)/4⌉` inside `buf` for every row `y` of `plane`.
     #[inline(always)]
-    pub(super) unsafe fn interleave4(buf: &[f32], at: [usize; 4], bias: f32, out: &mut [MaybeUninit<f32>]) {
+    pub(super) unsafe fn interleave4(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
         let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         let bias = _mm512_set1_ps(bias);
-        let len = out.len();
-        for j in (0..len).step_by(64) {
-            // SAFETY: masked lanes only, inside `out` and the caller's runs.
-            unsafe {
-                let load = |q: usize| _mm512_maskz_loadu_ps(mask(len.saturating_sub(j + q).div_ceil(4)), buf.as_ptr().add(at[q] + j / 4));
-                let (q0, q1, q2, q3) = (load(0), load(1), load(2), load(3));
-                // positions 0 and 2 mod 4 to the even ones, 1 and 3 to the odd, then those two
-                let (e_low, e_high) = (_mm512_permutex2var_ps(q0, low, q2), _mm512_permutex2var_ps(q0, high, q2));
-                let (o_low, o_high) = (_mm512_permutex2var_ps(q1, low, q3), _mm512_permutex2var_ps(q1, high, q3));
-                let rows = [_mm512_permutex2var_ps(e_low, low, o_low), _mm512_permutex2var_ps(e_low, high, o_low), _mm512_permutex2var_ps(e_high, low, o_high), _mm512_permutex2var_ps(e_high, high, o_high)];
-                for (k, r) in rows.into_iter().enumerate() {
-                    _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j + 16 * k).cast(), lanes(j + 16 * k, 0, len), _mm512_add_ps(r, bias));
+        for j in (0..w).step_by(64) {
+            let loads: [__mmask16; 4] = std::array::from_fn(|q| mask(w.saturating_sub(j + q).div_ceil(4)));
+            let stores: [__mmask16; 4] = std::array::from_fn(|k| lanes(j + 16 * k, 0, w));
+            for (y, out) in plane.chunks_exact_mut(w).enumerate() {
+                let at = at(y);
+                // SAFETY: masked lanes only, inside the row and the caller's runs.
+                unsafe {
+                    let load = |q: usize| _mm512_maskz_loadu_ps(loads[q], buf.as_ptr().wrapping_add(at[q] + j / 4));
+                    let (q0, q1, q2, q3) = (load(0), load(1), load(2), load(3));
+                    // positions 0 and 2 mod 4 to the even ones, 1 and 3 to the odd, then those two
+                    let (e_low, e_high) = (_mm512_permutex2var_ps(q0, low, q2), _mm512_permutex2var_ps(q0, high, q2));
+                    let (o_low, o_high) = (_mm512_permutex2var_ps(q1, low, q3), _mm512_permutex2var_ps(q1, high, q3));
+                    let rows = [_mm512_permutex2var_ps(e_low, low, o_low), _mm512_permutex2var_ps(e_low, high, o_low), _mm512_permutex2var_ps(e_high, low, o_high), _mm512_permutex2var_ps(e_high, high, o_high)];
+                    for (k, r) in rows.into_iter().enumerate() {
+                        _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j + 16 * k).cast(), stores[k], _mm512_add_ps(r, bias));
+                    }
                 }
             }
         }
