@@ -38,7 +38,7 @@
 //! `V` and `M` 2.25x the input and the output instead of 4x. Both tiles come from one set of
 //! loops ([`Tile`]: each tile's matrices, and `Bᵀ` and `Aᵀ` written out term by term); the
 //! phase planes are four a side (column `x` of the padded sample at plane `x % 4`, column
-//! `x / 4`), split and interleaved by [`Rows4`]. On 28x28 the tiles fit exactly; on 14x14 and
+//! `x / 4`), split and interleaved by [`Phases`]. On 28x28 the tiles fit exactly; on 14x14 and
 //! 7x7, 16x16 and 8x8 outputs are computed for 196 and 49 (the larger tile pays only where
 //! the image is large).
 //!
@@ -353,7 +353,7 @@ type Lanes = [f32; LANES];
 /// through its intrinsics (left to itself, the compiler cuts arrays of 16 values into halves
 /// and shuffles them), or an array the compiler vectorises as it can (AVX2, portable).
 trait Vector: Copy {
-    /// Whether rows are split and interleaved with AVX-512's permutes ([`Rows2`], [`Rows4`]).
+    /// Whether rows are split and interleaved with AVX-512's permutes ([`Phases`]).
     const AVX512: bool;
     fn zero() -> Self;
     /// # Safety
@@ -489,20 +489,9 @@ fn pad_split<V: Vector, const M: usize>(x: ArrayView3<f32>, g: &Geometry, (rows,
     // the start of phase plane Q[y % M][q]'s row y / M, for padded row y
     let start = |y: usize, q: usize| (M * (y % M) + q) * phase + (y / M) * row;
     for (planes, x_c) in padded.chunks_exact_mut(M * M * phase).zip(x.chunks_exact(g.h * g.w)) {
-        if M == 4 {
-            // x's row iy lands in padded row pad_top + iy, its value i in column pad_left + i
-            let at = |iy: usize| std::array::from_fn(|q| start(g.pad_top + iy, q));
-            Rows4 { at }.split::<V>(x_c, g.w, g.pad_left, planes);
-            continue;
-        }
-        assert!(M == 2, "tiles of 2 or 4 outputs a side");
-        for (iy, x_row) in x_c.chunks_exact(g.w).enumerate() {
-            let y = g.pad_top + iy;
-            // x's value i lands in column pad_left + i: the even i in one phase, the odd i in the other
-            let (q_even, q_odd) = (g.pad_left % 2, 1 - g.pad_left % 2);
-            let (even_at, odd_at) = (start(y, q_even) + g.pad_left / 2, start(y, q_odd) + g.pad_left.div_ceil(2));
-            Rows2 { even: even_at, odd: odd_at }.split::<V>(x_row, planes);
-        }
+        // x's row iy lands in padded row pad_top + iy, its value i in column pad_left + i
+        let at = |iy: usize| std::array::from_fn(|q| start(g.pad_top + iy, q));
+        Phases::<M, _> { at }.split::<V>(x_c, g.w, g.pad_left, planes);
     }
 }
 
@@ -636,112 +625,65 @@ fn column<V: Vector, const K: usize, const J: usize>(rows: &[[V; J]; K], j: usiz
 /// `M·ty..`, columns `M·tx..` (cut at the plane's edges), plus the bias.
 #[inline(always)]
 fn scatter<V: Vector, const M: usize>(ys: &[f32], cols: usize, first: usize, tw: usize, bias: f32, plane: &mut [MaybeUninit<f32>], ow: usize) {
-    // where output row oy's column j mod M comes from
-    let start = |oy: usize, j: usize| (M * (oy % M) + j) * cols + first + (oy / M) * (tw + 1);
-    if M == 4 {
-        let at = |oy: usize| std::array::from_fn(|j| start(oy, j));
-        return Rows4 { at }.interleave::<V>(ys, bias, plane, ow);
-    }
-    assert!(M == 2, "tiles of 2 or 4 outputs a side");
-    for (oy, out) in plane.chunks_exact_mut(ow).enumerate() {
-        Rows2 { even: start(oy, 0), odd: start(oy, 1) }.interleave::<V>(ys, bias, out);
-    }
+    // where output row oy's columns j mod M come from
+    let at = |oy: usize| std::array::from_fn(|j| (M * (oy % M) + j) * cols + first + (oy / M) * (tw + 1));
+    Phases::<M, _> { at }.interleave::<V>(ys, bias, plane, ow);
 }
 
-/// Two runs in one buffer, the even-numbered values of a row and its odd-numbered ones:
-/// [`pad_split`] splits a row of the image into them, [`scatter`] interleaves two rows of
-/// outputs from them. With AVX-512, 32 values at a time: two loads, two permutes
-/// across both registers, two stores (masked at the row's end); else one value at a time.
-struct Rows2 {
-    even: usize,
-    odd: usize,
-}
-
-impl Rows2 {
-    /// `buf[even + i] = row[2i]`, `buf[odd + i] = row[2i + 1]`.
-    #[inline(always)]
-    fn split<V: Vector>(&self, row: &[f32], buf: &mut [f32]) {
-        let (evens, odds) = (row.len().div_ceil(2), row.len() / 2);
-        assert!(self.even + evens <= buf.len() && self.odd + odds <= buf.len(), "split rows outside the buffer");
-        #[cfg(target_arch = "x86_64")]
-        if V::AVX512 {
-            // SAFETY: V::AVX512 is only true on CPUs with AVX-512F (run chose it); every masked
-            // lane lies inside `row` or inside the runs asserted above.
-            return unsafe { avx512::split(row, buf, self.even, self.odd) };
-        }
-        for (i, &v) in row.iter().enumerate() {
-            buf[if i % 2 == 0 { self.even } else { self.odd } + i / 2] = v;
-        }
-    }
-
-    /// `out[2i] = buf[even + i] + bias`, `out[2i + 1] = buf[odd + i] + bias`.
-    #[inline(always)]
-    fn interleave<V: Vector>(&self, buf: &[f32], bias: f32, out: &mut [MaybeUninit<f32>]) {
-        let (evens, odds) = (out.len().div_ceil(2), out.len() / 2);
-        assert!(self.even + evens <= buf.len() && self.odd + odds <= buf.len(), "interleaved rows outside the buffer");
-        #[cfg(target_arch = "x86_64")]
-        if V::AVX512 {
-            // SAFETY: as in `split`.
-            return unsafe { avx512::interleave(buf, self.even, self.odd, bias, out) };
-        }
-        for (i, v) in out.iter_mut().enumerate() {
-            v.write(buf[if i % 2 == 0 { self.even } else { self.odd } + i / 2] + bias);
-        }
-    }
-}
-
-/// Four runs per row, a row's values by their column mod 4 (F(4x4)'s phase planes), row `y`'s
-/// starting at `at(y)`: [`pad_split`] splits every row of a channel into them, [`scatter`]
-/// interleaves every row of an output plane from them. With AVX-512, 64 values at a time:
-/// four loads, two rounds of four two-register permutes, four stores, the masks at the rows'
-/// ends computed once for all the rows (per row, they cost more than the permutes); else
-/// one value at a time.
-struct Rows4<F: Fn(usize) -> [usize; 4]> {
+/// `P` runs per row (2 or 4), a row's values by their column mod `P` (the phase planes), row
+/// `y`'s starting at `at(y)`: [`pad_split`] splits every row of a channel into them,
+/// [`scatter`] interleaves every row of an output plane from them. With AVX-512, `16·P`
+/// values at a time: `P` loads, one or two rounds of `P` two-register permutes, `P` stores,
+/// the masks at the rows' ends computed once for all the rows (per row, they cost more than
+/// the permutes); else one value at a time.
+struct Phases<const P: usize, F: Fn(usize) -> [usize; P]> {
     at: F,
 }
 
-impl<F: Fn(usize) -> [usize; 4]> Rows4<F> {
-    /// Whether every row's runs of `len` values (its run `q` holds `⌈(len − q)/4⌉`) lie in a
+impl<const P: usize, F: Fn(usize) -> [usize; P]> Phases<P, F> {
+    /// Whether every row's runs of `len` values (its run `q` holds `⌈(len − q)/P⌉`) lie in a
     /// buffer of `buf` values.
     #[inline(always)]
     fn inside(&self, rows: usize, len: usize, buf: usize) -> bool {
-        (0..rows).all(|y| (0..4).all(|q| (self.at)(y)[q] + (len + 3 - q) / 4 <= buf))
+        (0..rows).all(|y| (0..P).all(|q| (self.at)(y)[q] + (len + P - 1 - q) / P <= buf))
     }
 
-    /// `buf[at(y)[q] + i] = p[4i + q]` for every row `y` of `rows` (`w` values each), `p` =
+    /// `buf[at(y)[q] + i] = p[P·i + q]` for every row `y` of `rows` (`w` values each), `p` =
     /// `shift` zeros, then the row.
     #[inline(always)]
     fn split<V: Vector>(&self, rows: &[f32], w: usize, shift: usize, buf: &mut [f32]) {
         assert!(w > 0 && self.inside(rows.len() / w, shift + w, buf.len()), "split rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
         if V::AVX512 {
+            let at = |y: usize| -> [usize; 4] { std::array::from_fn(|q| (self.at)(y)[q % P]) };
             // SAFETY: V::AVX512 is only true on CPUs with AVX-512F (run chose it); every masked
             // lane lies inside `rows` or inside the runs asserted above.
-            return unsafe { avx512::split4(rows, w, shift, buf, &self.at) };
+            return unsafe { if P == 2 { avx512::split2(rows, w, shift, buf, &at) } else { avx512::split4(rows, w, shift, buf, &at) } };
         }
         for (y, row) in rows.chunks_exact(w).enumerate() {
             let at = (self.at)(y);
             for (i, &v) in row.iter().enumerate() {
                 let col = shift + i;
-                buf[at[col % 4] + col / 4] = v;
+                buf[at[col % P] + col / P] = v;
             }
         }
     }
 
-    /// `plane[y·w + 4i + q] = buf[at(y)[q] + i] + bias` for every row `y` of `plane` (`w`
+    /// `plane[y·w + P·i + q] = buf[at(y)[q] + i] + bias` for every row `y` of `plane` (`w`
     /// values each).
     #[inline(always)]
     fn interleave<V: Vector>(&self, buf: &[f32], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
         assert!(w > 0 && self.inside(plane.len() / w, w, buf.len()), "interleaved rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
         if V::AVX512 {
+            let at = |y: usize| -> [usize; 4] { std::array::from_fn(|q| (self.at)(y)[q % P]) };
             // SAFETY: as in `split`.
-            return unsafe { avx512::interleave4(buf, &self.at, bias, plane, w) };
+            return unsafe { if P == 2 { avx512::interleave2(buf, &at, bias, plane, w) } else { avx512::interleave4(buf, &at, bias, plane, w) } };
         }
         for (y, out) in plane.chunks_exact_mut(w).enumerate() {
             let at = (self.at)(y);
             for (col, v) in out.iter_mut().enumerate() {
-                v.write(buf[at[col % 4] + col / 4] + bias);
+                v.write(buf[at[col % P] + col / P] + bias);
             }
         }
     }
@@ -758,43 +700,53 @@ mod avx512 {
         ((1u32 << n.min(16)) - 1) as __mmask16
     }
 
-    /// See [`super::Rows2::split`].
+    /// See [`super::Phases::split`], two runs a row (`at(y)[0]` and `[1]`).
     ///
     /// # Safety
-    /// AVX-512F; `even + ⌈len/2⌉` and `odd + ⌊len/2⌋` inside `buf`.
+    /// AVX-512F; `at(y)[q] + ⌈(shift + w − q)/2⌉` inside `buf` for every row `y`.
     #[inline(always)]
-    pub(super) unsafe fn split(row: &[f32], buf: &mut [f32], even: usize, odd: usize) {
+    pub(super) unsafe fn split2(rows: &[f32], w: usize, shift: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        for i in (0..row.len()).step_by(32) {
-            let n = row.len() - i;
-            // SAFETY: masked lanes only, inside `row` and the caller's runs.
-            unsafe {
-                let a = _mm512_maskz_loadu_ps(mask(n), row.as_ptr().add(i));
-                let b = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), row.as_ptr().wrapping_add(i + 16));
-                _mm512_mask_storeu_ps(buf.as_mut_ptr().add(even + i / 2), mask(n.div_ceil(2)), _mm512_permutex2var_ps(a, evens, b));
-                _mm512_mask_storeu_ps(buf.as_mut_ptr().add(odd + i / 2), mask(n / 2), _mm512_permutex2var_ps(a, odds, b));
+        let len = shift + w;
+        for j in (0..len).step_by(32) {
+            let loads = [lanes(j, shift, len), lanes(j + 16, shift, len)];
+            let stores = [mask(len.saturating_sub(j).div_ceil(2)), mask(len.saturating_sub(j + 1).div_ceil(2))];
+            for (y, row) in rows.chunks_exact(w).enumerate() {
+                let at = at(y);
+                // SAFETY: masked lanes only: loads inside the row (position p of the shifted
+                // row is row[p − shift]), stores inside the caller's runs.
+                unsafe {
+                    let a = _mm512_maskz_loadu_ps(loads[0], row.as_ptr().wrapping_add(j).wrapping_sub(shift));
+                    let b = _mm512_maskz_loadu_ps(loads[1], row.as_ptr().wrapping_add(j + 16).wrapping_sub(shift));
+                    _mm512_mask_storeu_ps(buf.as_mut_ptr().wrapping_add(at[0] + j / 2), stores[0], _mm512_permutex2var_ps(a, evens, b));
+                    _mm512_mask_storeu_ps(buf.as_mut_ptr().wrapping_add(at[1] + j / 2), stores[1], _mm512_permutex2var_ps(a, odds, b));
+                }
             }
         }
     }
 
-    /// See [`super::Rows2::interleave`].
+    /// See [`super::Phases::interleave`], two runs a row.
     ///
     /// # Safety
-    /// AVX-512F; `even + ⌈len/2⌉` and `odd + ⌊len/2⌋` inside `buf` (`len` of `out`).
+    /// AVX-512F; `at(y)[q] + ⌈(w − q)/2⌉` inside `buf` for every row `y` of `plane`.
     #[inline(always)]
-    pub(super) unsafe fn interleave(buf: &[f32], even: usize, odd: usize, bias: f32, out: &mut [MaybeUninit<f32>]) {
+    pub(super) unsafe fn interleave2(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
         let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         let bias = _mm512_set1_ps(bias);
-        for i in (0..out.len()).step_by(32) {
-            let n = out.len() - i;
-            // SAFETY: masked lanes only, inside `out` and the caller's runs.
-            unsafe {
-                let e = _mm512_maskz_loadu_ps(mask(n.div_ceil(2)), buf.as_ptr().add(even + i / 2));
-                let o = _mm512_maskz_loadu_ps(mask(n / 2), buf.as_ptr().add(odd + i / 2));
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add(i).cast(), mask(n), _mm512_add_ps(_mm512_permutex2var_ps(e, low, o), bias));
-                _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(i + 16).cast(), mask(n.saturating_sub(16)), _mm512_add_ps(_mm512_permutex2var_ps(e, high, o), bias));
+        for j in (0..w).step_by(32) {
+            let loads = [mask(w.saturating_sub(j).div_ceil(2)), mask(w.saturating_sub(j + 1).div_ceil(2))];
+            let stores = [lanes(j, 0, w), lanes(j + 16, 0, w)];
+            for (y, out) in plane.chunks_exact_mut(w).enumerate() {
+                let at = at(y);
+                // SAFETY: masked lanes only, inside the row and the caller's runs.
+                unsafe {
+                    let e = _mm512_maskz_loadu_ps(loads[0], buf.as_ptr().wrapping_add(at[0] + j / 2));
+                    let o = _mm512_maskz_loadu_ps(loads[1], buf.as_ptr().wrapping_add(at[1] + j / 2));
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j).cast(), stores[0], _mm512_add_ps(_mm512_permutex2var_ps(e, low, o), bias));
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j + 16).cast(), stores[1], _mm512_add_ps(_mm512_permutex2var_ps(e, high, o), bias));
+                }
             }
         }
     }
@@ -806,7 +758,7 @@ mod avx512 {
         (mask(hi) & !mask(lo)) as __mmask16
     }
 
-    /// See [`super::Rows4::split`].
+    /// See [`super::Phases::split`], four runs a row.
     ///
     /// # Safety
     /// AVX-512F; `at(y)[q] + ⌈(shift + w − q)/4⌉` inside `buf` for every row `y`.
@@ -837,7 +789,7 @@ mod avx512 {
         }
     }
 
-    /// See [`super::Rows4::interleave`].
+    /// See [`super::Phases::interleave`], four runs a row.
     ///
     /// # Safety
     /// AVX-512F; `at(y)[q] + ⌈(w − q)/4⌉` inside `buf` for every row `y` of `plane`.
@@ -885,7 +837,7 @@ mod tests {
 
     /// The forward against the naive loops, both tiles: SAME and VALID, sizes 0 to 3 past a
     /// multiple of 4 (tiles cut by the edges in every way), padding of 2 and 0 on opposite
-    /// sides, a bias, channel counts that leave the kernel's slivers part empty, a batch of
+    /// sides, rows longer than one round of permutes (39 padded values), a bias, channel counts that leave the kernel's slivers part empty, a batch of
     /// several tasks, ResNet-20's first stage.
     #[test]
     fn forward_agrees_with_the_naive_loops() {
@@ -893,6 +845,7 @@ mod tests {
             ([3, 5, 9, 11], 7, Window::square(3).padding(Padding::Same)),
             ([2, 4, 8, 8], 9, Window::square(3)),
             ([2, 3, 7, 6], 5, Window::square(3).padding(Padding::Explicit { top: 2, bottom: 0, left: 0, right: 2 })),
+            ([2, 3, 6, 37], 4, Window::square(3).padding(Padding::Explicit { top: 0, bottom: 2, left: 2, right: 0 })),
             ([40, 16, 14, 14], 17, Window::square(3).padding(Padding::Same)),
             ([3, 16, 28, 28], 16, Window::square(3).padding(Padding::Same)),
         ];
