@@ -299,12 +299,15 @@ pub enum Algorithm {
     /// 3x3, stride 1, no dilation, padding of at most 2: Winograd's F(2x2, 3x3), 16
     /// multiplications per 2x2 outputs where the direct product spends 36
     /// (`src/winograd.rs`); the input gradient too, the filter gradient by the implicit
-    /// product's dot products. Never chosen by [`conv2d`]: its transforms made it slower than
-    /// [`Algorithm::Implicit`] on every shape measured (the module says by how much).
+    /// product's dot products. Never chosen by [`conv2d`]: where it beat the implicit product
+    /// (ResNet-20's second stage), the direct convolution was close behind, and F(4x4) or the
+    /// direct convolution faster elsewhere (the module says by how much).
     Winograd,
     /// As [`Algorithm::Winograd`] with the larger tile F(4x4, 3x3): 36 multiplications per 4x4
     /// outputs where the direct product spends 144, values rounded a little more (its
-    /// transforms multiply by up to 8). Not chosen by [`conv2d`] either.
+    /// transforms multiply by up to 8). Chosen on CPUs with AVX-512 for 3x3 stride-1 layers
+    /// on images of 24x24 outputs or more with 8 to 31 filters (ResNet-20's first stage),
+    /// where the direct convolution does not fill its tiles.
     Winograd4,
     /// Direct convolution, oneDNN's way: vectors along the output channels, each output
     /// pixel's input values broadcast from the padded sample (`src/direct.rs`); no wrapped
@@ -330,7 +333,10 @@ impl Algorithm {
     /// ```
     /// use cnn_core::{Algorithm, Padding, Window};
     /// let same = Window::square(3).padding(Padding::Same);
-    /// assert_eq!(Algorithm::choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same, 1).unwrap(), Algorithm::Implicit);
+    /// // F(4x4) Winograd on 28x28 with 16 filters, on CPUs with AVX-512
+    /// let large = if cnn_core::gemm::kernel_name() == "avx512" { Algorithm::Winograd4 } else { Algorithm::Implicit };
+    /// assert_eq!(Algorithm::choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same, 1).unwrap(), large);
+    /// assert_eq!(Algorithm::choose(&[8, 16, 14, 14], &[16, 16, 3, 3], &same, 1).unwrap(), Algorithm::Implicit);
     /// assert_eq!(Algorithm::choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same.stride(2), 1).unwrap(), Algorithm::Implicit);
     /// assert_eq!(Algorithm::choose(&[8, 1, 28, 28], &[32, 1, 3, 3], &same, 1).unwrap(), Algorithm::Lowered);
     /// // 32 filters or more fill the direct convolution's tiles, on CPUs with AVX-512
@@ -358,6 +364,7 @@ impl Algorithm {
     fn of(c_in: usize, c_out: usize, groups: usize, g: &Geometry) -> Algorithm {
         match groups {
             1 if direct::suits(g, c_in, c_out) => Algorithm::Direct,
+            1 if winograd::suits(g, c_in, c_out) => Algorithm::Winograd4,
             1 if implicit::suits(g, c_in, c_out) => Algorithm::Implicit,
             1 => Algorithm::Lowered,
             g if g == c_in => Algorithm::Depthwise,
