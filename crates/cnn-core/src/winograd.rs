@@ -664,7 +664,10 @@ impl<const P: usize, F: Fn(usize) -> [usize; P]> Phases<P, F> {
     /// buffer of `buf` values.
     #[inline(always)]
     fn inside(&self, rows: usize, len: usize, buf: usize) -> bool {
-        (0..rows).all(|y| (0..P).all(|q| (self.at)(y)[q] + (len + P - 1 - q) / P <= buf))
+        (0..rows).all(|y| {
+            let at = (self.at)(y);
+            (0..P).all(|q| at[q] + (len + P - 1 - q) / P <= buf)
+        })
     }
 
     /// `buf[at(y)[q] + i] = p[P·i + q]` for every row `y` of `rows` (`w` values each), `p` =
@@ -674,7 +677,10 @@ impl<const P: usize, F: Fn(usize) -> [usize; P]> Phases<P, F> {
         assert!(w > 0 && self.inside(rows.len() / w, shift + w, buf.len()), "split rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
         if V::AVX512 {
-            let at = |y: usize| -> [usize; 4] { std::array::from_fn(|q| (self.at)(y)[q % P]) };
+            let at = |y: usize| -> [usize; 4] {
+                let at = (self.at)(y);
+                std::array::from_fn(|q| at[q % P])
+            };
             // SAFETY: V::AVX512 is only true on CPUs with AVX-512F (run chose it); every masked
             // lane lies inside `rows` or inside the runs asserted above.
             return unsafe { if P == 2 { avx512::split2(rows, w, shift, buf, &at) } else { avx512::split4(rows, w, shift, buf, &at) } };
@@ -695,7 +701,10 @@ impl<const P: usize, F: Fn(usize) -> [usize; P]> Phases<P, F> {
         assert!(w > 0 && self.inside(plane.len() / w, w, buf.len()), "interleaved rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
         if V::AVX512 {
-            let at = |y: usize| -> [usize; 4] { std::array::from_fn(|q| (self.at)(y)[q % P]) };
+            let at = |y: usize| -> [usize; 4] {
+                let at = (self.at)(y);
+                std::array::from_fn(|q| at[q % P])
+            };
             // SAFETY: as in `split`.
             return unsafe { if P == 2 { avx512::interleave2(buf, &at, bias, plane, w) } else { avx512::interleave4(buf, &at, bias, plane, w) } };
         }
