@@ -69,8 +69,8 @@ use ndarray::{Array3, Array4, ArrayView1, ArrayView3, ArrayView4, ArrayViewMut4,
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-/// Transformed tiles per task, times 16·(c_in + c_out): `V` and `M` of a task (512 KiB)
-/// should stay in L2 between the transform and the products.
+/// Values of `V` and `M` per task (transformed tiles times `A²·(c_in + c_out)`): a task's
+/// 512 KiB should stay in L2 between the transforms and the products.
 const TASK_VALUES: usize = 1 << 17;
 
 /// A Winograd tile F(m x m, 3 x 3): `M x M` outputs from an `A x A` tile of the input
