@@ -582,10 +582,11 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
             _ => lowered_backward_conv(x, w, dy, g, if (g.sh, g.sw) == (1, 1) { Algorithm::Lowered } else { Algorithm::Implicit }),
         },
         Algorithm::Winograd | Algorithm::Winograd4 => {
-            expect_allocatable("input gradient", x.len())?;
-            expect_allocatable("Winograd's transformed tiles", winograd::work_values(g, c_in, c_out))?;
-            let (dw, db) = implicit::filter_gradient(x, dy, g);
+            // the input gradient is the convolution of dy with the filters turned, c_out → c_in
             let (turned, g_t) = implicit::transposed_operands(w, g).expect("winograd applies: padding within the reach");
+            expect_allocatable("input gradient", x.len())?;
+            expect_allocatable("Winograd's transformed tiles", winograd::work_values(&g_t, c_out, c_in))?;
+            let (dw, db) = implicit::filter_gradient(x, dy, g);
             Ok(Conv2dGrads { dx: winograd::forward(algorithm.winograd_size(), dy, turned, None, &g_t), dw, db })
         }
         Algorithm::Depthwise => {
