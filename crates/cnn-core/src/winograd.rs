@@ -52,15 +52,15 @@
 //! (`dy` with the filters turned, [`crate::implicit::transposed_operands`]), so it runs here
 //! too; the filter gradient stays with the implicit product's dot products.
 //!
-//! **Not chosen by `conv2d`**: run it by name (`conv2d_with(Algorithm::Winograd, ..)`). On the
-//! AVX-512 Zen 5 it was measured on (`cargo bench --bench conv`, 2 threads, medians, one run,
-//! side by side), its 16 products take about half the implicit product's time, but the
-//! transforms and the split and interleaved copies take more than that half: ResNet-20's
-//! stages forward 1.58 / 1.39 / 1.72 ms against 1.46 / 1.26 / 1.40 implicit, forward +
-//! backward 4.73 / 4.19 / 5.47 against 4.17 / 3.93 / 4.78; the reference network's conv2
-//! forward 0.96 against 0.92, forward + backward 3.07 against 3.12 (level). With 16–64
-//! channels the transforms' work (proportional to `c_in + c_out` per tile) is not small beside
-//! the products' (`c_in·c_out`), and `V` and `M` are four times the input and the output.
+//! **Chosen by `conv2d`** ([`suits`]): F(4x4) for ResNet-20's first stage (16 channels at
+//! 28x28) on AVX-512; F(2x2) nowhere. Measured side by side on the AVX-512 Zen 5 (`cargo
+//! bench --bench conv`, 2 threads, medians, one run, batch 128), forward / forward + backward
+//! in ms: stage 1 implicit 1.18 / 3.71, F(2x2) 1.14 / 3.68, F(4x4) 0.95 / 3.24; stage 2
+//! (32 channels, 14x14) direct 1.10 / 3.51, F(2x2) 0.99 / 3.33, F(4x4) 1.27 / 3.94; stage 3
+//! (64 channels, 7x7) direct 1.05 / 4.08, F(2x2) 1.40 / 4.61, F(4x4) 1.80 / 5.56. On small
+//! images the tiles cut by the edges cost more than the multiplications saved, and with 16–64
+//! channels the transforms' work (proportional to `c_in + c_out` per tile) is not small
+//! beside the products' (`c_in·c_out`).
 
 use crate::gemm::{pack, Kernel, Rows};
 use crate::threads::Scratch;
