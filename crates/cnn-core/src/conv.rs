@@ -311,7 +311,8 @@ pub enum Algorithm {
     Winograd4,
     /// Direct convolution, oneDNN's way: vectors along the output channels, each output
     /// pixel's input values broadcast from the padded sample (`src/direct.rs`); no wrapped
-    /// columns, no lowered matrix.
+    /// columns, no lowered matrix. Chosen where the filters fill its vector tiles (32 filters
+    /// a tile with AVX-512, 16 with AVX2) and the receptive field is 32 values or longer.
     Direct,
     /// Each group of channels through [`Algorithm::Lowered`] on its own.
     Grouped,
@@ -331,17 +332,23 @@ impl Algorithm {
     /// As [`conv2d_groups`]: operands that do not fit together.
     ///
     /// ```
-    /// use cnn_core::{Algorithm, Padding, Window};
+    /// use cnn_core::{gemm::kernel_name, Algorithm, Padding, Window};
     /// let same = Window::square(3).padding(Padding::Same);
-    /// // F(4x4) Winograd on 28x28 with 16 filters, on CPUs with AVX-512
-    /// let large = if cnn_core::gemm::kernel_name() == "avx512" { Algorithm::Winograd4 } else { Algorithm::Implicit };
-    /// assert_eq!(Algorithm::choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same, 1).unwrap(), large);
-    /// assert_eq!(Algorithm::choose(&[8, 16, 14, 14], &[16, 16, 3, 3], &same, 1).unwrap(), Algorithm::Implicit);
-    /// assert_eq!(Algorithm::choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same.stride(2), 1).unwrap(), Algorithm::Implicit);
-    /// assert_eq!(Algorithm::choose(&[8, 1, 28, 28], &[32, 1, 3, 3], &same, 1).unwrap(), Algorithm::Lowered);
-    /// // 32 filters or more fill the direct convolution's tiles, on CPUs with AVX-512
-    /// let wide = if cnn_core::gemm::kernel_name() == "avx512" { Algorithm::Direct } else { Algorithm::Implicit };
-    /// assert_eq!(Algorithm::choose(&[8, 32, 14, 14], &[32, 32, 3, 3], &same, 1).unwrap(), wide);
+    /// let choose = |x: &[usize], w: &[usize], win: &Window| Algorithm::choose(x, w, win, 1).unwrap();
+    /// // one input channel: too short a receptive field (9) for anything but the lowering
+    /// assert_eq!(choose(&[8, 1, 28, 28], &[32, 1, 3, 3], &same), Algorithm::Lowered);
+    /// // the direct convolution where the filters fill its vector tiles (32 a tile with
+    /// // AVX-512, 16 with AVX2), F(4x4) Winograd for 16 filters on 28x28 with AVX-512, and
+    /// // the implicit product for the rest
+    /// let (large_16, small_16, any_32) = match kernel_name() {
+    ///     "avx512" => (Algorithm::Winograd4, Algorithm::Implicit, Algorithm::Direct),
+    ///     "avx2+fma" => (Algorithm::Direct, Algorithm::Direct, Algorithm::Direct),
+    ///     _ => (Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit),
+    /// };
+    /// assert_eq!(choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same), large_16);
+    /// assert_eq!(choose(&[8, 16, 14, 14], &[16, 16, 3, 3], &same), small_16);
+    /// assert_eq!(choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same.stride(2)), small_16);
+    /// assert_eq!(choose(&[8, 32, 14, 14], &[32, 32, 3, 3], &same), any_32);
     /// ```
     pub fn choose(x: &[usize], w: &[usize], win: &Window, groups: usize) -> Result<Algorithm> {
         let g = conv_geometry(x, w, None, win, groups)?;

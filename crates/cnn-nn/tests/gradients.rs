@@ -146,16 +146,16 @@ fn conv_layer_on_winograd_f4() {
     close(&params[1].1.grad, want.db.as_slice().unwrap(), "db");
 }
 
-/// Layers of 32 filters or more take the direct convolution on CPUs with AVX-512 (elsewhere
-/// the lowering, for a 6x6 image padded to 8x8 computes 1.33 outputs per output kept, more
-/// than the implicit product's bound): each path of its backward against finite differences —
+/// Layers of 32 filters take the direct convolution on CPUs with AVX-512 or AVX2 (portable
+/// code takes the lowering, for a 6x6 image padded to 8x8 computes 1.33 outputs per output
+/// kept, more than the implicit product's bound): each path of its backward against finite differences —
 /// SAME (input gradient by a direct convolution, filter gradient by the lowering), SAME on
 /// 9x9 (filter gradient by dot products), VALID 5x5 (col2im), strided.
 #[test]
 fn conv_layer_on_the_direct_convolution() {
     use cnn_nn::cnn_core::{gemm, Algorithm};
     let same = Window::square(3).padding(Padding::Same);
-    let expected = if gemm::kernel_name() == "avx512" { Algorithm::Direct } else { Algorithm::Lowered };
+    let expected = if gemm::kernel_name() == "portable" { Algorithm::Lowered } else { Algorithm::Direct };
     assert_eq!(Algorithm::choose(&[2, 4, 6, 6], &[32, 4, 3, 3], &same, 1).unwrap(), expected);
     check_layer(Conv2d::new(32, 3).padding(Padding::Same), &[2, 4, 6, 6], LINEAR, 29);
     check_layer(Conv2d::new(32, 3).padding(Padding::Same).no_bias(), &[2, 4, 9, 9], LINEAR, 30);
@@ -163,9 +163,9 @@ fn conv_layer_on_the_direct_convolution() {
     check_layer(Conv2d::new(32, 3).strides(2, 2).padding(Padding::Same), &[2, 4, 8, 8], LINEAR, 32);
 }
 
-/// The algorithms no layer takes by default here, named through `conv2d_with` as a
-/// downstream crate would — Winograd's F(2x2, 3x3) and F(4x4, 3x3) everywhere, the direct convolution on
-/// CPUs without AVX-512 (its portable kernel): forward and all three gradients of
+/// Algorithms named through `conv2d_with` as a downstream crate would, on layers where
+/// `conv2d` may take another — Winograd's F(2x2, 3x3) and F(4x4, 3x3), the direct
+/// convolution (on 16, 12 and 6 filters: tiles partly filled): forward and all three gradients of
 /// ResNet-20-like layers against the naive loops, and the loss's directional derivative
 /// along the input against central differences in f64.
 #[test]
