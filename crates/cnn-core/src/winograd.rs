@@ -315,7 +315,7 @@ unsafe fn run_avx512<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shap
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn run_avx2<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
-    steps::<Lanes, M, A, T>(shape, g, b, x, y, buffers)
+    steps::<Pair, M, A, T>(shape, g, b, x, y, buffers)
 }
 
 /// Transform the inputs, multiply, transform the products back, on vectors `V`.
@@ -368,12 +368,13 @@ fn steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape
 const LANES: usize = 16;
 type Lanes = [f32; LANES];
 
-/// A run of [`LANES`] values and the arithmetic the transforms need: an AVX-512 register
-/// through its intrinsics (left to itself, the compiler cuts arrays of 16 values into halves
-/// and shuffles them), or an array the compiler vectorises as it can (AVX2, portable).
+/// A run of [`LANES`] values and the arithmetic the transforms need: an AVX-512 register or
+/// two AVX2 registers ([`Pair`]) through their intrinsics (left to itself, the compiler cuts
+/// arrays of 16 values into halves and shuffles them), or an array the compiler vectorises as
+/// it can (portable code).
 trait Vector: Copy {
-    /// Whether rows are split and interleaved with AVX-512's permutes ([`Phases`]).
-    const AVX512: bool;
+    /// The permutes that split and interleave rows ([`Phases`]).
+    const PERMUTES: Permutes;
     fn zero() -> Self;
     /// # Safety
     /// `at + LANES <= s.len()` (the transforms check their whole range once, before the
@@ -389,7 +390,7 @@ trait Vector: Copy {
 }
 
 impl Vector for Lanes {
-    const AVX512: bool = false;
+    const PERMUTES: Permutes = Permutes::Scalar;
 
     #[inline(always)]
     fn zero() -> Self {
@@ -439,7 +440,7 @@ impl Vector for Lanes {
 /// below): these functions are inlined into it.
 #[cfg(target_arch = "x86_64")]
 impl Vector for std::arch::x86_64::__m512 {
-    const AVX512: bool = true;
+    const PERMUTES: Permutes = Permutes::Avx512;
 
     #[inline(always)]
     fn zero() -> Self {
@@ -478,6 +479,66 @@ impl Vector for std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         // SAFETY: see the impl.
         unsafe { _mm512_add_ps(_mm512_mul_ps(self, _mm512_set1_ps(c)), b) }
+    }
+}
+
+/// Two AVX2 registers, [`LANES`] values. Only [`run_avx2`] computes with it, on CPUs with AVX2
+/// (the SAFETY of every intrinsic below): these functions are inlined into it.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Pair([std::arch::x86_64::__m256; 2]);
+
+#[cfg(target_arch = "x86_64")]
+impl Vector for Pair {
+    const PERMUTES: Permutes = Permutes::Avx2;
+
+    #[inline(always)]
+    fn zero() -> Self {
+        // SAFETY: see the type.
+        Pair([unsafe { std::arch::x86_64::_mm256_setzero_ps() }; 2])
+    }
+
+    #[inline(always)]
+    unsafe fn load(s: &[f32], at: usize) -> Self {
+        use std::arch::x86_64::*;
+        debug_assert!(at + LANES <= s.len());
+        // SAFETY: the caller's promise, and see the type.
+        unsafe { Pair([_mm256_loadu_ps(s.as_ptr().add(at)), _mm256_loadu_ps(s.as_ptr().add(at + 8))]) }
+    }
+
+    #[inline(always)]
+    unsafe fn put(self, s: &mut [f32], at: usize) {
+        use std::arch::x86_64::*;
+        debug_assert!(at + LANES <= s.len());
+        // SAFETY: the caller's promise, and see the type.
+        unsafe {
+            _mm256_storeu_ps(s.as_mut_ptr().add(at), self.0[0]);
+            _mm256_storeu_ps(s.as_mut_ptr().add(at + 8), self.0[1]);
+        }
+    }
+
+    #[inline(always)]
+    fn add(self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        // SAFETY: see the type.
+        unsafe { Pair([_mm256_add_ps(self.0[0], b.0[0]), _mm256_add_ps(self.0[1], b.0[1])]) }
+    }
+
+    #[inline(always)]
+    fn sub(self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        // SAFETY: see the type.
+        unsafe { Pair([_mm256_sub_ps(self.0[0], b.0[0]), _mm256_sub_ps(self.0[1], b.0[1])]) }
+    }
+
+    #[inline(always)]
+    fn mul_add(self, c: f32, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        // SAFETY: see the type.
+        unsafe {
+            let c = _mm256_set1_ps(c);
+            Pair([_mm256_add_ps(_mm256_mul_ps(self.0[0], c), b.0[0]), _mm256_add_ps(_mm256_mul_ps(self.0[1], c), b.0[1])])
+        }
     }
 }
 
@@ -649,12 +710,20 @@ fn scatter<V: Vector, const M: usize>(ys: &[f32], cols: usize, first: usize, tw:
     Phases::<M, _> { at }.interleave::<V>(ys, bias, plane, ow);
 }
 
+/// How [`Phases`] moves values: AVX-512 or AVX2 permutes, or one value at a time.
+#[derive(PartialEq, Eq)]
+enum Permutes {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
 /// `P` runs per row (2 or 4), a row's values by their column mod `P` (the phase planes), row
 /// `y`'s starting at `at(y)`: [`pad_split`] splits every row of a channel into them,
 /// [`scatter`] interleaves every row of an output plane from them. With AVX-512, `16·P`
 /// values at a time: `P` loads, one or two rounds of `P` two-register permutes, `P` stores,
 /// the masks at the rows' ends computed once for all the rows (per row, they cost more than
-/// the permutes); else one value at a time.
+/// the permutes); with AVX2 the same on `8·P` values; else one value at a time.
 struct Phases<const P: usize, F: Fn(usize) -> [usize; P]> {
     at: F,
 }
@@ -687,11 +756,13 @@ impl<const P: usize, F: Fn(usize) -> [usize; P]> Phases<P, F> {
     fn split<V: Vector>(&self, rows: &[f32], w: usize, shift: usize, buf: &mut [f32]) {
         assert!(w > 0 && self.inside(rows.len() / w, shift + w, buf.len()), "split rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
-        if V::AVX512 {
-            let at = self.four();
-            // SAFETY: V::AVX512 is only true on CPUs with AVX-512F (run chose it); every masked
-            // lane lies inside `rows` or inside the runs asserted above.
-            return unsafe { if P == 2 { avx512::split2(rows, w, shift, buf, &at) } else { avx512::split4(rows, w, shift, buf, &at) } };
+        match V::PERMUTES {
+            // SAFETY: V's permutes are only these on CPUs with their instruction set (run chose
+            // V); every masked lane lies inside `rows` or inside the runs asserted above.
+            Permutes::Avx512 => return unsafe { if P == 2 { avx512::split2(rows, w, shift, buf, &self.four()) } else { avx512::split4(rows, w, shift, buf, &self.four()) } },
+            // SAFETY: as above.
+            Permutes::Avx2 => return unsafe { if P == 2 { avx2::split2(rows, w, shift, buf, &self.four()) } else { avx2::split4(rows, w, shift, buf, &self.four()) } },
+            Permutes::Scalar => {}
         }
         for (y, row) in rows.chunks_exact(w).enumerate() {
             let at = (self.at)(y);
@@ -708,10 +779,12 @@ impl<const P: usize, F: Fn(usize) -> [usize; P]> Phases<P, F> {
     fn interleave<V: Vector>(&self, buf: &[f32], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
         assert!(w > 0 && self.inside(plane.len() / w, w, buf.len()), "interleaved rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
-        if V::AVX512 {
-            let at = self.four();
+        match V::PERMUTES {
             // SAFETY: as in `split`.
-            return unsafe { if P == 2 { avx512::interleave2(buf, &at, bias, plane, w) } else { avx512::interleave4(buf, &at, bias, plane, w) } };
+            Permutes::Avx512 => return unsafe { if P == 2 { avx512::interleave2(buf, &self.four(), bias, plane, w) } else { avx512::interleave4(buf, &self.four(), bias, plane, w) } },
+            // SAFETY: as in `split`.
+            Permutes::Avx2 => return unsafe { if P == 2 { avx2::interleave2(buf, &self.four(), bias, plane, w) } else { avx2::interleave4(buf, &self.four(), bias, plane, w) } },
+            Permutes::Scalar => {}
         }
         for (y, out) in plane.chunks_exact_mut(w).enumerate() {
             let at = (self.at)(y);
@@ -853,6 +926,186 @@ mod avx512 {
     }
 }
 
+/// [`Phases`] with AVX2: as [`avx512`], on 8 lanes, the two-register permutes made of a
+/// shuffle within 128-bit halves and a permute across them.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    // Every function here is inlined into `run_avx2`, on CPUs with AVX2 (the SAFETY of their
+    // intrinsics); no closures, which would be compiled without AVX2.
+
+    /// The lanes `l` with `from <= at + l < to`, as a mask of the masked loads and stores.
+    #[inline(always)]
+    fn lanes(at: usize, from: usize, to: usize) -> __m256i {
+        let (lo, hi) = (from.saturating_sub(at).min(8) as i32, to.saturating_sub(at).min(8) as i32);
+        // SAFETY: see above.
+        unsafe {
+            let l = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            // not l < lo, and l < hi
+            _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), l), _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), l))
+        }
+    }
+
+    /// The first `n` lanes (at most 8).
+    #[inline(always)]
+    fn mask(n: usize) -> __m256i {
+        lanes(0, 0, n)
+    }
+
+    /// Stores the lanes of `v` that `mask` selects at `p`: a plain store where all lanes are
+    /// selected, for a masked store is slow on some CPUs (AMD's Zen 3: F(4x4)'s split and
+    /// interleave with masked stores only took as long as with the values moved one at a time).
+    ///
+    /// # Safety
+    /// The selected lanes inside the caller's buffer.
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, (mask, all): (__m256i, bool), v: __m256) {
+        // SAFETY: the caller's promise, and see above.
+        unsafe { if all { _mm256_storeu_ps(p, v) } else { _mm256_maskstore_ps(p, mask, v) } }
+    }
+
+    /// The mask of the lanes `l` with `from <= at + l < to`, and whether that is all of them.
+    #[inline(always)]
+    fn store_lanes(at: usize, from: usize, to: usize) -> (__m256i, bool) {
+        (lanes(at, from, to), from <= at && at + 8 <= to)
+    }
+
+    /// [`store_lanes`] of the first `n` lanes.
+    #[inline(always)]
+    fn store_mask(n: usize) -> (__m256i, bool) {
+        store_lanes(0, 0, n)
+    }
+
+    /// The values at even and at odd positions of `a` then `b`.
+    #[inline(always)]
+    fn evens_odds(a: __m256, b: __m256) -> (__m256, __m256) {
+        // SAFETY: see above.
+        unsafe {
+            // per 128-bit half a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs reordered
+            let (e, o) = (_mm256_shuffle_ps::<0b10_00_10_00>(a, b), _mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+            (_mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e))), _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(o))))
+        }
+    }
+
+    /// `e` and `o` interleaved: `e0 o0 e1 o1 …` in two registers.
+    #[inline(always)]
+    fn zip(e: __m256, o: __m256) -> (__m256, __m256) {
+        // SAFETY: see above.
+        unsafe {
+            let (lo, hi) = (_mm256_unpacklo_ps(e, o), _mm256_unpackhi_ps(e, o));
+            (_mm256_permute2f128_ps::<0x20>(lo, hi), _mm256_permute2f128_ps::<0x31>(lo, hi))
+        }
+    }
+
+    /// See [`super::Phases::split`], two runs a row (`at(y)[0]` and `[1]`).
+    ///
+    /// # Safety
+    /// AVX2; `at(y)[q] + ⌈(shift + w − q)/2⌉` inside `buf` for every row `y`.
+    #[inline(always)]
+    pub(super) unsafe fn split2(rows: &[f32], w: usize, shift: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
+        let len = shift + w;
+        for j in (0..len).step_by(16) {
+            let loads = [lanes(j, shift, len), lanes(j + 8, shift, len)];
+            let stores = [store_mask(len.saturating_sub(j).div_ceil(2)), store_mask(len.saturating_sub(j + 1).div_ceil(2))];
+            for (y, row) in rows.chunks_exact(w).enumerate() {
+                let at = at(y);
+                // SAFETY: masked lanes only: loads inside the row (position p of the shifted
+                // row is row[p − shift]), stores inside the caller's runs.
+                unsafe {
+                    let a = _mm256_maskload_ps(row.as_ptr().wrapping_add(j).wrapping_sub(shift), loads[0]);
+                    let b = _mm256_maskload_ps(row.as_ptr().wrapping_add(j + 8).wrapping_sub(shift), loads[1]);
+                    let (e, o) = evens_odds(a, b);
+                    store(buf.as_mut_ptr().wrapping_add(at[0] + j / 2), stores[0], e);
+                    store(buf.as_mut_ptr().wrapping_add(at[1] + j / 2), stores[1], o);
+                }
+            }
+        }
+    }
+
+    /// See [`super::Phases::interleave`], two runs a row.
+    ///
+    /// # Safety
+    /// AVX2; `at(y)[q] + ⌈(w − q)/2⌉` inside `buf` for every row `y` of `plane`.
+    #[inline(always)]
+    pub(super) unsafe fn interleave2(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
+        let bias = _mm256_set1_ps(bias);
+        for j in (0..w).step_by(16) {
+            let loads = [mask(w.saturating_sub(j).div_ceil(2)), mask(w.saturating_sub(j + 1).div_ceil(2))];
+            let stores = [store_lanes(j, 0, w), store_lanes(j + 8, 0, w)];
+            for (y, out) in plane.chunks_exact_mut(w).enumerate() {
+                let at = at(y);
+                // SAFETY: masked lanes only, inside the row and the caller's runs.
+                unsafe {
+                    let e = _mm256_maskload_ps(buf.as_ptr().wrapping_add(at[0] + j / 2), loads[0]);
+                    let o = _mm256_maskload_ps(buf.as_ptr().wrapping_add(at[1] + j / 2), loads[1]);
+                    let (lo, hi) = zip(e, o);
+                    store(out.as_mut_ptr().wrapping_add(j).cast(), stores[0], _mm256_add_ps(lo, bias));
+                    store(out.as_mut_ptr().wrapping_add(j + 8).cast(), stores[1], _mm256_add_ps(hi, bias));
+                }
+            }
+        }
+    }
+
+    /// See [`super::Phases::split`], four runs a row.
+    ///
+    /// # Safety
+    /// AVX2; `at(y)[q] + ⌈(shift + w − q)/4⌉` inside `buf` for every row `y`.
+    #[inline(always)]
+    pub(super) unsafe fn split4(rows: &[f32], w: usize, shift: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
+        let len = shift + w;
+        for j in (0..len).step_by(32) {
+            let loads = [lanes(j, shift, len), lanes(j + 8, shift, len), lanes(j + 16, shift, len), lanes(j + 24, shift, len)];
+            let stores = [store_mask(len.saturating_sub(j).div_ceil(4)), store_mask(len.saturating_sub(j + 1).div_ceil(4)), store_mask(len.saturating_sub(j + 2).div_ceil(4)), store_mask(len.saturating_sub(j + 3).div_ceil(4))];
+            for (y, row) in rows.chunks_exact(w).enumerate() {
+                let at = at(y);
+                // SAFETY: masked lanes only: loads inside the row (position p of the shifted
+                // row is row[p − shift]), stores inside the caller's runs.
+                unsafe {
+                    let p = row.as_ptr().wrapping_add(j).wrapping_sub(shift);
+                    let (r0, r1) = (_mm256_maskload_ps(p, loads[0]), _mm256_maskload_ps(p.wrapping_add(8), loads[1]));
+                    let (r2, r3) = (_mm256_maskload_ps(p.wrapping_add(16), loads[2]), _mm256_maskload_ps(p.wrapping_add(24), loads[3]));
+                    // the even and odd positions of each half, then of those the even and odd
+                    let ((e01, o01), (e23, o23)) = (evens_odds(r0, r1), evens_odds(r2, r3));
+                    let ((p0, p2), (p1, p3)) = (evens_odds(e01, e23), evens_odds(o01, o23));
+                    for (q, phase) in [p0, p1, p2, p3].into_iter().enumerate() {
+                        store(buf.as_mut_ptr().wrapping_add(at[q] + j / 4), stores[q], phase);
+                    }
+                }
+            }
+        }
+    }
+
+    /// See [`super::Phases::interleave`], four runs a row.
+    ///
+    /// # Safety
+    /// AVX2; `at(y)[q] + ⌈(w − q)/4⌉` inside `buf` for every row `y` of `plane`.
+    #[inline(always)]
+    pub(super) unsafe fn interleave4(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
+        let bias = _mm256_set1_ps(bias);
+        for j in (0..w).step_by(32) {
+            let loads = [mask(w.saturating_sub(j).div_ceil(4)), mask(w.saturating_sub(j + 1).div_ceil(4)), mask(w.saturating_sub(j + 2).div_ceil(4)), mask(w.saturating_sub(j + 3).div_ceil(4))];
+            let stores = [store_lanes(j, 0, w), store_lanes(j + 8, 0, w), store_lanes(j + 16, 0, w), store_lanes(j + 24, 0, w)];
+            for (y, out) in plane.chunks_exact_mut(w).enumerate() {
+                let at = at(y);
+                // SAFETY: masked lanes only, inside the row and the caller's runs.
+                unsafe {
+                    let p = buf.as_ptr().wrapping_add(j / 4);
+                    let (q0, q1) = (_mm256_maskload_ps(p.wrapping_add(at[0]), loads[0]), _mm256_maskload_ps(p.wrapping_add(at[1]), loads[1]));
+                    let (q2, q3) = (_mm256_maskload_ps(p.wrapping_add(at[2]), loads[2]), _mm256_maskload_ps(p.wrapping_add(at[3]), loads[3]));
+                    // positions 0 and 2 mod 4 to the even ones, 1 and 3 to the odd, then those two
+                    let ((e_low, e_high), (o_low, o_high)) = (zip(q0, q2), zip(q1, q3));
+                    let ((r0, r1), (r2, r3)) = (zip(e_low, o_low), zip(e_high, o_high));
+                    for (k, r) in [r0, r1, r2, r3].into_iter().enumerate() {
+                        store(out.as_mut_ptr().wrapping_add(j + 8 * k).cast(), stores[k], _mm256_add_ps(r, bias));
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -909,6 +1162,70 @@ mod tests {
                 let dx = forward(size, dy.view(), turned.view(), None, &g_t);
                 let err = max_error(&dx, &want);
                 assert!(err < 1e-4, "case {case}, {size:?}: {err}");
+            }
+        }
+    }
+
+    /// [`Phases::split`] and [`Phases::interleave`] on `V` against the definitions, for rows
+    /// of 1 to 40 values (runs cut anywhere in a register, one to three rounds of permutes),
+    /// runs `room` values apart; nothing written past a row's runs or past the plane (a
+    /// buffer of sentinels around them).
+    fn phases_agree<V: Vector, const P: usize>() {
+        const SENTINEL: f32 = -7.0;
+        for w in 1..=40usize {
+            let (rows, shift) = (3, w % 3);
+            let room = (shift + w).div_ceil(P) + 5;
+            let phases = Phases::<P, _> { at: |y| phases_at::<P>(y, room) };
+            let image: Vec<f32> = (0..rows * w).map(|i| i as f32).collect();
+            // sentinels, but zero where the shift's zeros go (as in a padded sample)
+            let mut buf = vec![SENTINEL; rows * P * room + 2];
+            for y in 0..rows {
+                for col in 0..shift {
+                    buf[phases_at::<P>(y, room)[col % P] + col / P] = 0.0;
+                }
+            }
+            phases.split::<V>(&image, w, shift, &mut buf);
+            for (i, &v) in buf.iter().enumerate() {
+                let (run, k) = ((i - 2.min(i)) / room, (i - 2.min(i)) % room);
+                let col = P * k + run % P;
+                let want = if i < 2 || k >= (shift + w).saturating_sub(run % P).div_ceil(P) {
+                    SENTINEL
+                } else if col < shift {
+                    0.0
+                } else {
+                    image[(run / P) * w + col - shift]
+                };
+                assert_eq!(v, want, "split, {P} phases, rows of {w}, value {i}");
+            }
+            let mut plane = vec![MaybeUninit::new(SENTINEL); rows * w + 9];
+            phases.interleave::<V>(&buf, 0.5, &mut plane[..rows * w], w);
+            for (i, v) in plane.iter().enumerate() {
+                // SAFETY: every value was made a sentinel first
+                let v = unsafe { v.assume_init() };
+                let want = if i < rows * w { buf[phases_at::<P>(i / w, room)[(i % w) % P] + (i % w) / P] + 0.5 } else { SENTINEL };
+                assert_eq!(v, want, "interleave, {P} phases, rows of {w}, value {i}");
+            }
+        }
+    }
+
+    /// Row `y`'s runs in [`phases_agree`].
+    fn phases_at<const P: usize>(y: usize, room: usize) -> [usize; P] {
+        std::array::from_fn(|q| (y * P + q) * room + 2)
+    }
+
+    #[test]
+    fn split_and_interleave_on_every_instruction_set() {
+        phases_agree::<Lanes, 2>();
+        phases_agree::<Lanes, 4>();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                phases_agree::<Pair, 2>();
+                phases_agree::<Pair, 4>();
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                phases_agree::<std::arch::x86_64::__m512, 2>();
+                phases_agree::<std::arch::x86_64::__m512, 4>();
             }
         }
     }
