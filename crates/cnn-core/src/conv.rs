@@ -305,9 +305,9 @@ pub enum Algorithm {
     Winograd,
     /// As [`Algorithm::Winograd`] with the larger tile F(4x4, 3x3): 36 multiplications per 4x4
     /// outputs where the direct product spends 144, values rounded a little more (its
-    /// transforms multiply by up to 8). Chosen on CPUs with AVX-512 for 3x3 stride-1 layers
-    /// on images of 24x24 outputs or more with 8 to 31 filters (ResNet-20's first stage),
-    /// where the direct convolution does not fill its tiles.
+    /// transforms multiply by up to 8). Chosen on CPUs with AVX-512 or AVX2 for 3x3 stride-1
+    /// layers on images of 24x24 outputs or more with 8 to 31 filters (ResNet-20's first
+    /// stage).
     Winograd4,
     /// Direct convolution, oneDNN's way: vectors along the output channels, each output
     /// pixel's input values broadcast from the padded sample (`src/direct.rs`); no wrapped
@@ -337,18 +337,19 @@ impl Algorithm {
     /// let choose = |x: &[usize], w: &[usize], win: &Window| Algorithm::choose(x, w, win, 1).unwrap();
     /// // one input channel: too short a receptive field (9) for anything but the lowering
     /// assert_eq!(choose(&[8, 1, 28, 28], &[32, 1, 3, 3], &same), Algorithm::Lowered);
-    /// // the direct convolution where the filters fill its vector tiles (32 a tile with
-    /// // AVX-512, 16 with AVX2), F(4x4) Winograd for 16 filters on 28x28 with AVX-512, and
-    /// // the implicit product for the rest
+    /// // F(4x4) Winograd for 16 filters on 28x28, the direct convolution where the filters
+    /// // fill its vector tiles (32 a tile with AVX-512, 16 with AVX2), the implicit product
+    /// // for the rest
     /// let (large_16, small_16, any_32) = match kernel_name() {
     ///     "avx512" => (Algorithm::Winograd4, Algorithm::Implicit, Algorithm::Direct),
-    ///     "avx2+fma" => (Algorithm::Direct, Algorithm::Direct, Algorithm::Direct),
+    ///     "avx2+fma" => (Algorithm::Winograd4, Algorithm::Direct, Algorithm::Direct),
     ///     _ => (Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit),
     /// };
     /// assert_eq!(choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same), large_16);
     /// assert_eq!(choose(&[8, 16, 14, 14], &[16, 16, 3, 3], &same), small_16);
     /// assert_eq!(choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same.stride(2)), small_16);
     /// assert_eq!(choose(&[8, 32, 14, 14], &[32, 32, 3, 3], &same), any_32);
+    /// assert_eq!(choose(&[8, 32, 28, 28], &[32, 32, 3, 3], &same), any_32);
     /// ```
     pub fn choose(x: &[usize], w: &[usize], win: &Window, groups: usize) -> Result<Algorithm> {
         let g = conv_geometry(x, w, None, win, groups)?;
@@ -370,8 +371,8 @@ impl Algorithm {
 
     fn of(c_in: usize, c_out: usize, groups: usize, g: &Geometry) -> Algorithm {
         match groups {
-            1 if direct::suits(g, c_in, c_out) => Algorithm::Direct,
             1 if winograd::suits(g, c_in, c_out) => Algorithm::Winograd4,
+            1 if direct::suits(g, c_in, c_out) => Algorithm::Direct,
             1 if implicit::suits(g, c_in, c_out) => Algorithm::Implicit,
             1 => Algorithm::Lowered,
             g if g == c_in => Algorithm::Depthwise,

@@ -111,7 +111,7 @@ fn conv_layer_on_the_implicit_product() {
 }
 
 /// Layers of 8 to 31 filters on images of 24x24 outputs or more take Winograd's F(4x4, 3x3)
-/// on CPUs with AVX-512 (the implicit product elsewhere), like ResNet-20's first stage: the
+/// on CPUs with AVX-512 or AVX2 (portable code: the implicit product), like ResNet-20's first stage: the
 /// layer's forward and all three gradients against the naive loops. (Not by finite
 /// differences here: on 4608 inputs spread to ±46, F(4x4)'s own rounding in the forward, a
 /// few 1e-6 of the outputs' size, moves the differences by more than their tolerance; the
@@ -122,7 +122,7 @@ fn conv_layer_on_winograd_f4() {
     use cnn_nn::cnn_core::{gemm, reference, Algorithm};
     use cnn_nn::ndarray::Ix4;
     let same = Window::square(3).padding(Padding::Same);
-    let expected = if gemm::kernel_name() == "avx512" { Algorithm::Winograd4 } else { Algorithm::Implicit };
+    let expected = if gemm::kernel_name() == "portable" { Algorithm::Implicit } else { Algorithm::Winograd4 };
     assert_eq!(Algorithm::choose(&[2, 8, 24, 24], &[12, 8, 3, 3], &same, 1).unwrap(), expected);
     let mut rng = ModelRng::seed_from_u64(33);
     let mut layer = Conv2d::new(12, 3).padding(Padding::Same);
