@@ -42,9 +42,11 @@
 //! 7x7, 16x16 and 8x8 outputs are computed for 196 and 49 (the larger tile pays only where
 //! the image is large).
 //!
-//! Two things the speed hangs on, found by measurement: the transforms run on AVX-512
-//! registers through intrinsics ([`Vector`]; arrays of 16 values were cut into halves and
-//! shuffled by the compiler), and the `A²` products of `V` and `M` are not a whole number of
+//! Three things the speed hangs on, found by measurement: the transforms run on AVX-512 or
+//! AVX2 registers through intrinsics ([`Vector`]; arrays of 16 values were cut into halves and
+//! shuffled by the compiler), rows are split and interleaved by permutes ([`Phases`]; on
+//! AVX2 with plain stores wherever all lanes go, masked stores being slow on Zen 3), and the
+//! `A²` products of `V` and `M` are not a whole number of
 //! 4 KiB apart ([`v_len`]: the transforms touch all of them per tile, and in one L1 set they
 //! evicted each other — F(4x4)'s input transform took 4x longer).
 //!
@@ -53,7 +55,9 @@
 //! too; the filter gradient stays with the implicit product's dot products.
 //!
 //! **Chosen by `conv2d`** ([`suits`]): F(4x4) for ResNet-20's first stage (16 channels at
-//! 28x28) on AVX-512; F(2x2) nowhere. Measured side by side on the AVX-512 Zen 5 (`cargo
+//! 28x28) on AVX-512 and AVX2; F(2x2) nowhere (on AVX2, stage 2 by F(2x2) instead of the
+//! direct convolution moved a ResNet-20 step by 1 ms of 224, within the noise). Measured
+//! side by side on the AVX-512 Zen 5 (`cargo
 //! bench --bench conv`, 2 threads, medians, one run, batch 128), forward / forward + backward
 //! in ms: stage 1 implicit 1.18 / 3.71, F(2x2) 1.14 / 3.68, F(4x4) 0.95 / 3.24; stage 2
 //! (32 channels, 14x14) direct 1.10 / 3.51, F(2x2) 0.99 / 3.33, F(4x4) 1.27 / 3.94; stage 3
