@@ -223,7 +223,7 @@ fn avx2(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32])
 }
 
 /// AVX2 + FMA: 6 pixels x 16 filters in 12 ymm registers; the tile turned filter-major
-/// through memory (not measured against the implicit product: `conv2d` does not choose it).
+/// through memory.
 ///
 /// # Safety
 /// `x[at[i] + offsets[p]]` must lie inside `x` for every pixel and step.
