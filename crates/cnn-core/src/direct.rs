@@ -90,8 +90,8 @@ fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opt
     // every value is written below, once: no zeroing first
     let mut y = Array4::<f32>::uninit((n, c_out, g.oh, g.ow));
     let tasks = y.axis_chunks_iter_mut(Axis(0), task).into_par_iter().zip(x.axis_chunks_iter(Axis(0), task));
-    let scratch = || (Scratch::matrix(task, sample_len), vec![0.0f32; kernel.mp * kernel.nf], vec![0usize; kernel.mp]);
-    tasks.for_each_init(scratch, |(padded, tile, at), (mut y_t, x_t)| {
+    let scratch = || (Scratch::matrix(task, sample_len), vec![0.0f32; kernel.mp * kernel.nf], Vec::new());
+    tasks.for_each_init(scratch, |(padded, tile, reads), (mut y_t, x_t)| {
         let samples = x_t.dim().0;
         let mut padded = padded.view_mut();
         for (x_i, mut p) in x_t.outer_iter().zip(padded.outer_iter_mut()) {
@@ -100,15 +100,16 @@ fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opt
         let padded = &padded.as_slice().expect("scratch is contiguous")[..samples * sample_len];
         let y_t = y_t.as_slice_mut().expect("y is standard layout");
         let total = samples * pixels;
+        // where each pixel of the task reads, once for every sliver of filters (no division
+        // per pixel and tile: they were a third of this loop's time outside the kernel), the
+        // last one repeated to fill the last tile
+        reads.clear();
+        reads.extend((0..samples).flat_map(|s| bases.iter().map(move |&base| s * sample_len + base)));
+        reads.resize(total.next_multiple_of(kernel.mp), reads.last().copied().unwrap_or(0));
         for (s, sliver) in filters.chunks_exact(kernel.nf * k).enumerate() {
             let f0 = s * kernel.nf;
             for t0 in (0..total).step_by(kernel.mp) {
-                // the tile's pixels (the last one repeated past the end)
-                for (i, a) in at.iter_mut().enumerate() {
-                    let t = (t0 + i).min(total - 1);
-                    *a = (t / pixels) * sample_len + bases[t % pixels];
-                }
-                kernel.run(k, padded, at, &offsets, sliver, tile);
+                kernel.run(k, padded, &reads[t0..t0 + kernel.mp], &offsets, sliver, tile);
                 let (s0, p0) = (t0 / pixels, t0 % pixels);
                 let filters = kernel.nf.min(c_out - f0);
                 if p0 + kernel.mp <= pixels {
