@@ -51,8 +51,8 @@ macro_rules! elementwise {
 }
 
 /// `max(0, x)`; the gradient is 1 where `x > 0` (where `y > 0`), else 0. NaN stays NaN
-/// (as in PyTorch): `x.max(0.0)` would turn it into 0 and hide a broken input. A select,
-/// not a branch: on real activations the sign is unpredictable.
+/// (as in PyTorch): `x.max(0.0)` would turn it into 0 and hide a broken input; −0 gives +0.
+/// A select, not a branch: on real activations the sign is unpredictable.
 #[derive(Default)]
 pub struct ReLU {
     /// Where the last training forward's output was positive, the only thing its gradient
@@ -67,10 +67,13 @@ impl ReLU {
     }
 }
 
-/// `max(0, x)`, NaN kept.
+/// `max(0, x)`, NaN kept, +0 for −0. `x + 0.0` rather than `x` (the same value but for −0):
+/// with `x` itself, `*v = relu(*v)` is "store 0 where v < 0", which the compiler turns into
+/// masked stores, slow on AVX2 CPUs such as AMD's Zen 3 (the ReLUs took 6.8% of ResNet-20's
+/// inference there, 1.0% with plain stores of a new value in every lane).
 #[inline(always)]
 fn relu(x: f32) -> f32 {
-    std::hint::select_unpredictable(x < 0.0, 0.0, x)
+    std::hint::select_unpredictable(x < 0.0, 0.0, x + 0.0)
 }
 
 impl Layer for ReLU {
@@ -249,7 +252,8 @@ mod tests {
     }
 
     /// Over several of the element-wise loops' chunks (and a part of one), value by value
-    /// as defined: the chunks' loops are compiled for the CPU's widest vectors.
+    /// as defined (−0 to +0, bit for bit): the chunks' loops are compiled for the CPU's
+    /// widest vectors.
     #[test]
     fn relu_over_many_chunks_is_its_definition() {
         let len = 3 * crate::layers::CHUNK + 5;
@@ -259,7 +263,7 @@ mod tests {
         let (y, eval) = (relu.forward_train(x.clone()), relu.forward(x.clone()));
         let dx = relu.backward(dy.clone());
         for i in 0..len {
-            let want = if x[i] < 0.0 { 0.0 } else { x[i] };
+            let want = if x[i] <= 0.0 { 0.0 } else { x[i] };
             assert!(y[i].to_bits() == want.to_bits() && eval[i].to_bits() == want.to_bits(), "y[{i}] = {} for x = {}", y[i], x[i]);
             assert_eq!(dx[i], if want > 0.0 { dy[i] } else { 0.0 }, "dx[{i}]");
         }
