@@ -1192,7 +1192,7 @@ mod tests {
             let phases = Phases::<P, _> { at: |y| phases_at::<P>(y, room) };
             let image: Vec<f32> = (0..rows * w).map(|i| i as f32).collect();
             // sentinels, but zero where the shift's zeros go (as in a padded sample)
-            let mut buf = vec![SENTINEL; rows * P * room + 2];
+            let mut buf = vec![SENTINEL; PHASES_FIRST + rows * P * room];
             for y in 0..rows {
                 for col in 0..shift {
                     buf[phases_at::<P>(y, room)[col % P] + col / P] = 0.0;
@@ -1200,9 +1200,10 @@ mod tests {
             }
             phases.split::<V>(&image, w, shift, &mut buf);
             for (i, &v) in buf.iter().enumerate() {
-                let (run, k) = ((i - 2.min(i)) / room, (i - 2.min(i)) % room);
+                // value k of run `run` (row run / P, phase run % P), column col of its row
+                let (run, k) = (i.saturating_sub(PHASES_FIRST) / room, i.saturating_sub(PHASES_FIRST) % room);
                 let col = P * k + run % P;
-                let want = if i < 2 || k >= (shift + w).saturating_sub(run % P).div_ceil(P) {
+                let want = if i < PHASES_FIRST || k >= (shift + w).saturating_sub(run % P).div_ceil(P) {
                     SENTINEL
                 } else if col < shift {
                     0.0
@@ -1222,9 +1223,12 @@ mod tests {
         }
     }
 
-    /// Row `y`'s runs in [`phases_agree`].
+    /// Where the runs of [`phases_agree`] start: after this many sentinels.
+    const PHASES_FIRST: usize = 2;
+
+    /// Row `y`'s runs in [`phases_agree`], `room` values apart.
     fn phases_at<const P: usize>(y: usize, room: usize) -> [usize; P] {
-        std::array::from_fn(|q| (y * P + q) * room + 2)
+        std::array::from_fn(|q| PHASES_FIRST + (y * P + q) * room)
     }
 
     #[test]
