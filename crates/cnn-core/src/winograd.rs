@@ -45,7 +45,9 @@
 //! Three things the speed hangs on, found by measurement: the transforms run on AVX-512 or
 //! AVX2 registers through intrinsics ([`Vector`]; arrays of 16 values were cut into halves and
 //! shuffled by the compiler), rows are split and interleaved by permutes ([`Phases`]; on
-//! AVX2 with plain stores wherever all lanes go, masked stores being slow on Zen 3), and the
+//! AVX2 with whole-register stores wherever the buffers have room for them — each phase-plane
+//! row written with the zeros after it, output rows spilling onto the rows written next —
+//! masked stores being slow on Zen 3), and the
 //! `A²` products of `V` and `M` are not a whole number of
 //! 4 KiB apart ([`v_len`]: the transforms touch all of them per tile, and in one L1 set they
 //! evicted each other — F(4x4)'s input transform took 4x longer).
@@ -574,7 +576,8 @@ fn mul_add<V: Vector>(a: V, c: f32, b: V) -> V {
 
 /// Writes `x` (`[c_in, h, w]`) padded as the geometry says, each channel as `M x M` phase
 /// planes `Q[p][q]` (`rows x row` values each): padded value `(y, x)` at `Q[y % M][x % M]`,
-/// row `y / M`, column `x / M`. Zeros around and after the image.
+/// row `y / M`, column `x / M`. Zeros around and after the image (the rows above and below
+/// it stay zero from the buffer's start; each row's zeros are written with it).
 #[inline(always)]
 fn pad_split<V: Vector, const M: usize>(x: ArrayView3<f32>, g: &Geometry, (rows, row): (usize, usize), padded: &mut [f32]) {
     let phase = rows * row;
@@ -585,7 +588,7 @@ fn pad_split<V: Vector, const M: usize>(x: ArrayView3<f32>, g: &Geometry, (rows,
     for (planes, x_c) in padded.chunks_exact_mut(M * M * phase).zip(x.chunks_exact(g.h * g.w)) {
         // x's row iy lands in padded row pad_top + iy, its value i in column pad_left + i
         let at = |iy: usize| std::array::from_fn(|q| start(g.pad_top + iy, q));
-        Phases::<M, _> { at }.split::<V>(x_c, g.w, g.pad_left, planes);
+        Phases::<M, _> { at }.split::<V>(x_c, g.w, g.pad_left, row, planes);
     }
 }
 
@@ -764,25 +767,26 @@ impl<const P: usize, F: Fn(usize) -> [usize; P]> Phases<P, F> {
         }
     }
 
-    /// `buf[at(y)[q] + i] = p[P·i + q]` for every row `y` of `rows` (`w` values each), `p` =
-    /// `shift` zeros, then the row.
+    /// `buf[at(y)[q] + i] = p[P·i + q]` for `i < room`, every run `q` of every row `y` of
+    /// `rows` (`w` values each), `p` = `shift` zeros, the row, then zeros: each run's whole
+    /// `room` is written, so the vector paths store whole registers wherever the room holds
+    /// them (a masked store is slow on Zen 3).
     #[inline(always)]
-    fn split<V: Vector>(&self, rows: &[f32], w: usize, shift: usize, buf: &mut [f32]) {
-        assert!(w > 0 && self.inside(rows.len() / w, shift + w, buf.len()), "split rows outside the buffer");
+    fn split<V: Vector>(&self, rows: &[f32], w: usize, shift: usize, room: usize, buf: &mut [f32]) {
+        assert!(w > 0 && P * room >= shift + w && self.inside(rows.len() / w, P * room, buf.len()), "split rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
         match V::PERMUTES {
             // SAFETY: V's permutes are only these on CPUs with their instruction set (run chose
             // V); every masked lane lies inside `rows` or inside the runs asserted above.
-            Permutes::Avx512 => return unsafe { if P == 2 { avx512::split2(rows, w, shift, buf, &self.four()) } else { avx512::split4(rows, w, shift, buf, &self.four()) } },
+            Permutes::Avx512 => return unsafe { if P == 2 { avx512::split2(rows, w, shift, room, buf, &self.four()) } else { avx512::split4(rows, w, shift, room, buf, &self.four()) } },
             // SAFETY: as above.
-            Permutes::Avx2 => return unsafe { if P == 2 { avx2::split2(rows, w, shift, buf, &self.four()) } else { avx2::split4(rows, w, shift, buf, &self.four()) } },
+            Permutes::Avx2 => return unsafe { if P == 2 { avx2::split2(rows, w, shift, room, buf, &self.four()) } else { avx2::split4(rows, w, shift, room, buf, &self.four()) } },
             Permutes::Scalar => {}
         }
         for (y, row) in rows.chunks_exact(w).enumerate() {
             let at = (self.at)(y);
-            for (i, &v) in row.iter().enumerate() {
-                let col = shift + i;
-                buf[at[col % P] + col / P] = v;
+            for col in 0..P * room {
+                buf[at[col % P] + col / P] = col.checked_sub(shift).and_then(|i| row.get(i)).copied().unwrap_or(0.0);
             }
         }
     }
@@ -823,19 +827,19 @@ mod avx512 {
     /// See [`super::Phases::split`], two runs a row (`at(y)[0]` and `[1]`).
     ///
     /// # Safety
-    /// AVX-512F; `at(y)[q] + ⌈(shift + w − q)/2⌉` inside `buf` for every row `y`.
+    /// AVX-512F; `at(y)[q] + room` inside `buf` for every row `y`.
     #[inline(always)]
-    pub(super) unsafe fn split2(rows: &[f32], w: usize, shift: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
+    pub(super) unsafe fn split2(rows: &[f32], w: usize, shift: usize, room: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         let len = shift + w;
-        for j in (0..len).step_by(32) {
+        for j in (0..2 * room).step_by(32) {
             let loads = [lanes(j, shift, len), lanes(j + 16, shift, len)];
-            let stores = [mask(len.saturating_sub(j).div_ceil(2)), mask(len.saturating_sub(j + 1).div_ceil(2))];
+            let stores = [mask(room - j / 2); 2];
             for (y, row) in rows.chunks_exact(w).enumerate() {
                 let at = at(y);
                 // SAFETY: masked lanes only: loads inside the row (position p of the shifted
-                // row is row[p − shift]), stores inside the caller's runs.
+                // row is row[p − shift]), stores inside the runs' room.
                 unsafe {
                     let a = _mm512_maskz_loadu_ps(loads[0], row.as_ptr().wrapping_add(j).wrapping_sub(shift));
                     let b = _mm512_maskz_loadu_ps(loads[1], row.as_ptr().wrapping_add(j + 16).wrapping_sub(shift));
@@ -881,19 +885,19 @@ mod avx512 {
     /// See [`super::Phases::split`], four runs a row.
     ///
     /// # Safety
-    /// AVX-512F; `at(y)[q] + ⌈(shift + w − q)/4⌉` inside `buf` for every row `y`.
+    /// AVX-512F; `at(y)[q] + room` inside `buf` for every row `y`.
     #[inline(always)]
-    pub(super) unsafe fn split4(rows: &[f32], w: usize, shift: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
+    pub(super) unsafe fn split4(rows: &[f32], w: usize, shift: usize, room: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         let len = shift + w;
-        for j in (0..len).step_by(64) {
+        for j in (0..4 * room).step_by(64) {
             let loads: [__mmask16; 4] = std::array::from_fn(|k| lanes(j + 16 * k, shift, len));
-            let stores: [__mmask16; 4] = std::array::from_fn(|q| mask(len.saturating_sub(j + q).div_ceil(4)));
+            let stores = [mask(room - j / 4); 4];
             for (y, row) in rows.chunks_exact(w).enumerate() {
                 let at = at(y);
                 // SAFETY: masked lanes only: loads inside the row (position p of the shifted
-                // row is row[p − shift]), stores inside the caller's runs.
+                // row is row[p − shift]), stores inside the runs' room.
                 unsafe {
                     let load = |k: usize| _mm512_maskz_loadu_ps(loads[k], row.as_ptr().wrapping_add(j + 16 * k).wrapping_sub(shift));
                     let (r0, r1, r2, r3) = (load(0), load(1), load(2), load(3));
@@ -992,6 +996,15 @@ mod avx2 {
         store_lanes(0, 0, n)
     }
 
+    /// How an interleave stores lanes `j..j + 8` of row `y` (`own`: the row's own lanes of
+    /// them) in a plane of `len` values, rows of `w`: whole wherever some lanes are the row's,
+    /// the register ends inside the plane and the row takes one round of permutes (`w <=
+    /// round`), for then the lanes past the row land on later rows, each written whole after it.
+    #[inline(always)]
+    fn row_store(own: (__m256i, bool), (y, w, j): (usize, usize, usize), round: usize, len: usize) -> (__m256i, bool) {
+        (own.0, own.1 || (j < w && w <= round && y * w + j + 8 <= len))
+    }
+
     /// The values at even and at odd positions of `a` then `b`.
     #[inline(always)]
     fn evens_odds(a: __m256, b: __m256) -> (__m256, __m256) {
@@ -1016,17 +1029,17 @@ mod avx2 {
     /// See [`super::Phases::split`], two runs a row (`at(y)[0]` and `[1]`).
     ///
     /// # Safety
-    /// AVX2; `at(y)[q] + ⌈(shift + w − q)/2⌉` inside `buf` for every row `y`.
+    /// AVX2; `at(y)[q] + room` inside `buf` for every row `y`.
     #[inline(always)]
-    pub(super) unsafe fn split2(rows: &[f32], w: usize, shift: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
+    pub(super) unsafe fn split2(rows: &[f32], w: usize, shift: usize, room: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
         let len = shift + w;
-        for j in (0..len).step_by(16) {
+        for j in (0..2 * room).step_by(16) {
             let loads = [lanes(j, shift, len), lanes(j + 8, shift, len)];
-            let stores = [store_mask(len.saturating_sub(j).div_ceil(2)), store_mask(len.saturating_sub(j + 1).div_ceil(2))];
+            let stores = [store_mask(room - j / 2); 2];
             for (y, row) in rows.chunks_exact(w).enumerate() {
                 let at = at(y);
                 // SAFETY: masked lanes only: loads inside the row (position p of the shifted
-                // row is row[p − shift]), stores inside the caller's runs.
+                // row is row[p − shift]), stores inside the runs' room.
                 unsafe {
                     let a = _mm256_maskload_ps(row.as_ptr().wrapping_add(j).wrapping_sub(shift), loads[0]);
                     let b = _mm256_maskload_ps(row.as_ptr().wrapping_add(j + 8).wrapping_sub(shift), loads[1]);
@@ -1048,15 +1061,16 @@ mod avx2 {
         for j in (0..w).step_by(16) {
             let loads = [mask(w.saturating_sub(j).div_ceil(2)), mask(w.saturating_sub(j + 1).div_ceil(2))];
             let stores = [store_lanes(j, 0, w), store_lanes(j + 8, 0, w)];
-            for (y, out) in plane.chunks_exact_mut(w).enumerate() {
+            let (len, out) = (plane.len(), plane.as_mut_ptr().cast::<f32>());
+            for y in 0..len / w {
                 let at = at(y);
-                // SAFETY: masked lanes only, inside the row and the caller's runs.
+                // SAFETY: masked loads inside the caller's runs; stores inside the plane.
                 unsafe {
                     let e = _mm256_maskload_ps(buf.as_ptr().wrapping_add(at[0] + j / 2), loads[0]);
                     let o = _mm256_maskload_ps(buf.as_ptr().wrapping_add(at[1] + j / 2), loads[1]);
                     let (lo, hi) = zip(e, o);
-                    store(out.as_mut_ptr().wrapping_add(j).cast(), stores[0], _mm256_add_ps(lo, bias));
-                    store(out.as_mut_ptr().wrapping_add(j + 8).cast(), stores[1], _mm256_add_ps(hi, bias));
+                    store(out.wrapping_add(y * w + j), row_store(stores[0], (y, w, j), 16, len), _mm256_add_ps(lo, bias));
+                    store(out.wrapping_add(y * w + j + 8), row_store(stores[1], (y, w, j + 8), 16, len), _mm256_add_ps(hi, bias));
                 }
             }
         }
@@ -1065,17 +1079,17 @@ mod avx2 {
     /// See [`super::Phases::split`], four runs a row.
     ///
     /// # Safety
-    /// AVX2; `at(y)[q] + ⌈(shift + w − q)/4⌉` inside `buf` for every row `y`.
+    /// AVX2; `at(y)[q] + room` inside `buf` for every row `y`.
     #[inline(always)]
-    pub(super) unsafe fn split4(rows: &[f32], w: usize, shift: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
+    pub(super) unsafe fn split4(rows: &[f32], w: usize, shift: usize, room: usize, buf: &mut [f32], at: &impl Fn(usize) -> [usize; 4]) {
         let len = shift + w;
-        for j in (0..len).step_by(32) {
+        for j in (0..4 * room).step_by(32) {
             let loads = [lanes(j, shift, len), lanes(j + 8, shift, len), lanes(j + 16, shift, len), lanes(j + 24, shift, len)];
-            let stores = [store_mask(len.saturating_sub(j).div_ceil(4)), store_mask(len.saturating_sub(j + 1).div_ceil(4)), store_mask(len.saturating_sub(j + 2).div_ceil(4)), store_mask(len.saturating_sub(j + 3).div_ceil(4))];
+            let stores = [store_mask(room - j / 4); 4];
             for (y, row) in rows.chunks_exact(w).enumerate() {
                 let at = at(y);
                 // SAFETY: masked lanes only: loads inside the row (position p of the shifted
-                // row is row[p − shift]), stores inside the caller's runs.
+                // row is row[p − shift]), stores inside the runs' room.
                 unsafe {
                     let p = row.as_ptr().wrapping_add(j).wrapping_sub(shift);
                     let (r0, r1) = (_mm256_maskload_ps(p, loads[0]), _mm256_maskload_ps(p.wrapping_add(8), loads[1]));
@@ -1101,9 +1115,10 @@ mod avx2 {
         for j in (0..w).step_by(32) {
             let loads = [mask(w.saturating_sub(j).div_ceil(4)), mask(w.saturating_sub(j + 1).div_ceil(4)), mask(w.saturating_sub(j + 2).div_ceil(4)), mask(w.saturating_sub(j + 3).div_ceil(4))];
             let stores = [store_lanes(j, 0, w), store_lanes(j + 8, 0, w), store_lanes(j + 16, 0, w), store_lanes(j + 24, 0, w)];
-            for (y, out) in plane.chunks_exact_mut(w).enumerate() {
+            let (len, out) = (plane.len(), plane.as_mut_ptr().cast::<f32>());
+            for y in 0..len / w {
                 let at = at(y);
-                // SAFETY: masked lanes only, inside the row and the caller's runs.
+                // SAFETY: masked loads inside the caller's runs; stores inside the plane.
                 unsafe {
                     let p = buf.as_ptr().wrapping_add(j / 4);
                     let (q0, q1) = (_mm256_maskload_ps(p.wrapping_add(at[0]), loads[0]), _mm256_maskload_ps(p.wrapping_add(at[1]), loads[1]));
@@ -1112,7 +1127,7 @@ mod avx2 {
                     let ((e_low, e_high), (o_low, o_high)) = (zip(q0, q2), zip(q1, q3));
                     let ((r0, r1), (r2, r3)) = (zip(e_low, o_low), zip(e_high, o_high));
                     for (k, r) in [r0, r1, r2, r3].into_iter().enumerate() {
-                        store(out.as_mut_ptr().wrapping_add(j + 8 * k).cast(), stores[k], _mm256_add_ps(r, bias));
+                        store(out.wrapping_add(y * w + j + 8 * k), row_store(stores[k], (y, w, j + 8 * k), 32, len), _mm256_add_ps(r, bias));
                     }
                 }
             }
@@ -1182,35 +1197,29 @@ mod tests {
 
     /// [`Phases::split`] and [`Phases::interleave`] on `V` against the definitions, for rows
     /// of 1 to 40 values (runs cut anywhere in a register, one to three rounds of permutes),
-    /// runs `room` values apart; nothing written past a row's runs or past the plane (a
-    /// buffer of sentinels around them).
+    /// rooms from just the row to 11 values past it (a register's end inside and outside the
+    /// room); nothing written past a run's room or past the plane (sentinels around them).
     fn phases_agree<V: Vector, const P: usize>() {
         const SENTINEL: f32 = -7.0;
         for w in 1..=40usize {
             let (rows, shift) = (3, w % 3);
-            let room = (shift + w).div_ceil(P) + 5;
+            let room = (shift + w).div_ceil(P) + w % 12;
             let phases = Phases::<P, _> { at: |y| phases_at::<P>(y, room) };
             let image: Vec<f32> = (0..rows * w).map(|i| i as f32).collect();
-            // sentinels, but zero where the shift's zeros go (as in a padded sample)
-            let mut buf = vec![SENTINEL; PHASES_FIRST + rows * P * room];
-            for y in 0..rows {
-                for col in 0..shift {
-                    buf[phases_at::<P>(y, room)[col % P] + col / P] = 0.0;
-                }
-            }
-            phases.split::<V>(&image, w, shift, &mut buf);
+            let mut buf = vec![SENTINEL; PHASES_FIRST + rows * P * (room + PHASES_GAP)];
+            phases.split::<V>(&image, w, shift, room, &mut buf);
             for (i, &v) in buf.iter().enumerate() {
                 // value k of run `run` (row run / P, phase run % P), column col of its row
-                let (run, k) = (i.saturating_sub(PHASES_FIRST) / room, i.saturating_sub(PHASES_FIRST) % room);
+                let (run, k) = (i.saturating_sub(PHASES_FIRST) / (room + PHASES_GAP), i.saturating_sub(PHASES_FIRST) % (room + PHASES_GAP));
                 let col = P * k + run % P;
-                let want = if i < PHASES_FIRST || k >= (shift + w).saturating_sub(run % P).div_ceil(P) {
+                let want = if i < PHASES_FIRST || k >= room {
                     SENTINEL
-                } else if col < shift {
+                } else if col < shift || col >= shift + w {
                     0.0
                 } else {
                     image[(run / P) * w + col - shift]
                 };
-                assert_eq!(v, want, "split, {P} phases, rows of {w}, value {i}");
+                assert_eq!(v, want, "split, {P} phases, rows of {w}, room {room}, value {i}");
             }
             let mut plane = vec![MaybeUninit::new(SENTINEL); rows * w + 9];
             phases.interleave::<V>(&buf, 0.5, &mut plane[..rows * w], w);
@@ -1226,9 +1235,12 @@ mod tests {
     /// Where the runs of [`phases_agree`] start: after this many sentinels.
     const PHASES_FIRST: usize = 2;
 
-    /// Row `y`'s runs in [`phases_agree`], `room` values apart.
+    /// Sentinels after each run's room in [`phases_agree`].
+    const PHASES_GAP: usize = 3;
+
+    /// Row `y`'s runs in [`phases_agree`], a room and a gap apart.
     fn phases_at<const P: usize>(y: usize, room: usize) -> [usize; P] {
-        std::array::from_fn(|q| PHASES_FIRST + (y * P + q) * room)
+        std::array::from_fn(|q| PHASES_FIRST + (y * P + q) * (room + PHASES_GAP))
     }
 
     #[test]
