@@ -299,15 +299,15 @@ pub enum Algorithm {
     /// 3x3, stride 1, no dilation, padding of at most 2: Winograd's F(2x2, 3x3), 16
     /// multiplications per 2x2 outputs where the direct product spends 36
     /// (`src/winograd.rs`); the input gradient too, the filter gradient by the implicit
-    /// product's dot products. Never chosen by [`conv2d`]: where it beat the implicit product
-    /// (ResNet-20's second stage), the direct convolution was close behind, and F(4x4) or the
-    /// direct convolution faster elsewhere (the module says by how much).
+    /// product's dot products. Chosen on CPUs with AVX-512 or AVX2 where F(4x4)'s tiles do not
+    /// fit the image but these do (14x14 outputs and up) and the layer has 24 channels or more
+    /// (ResNet-20's second stage; with AVX-512 at most 32 filters).
     Winograd,
     /// As [`Algorithm::Winograd`] with the larger tile F(4x4, 3x3): 36 multiplications per 4x4
     /// outputs where the direct product spends 144, values rounded a little more (its
     /// transforms multiply by up to 8). Chosen on CPUs with AVX-512 or AVX2 for 3x3 stride-1
-    /// layers on images of 24x24 outputs or more with 8 to 31 filters (ResNet-20's first
-    /// stage).
+    /// layers on images of 24x24 outputs or more with 8 channels or more (ResNet-20's first
+    /// stage; with AVX-512 fewer than 32 filters).
     Winograd4,
     /// Direct convolution, oneDNN's way: vectors along the output channels, each output
     /// pixel's input values broadcast from the padded sample (`src/direct.rs`); no wrapped
@@ -337,19 +337,19 @@ impl Algorithm {
     /// let choose = |x: &[usize], w: &[usize], win: &Window| Algorithm::choose(x, w, win, 1).unwrap();
     /// // one input channel: too short a receptive field (9) for anything but the lowering
     /// assert_eq!(choose(&[8, 1, 28, 28], &[32, 1, 3, 3], &same), Algorithm::Lowered);
-    /// // F(4x4) Winograd for 16 filters on 28x28, the direct convolution where the filters
-    /// // fill its vector tiles (32 a tile with AVX-512, 16 with AVX2), the implicit product
-    /// // for the rest
-    /// let (large_16, small_16, any_32) = match kernel_name() {
-    ///     "avx512" => (Algorithm::Winograd4, Algorithm::Implicit, Algorithm::Direct),
-    ///     "avx2+fma" => (Algorithm::Winograd4, Algorithm::Direct, Algorithm::Direct),
-    ///     _ => (Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit),
+    /// // Winograd's F(4x4) for 16 filters on 28x28 and F(2x2) for 32 on 14x14 with a vector
+    /// // kernel; the direct convolution where the filters fill its vector tiles (32 a tile
+    /// // with AVX-512, 16 with AVX2) and Winograd does not suit; the implicit product else
+    /// let (large_16, small_16, small_32, large_32) = match kernel_name() {
+    ///     "avx512" => (Algorithm::Winograd4, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Direct),
+    ///     "avx2+fma" => (Algorithm::Winograd4, Algorithm::Direct, Algorithm::Winograd, Algorithm::Winograd4),
+    ///     _ => (Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit),
     /// };
     /// assert_eq!(choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same), large_16);
     /// assert_eq!(choose(&[8, 16, 14, 14], &[16, 16, 3, 3], &same), small_16);
     /// assert_eq!(choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same.stride(2)), small_16);
-    /// assert_eq!(choose(&[8, 32, 14, 14], &[32, 32, 3, 3], &same), any_32);
-    /// assert_eq!(choose(&[8, 32, 28, 28], &[32, 32, 3, 3], &same), any_32);
+    /// assert_eq!(choose(&[8, 32, 14, 14], &[32, 32, 3, 3], &same), small_32);
+    /// assert_eq!(choose(&[8, 32, 28, 28], &[32, 32, 3, 3], &same), large_32);
     /// ```
     pub fn choose(x: &[usize], w: &[usize], win: &Window, groups: usize) -> Result<Algorithm> {
         let g = conv_geometry(x, w, None, win, groups)?;
@@ -371,10 +371,13 @@ impl Algorithm {
 
     fn of(c_in: usize, c_out: usize, groups: usize, g: &Geometry) -> Algorithm {
         match groups {
-            1 if winograd::suits(g, c_in, c_out) => Algorithm::Winograd4,
-            1 if direct::suits(g, c_in, c_out) => Algorithm::Direct,
-            1 if implicit::suits(g, c_in, c_out) => Algorithm::Implicit,
-            1 => Algorithm::Lowered,
+            1 => match winograd::suits(g, c_in, c_out) {
+                Some(winograd::Size::F4) => Algorithm::Winograd4,
+                Some(winograd::Size::F2) => Algorithm::Winograd,
+                None if direct::suits(g, c_in, c_out) => Algorithm::Direct,
+                None if implicit::suits(g, c_in, c_out) => Algorithm::Implicit,
+                None => Algorithm::Lowered,
+            },
             g if g == c_in => Algorithm::Depthwise,
             _ => Algorithm::Grouped,
         }

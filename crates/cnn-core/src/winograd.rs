@@ -57,8 +57,10 @@
 //! too; the filter gradient stays with the implicit product's dot products.
 //!
 //! **Chosen by `conv2d`** ([`suits`]): F(4x4) for ResNet-20's first stage (16 channels at
-//! 28x28) on AVX-512 and AVX2; F(2x2) nowhere (on AVX2, stage 2 by F(2x2) instead of the
-//! direct convolution moved a ResNet-20 step by 1 ms of 224, within the noise). Measured
+//! 28x28) and F(2x2) for its second (32 channels at 14x14) on AVX-512 and AVX2 (on AVX2,
+//! F(2x2) for stage 2 won once the split and interleave stored whole registers: a step
+//! 206.5 → 201.4 ms, three alternate rounds); on AVX2 F(4x4) for any number of filters
+//! (32 → 64 at 28x28: 15.1 ms against the direct convolution's 23.6). Measured
 //! side by side on the AVX-512 Zen 5 (`cargo
 //! bench --bench conv`, 2 threads, medians, one run, batch 128), forward / forward + backward
 //! in ms: stage 1 implicit 1.18 / 3.71, F(2x2) 1.14 / 3.68, F(4x4) 0.95 / 3.24; stage 2
@@ -161,33 +163,56 @@ pub(crate) fn applies(g: &Geometry) -> bool {
     (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) && [g.pad_top, g.pad_bottom, g.pad_left, g.pad_right].iter().all(|&p| p <= 2)
 }
 
-/// At most this many outputs computed per output wanted by F(4x4) (whole 4x4 tiles and one
-/// dropped tile per row of tiles): 1.14 on 28x28; 1.63 on 14x14, where F(4x4) was slower
-/// than the direct convolution and F(2x2).
+/// At most this many outputs computed per output wanted (whole tiles and one dropped tile per
+/// row of tiles): F(4x4) 1.14 on 28x28 but 1.63 on 14x14, where it was slower than the
+/// direct convolution and F(2x2) (1.14 there); F(2x2) 1.63 on 7x7, where it was slower.
 const MAX_WASTE: f64 = 1.25;
 
-/// At least this many input and output channels: the products' `K` and rows (fewer leave the
-/// micro-kernel mostly storing tiles, as for the implicit product).
+/// At least this many input and output channels for F(4x4): the products' `K` and rows
+/// (fewer leave the micro-kernel mostly storing tiles, as for the implicit product).
 const MIN_CHANNELS: usize = 8;
 
-/// Fewer filters than this: with more, the direct convolution fills its tiles on both
-/// instruction sets, and F(4x4) was not measured against it.
-const MAX_FILTERS: usize = 32;
+/// At least this many input and output channels for F(2x2), whose transforms are more per
+/// product: with AVX2 (batch 128, forward against the direct convolution, ms) 16 → 16 at
+/// 14x14 took 2.15 against 1.81, 24 → 24 1.91 against 2.27, 48 → 48 5.41 against 6.38.
+const MIN_CHANNELS_F2: usize = 24;
 
-/// Whether F(4x4) ([`Size::F4`]) is the algorithm for a convolution of this geometry, `c_in`
-/// → `c_out` channels: a shape it [`applies`] to, an image large enough for its tiles, 8 to 31
-/// filters, and a vector kernel. Measured on ResNet-20's first stage (16 → 16 channels at
-/// 28x28, batch 128): with AVX-512, forward 0.95 ms against the implicit product's 1.18,
-/// forward + backward 3.24 against 3.71; on an AVX2 EPYC (Zen 3), against the direct
-/// convolution, the stage's forward in `layer_times` 31.3 / 31.0 / 31.8 → 29.0 / 28.9 /
-/// 30.0 ms, backward 50.9 / 49.8 / 51.6 → 48.3 / 47.8 / 50.1, a step 224.6 → 218.3 (medians).
-pub(crate) fn suits(g: &Geometry, c_in: usize, c_out: usize) -> bool {
-    let computed = (4 * g.oh.div_ceil(4)).saturating_mul(4 * (g.ow.div_ceil(4) + 1));
-    Kernel::best().name() != Kernel::PORTABLE.name()
-        && applies(g)
-        && computed as f64 <= MAX_WASTE * g.positions() as f64
-        && c_in.min(c_out) >= MIN_CHANNELS
-        && c_out < MAX_FILTERS
+/// With AVX-512, F(4x4) for fewer filters than this and F(2x2) for at most this many: the
+/// direct convolution's tiles (32 filters) are full from there on, and the tiles were
+/// measured against them only that far (F(4x4) on 16, F(2x2) on 32). With AVX2 (16-filter
+/// tiles) F(4x4) kept winning with more: batch 128 at 28x28, forward, 32 → 32 8.4 ms
+/// against 11.7, 32 → 64 15.1 against 23.6, 64 → 64 (batch 64) 12.8 against 23.0.
+const FILTERS_AVX512: usize = 32;
+
+/// Outputs computed per output wanted by `M x M` tiles.
+fn waste(g: &Geometry, m: usize) -> f64 {
+    let computed = (m * g.oh.div_ceil(m)).saturating_mul(m * (g.ow.div_ceil(m) + 1));
+    computed as f64 / g.positions().max(1) as f64
+}
+
+/// Winograd's tile for a convolution of this geometry, `c_in` → `c_out` channels, if it is
+/// the algorithm: a shape it [`applies`] to and a vector kernel, then F(4x4) where the image
+/// fits its tiles ([`MAX_WASTE`]), else F(2x2) where the image fits those and the channels
+/// are many enough for its transforms ([`MIN_CHANNELS_F2`]). Measured on ResNet-20 (batch
+/// 128): the first stage (16 → 16 at 28x28) by F(4x4) with AVX-512, forward 0.95 ms against
+/// the implicit product's 1.18, forward + backward 3.24 against 3.71; with AVX2 against the
+/// direct convolution, the stage's forward in `layer_times` 31.3 / 31.0 / 31.8 → 29.0 / 28.9
+/// / 30.0 ms; the second stage (32 → 32 at 14x14) by F(2x2), with AVX-512 forward 0.99
+/// against the direct convolution's 1.10, forward + backward 3.33 against 3.51, with AVX2 a
+/// block's forward 7.31 / 7.24 / 7.20 → 6.78 / 6.85 / 6.80 ms and a step 208.7 / 206.5 / 205.3
+/// → 200.5 / 203.6 / 201.4 (`layer_times`, alternate rounds).
+pub(crate) fn suits(g: &Geometry, c_in: usize, c_out: usize) -> Option<Size> {
+    let kernel = Kernel::best().name();
+    let (channels, avx512) = (c_in.min(c_out), kernel == "avx512");
+    if kernel == Kernel::PORTABLE.name() || !applies(g) {
+        None
+    } else if waste(g, 4) <= MAX_WASTE && channels >= MIN_CHANNELS && !(avx512 && c_out >= FILTERS_AVX512) {
+        Some(Size::F4)
+    } else if waste(g, 2) <= MAX_WASTE && channels >= MIN_CHANNELS_F2 && !(avx512 && c_out > FILTERS_AVX512) {
+        Some(Size::F2)
+    } else {
+        None
+    }
 }
 
 /// Values of the work buffers a thread needs for one sample (`V`, `M` and the split sample),
@@ -1332,5 +1357,23 @@ mod tests {
         assert!(!applies(&Window::square(5).padding(Padding::Same).geometry(28, 28).unwrap()), "5x5");
         assert!(!applies(&same.dilation(2).geometry(28, 28).unwrap()), "dilation");
         assert!(!applies(&Window::square(3).padding(Padding::uniform(3)).geometry(8, 8).unwrap()), "padding past the reach");
+    }
+
+    /// [`suits`] on ResNet-20's stages and around its limits, per instruction set.
+    #[test]
+    fn the_tile_it_chooses() {
+        let same = Window::square(3).padding(Padding::Same);
+        let choice = |side: usize, c_in: usize, c_out: usize| suits(&same.geometry(side, side).unwrap(), c_in, c_out);
+        let kernel = Kernel::best().name();
+        let (vector, avx512) = (kernel != Kernel::PORTABLE.name(), kernel == "avx512");
+        let if_vector = |size: Size| Some(size).filter(|_| vector);
+        assert_eq!(choice(28, 16, 16), if_vector(Size::F4), "stage 1");
+        assert_eq!(choice(14, 32, 32), if_vector(Size::F2), "stage 2");
+        assert_eq!(choice(7, 64, 64), None, "stage 3: F(2x2) computes 1.63 outputs per output");
+        assert_eq!(choice(14, 16, 16), None, "F(2x2) with 16 channels");
+        assert_eq!(choice(28, 4, 16), None, "4 input channels");
+        assert_eq!(choice(28, 32, 64), if_vector(Size::F4).filter(|_| !avx512), "64 filters");
+        assert_eq!(choice(14, 48, 48), if_vector(Size::F2).filter(|_| !avx512), "48 filters");
+        assert_eq!(suits(&same.stride(2).geometry(28, 28).unwrap(), 16, 16), None, "stride 2");
     }
 }
