@@ -108,28 +108,24 @@ fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opt
         reads.resize(total.next_multiple_of(kernel.mp), reads.last().copied().unwrap_or(0));
         for (s, sliver) in filters.chunks_exact(kernel.nf * k).enumerate() {
             let f0 = s * kernel.nf;
+            let filters = kernel.nf.min(c_out - f0);
             for t0 in (0..total).step_by(kernel.mp) {
                 kernel.run(k, padded, &reads[t0..t0 + kernel.mp], &offsets, sliver, tile);
-                let (s0, p0) = (t0 / pixels, t0 % pixels);
-                let filters = kernel.nf.min(c_out - f0);
-                if p0 + kernel.mp <= pixels {
-                    // the tile's pixels are one run of a sample's output: rows of mp values
+                // the tile's pixels are one run of a sample's output, or two where it crosses
+                // into the next sample: each filter's values of a run are consecutive in y
+                let mut i = 0;
+                while i < kernel.mp.min(total - t0) {
+                    let (s0, p0) = ((t0 + i) / pixels, (t0 + i) % pixels);
+                    let len = (pixels - p0).min(kernel.mp - i);
                     let out = &mut y_t[s0 * c_out * pixels + p0..];
                     for (j, run) in tile.chunks_exact(kernel.mp).enumerate().take(filters) {
                         let bias = b.map_or(0.0, |b| b[f0 + j]);
-                        let dst = &mut out[(f0 + j) * pixels..][..kernel.mp];
-                        dst.iter_mut().zip(run).for_each(|(y, &v)| {
+                        let dst = &mut out[(f0 + j) * pixels..][..len];
+                        dst.iter_mut().zip(&run[i..]).for_each(|(y, &v)| {
                             y.write(v + bias);
                         });
                     }
-                } else {
-                    for i in 0..kernel.mp.min(total - t0) {
-                        let t = t0 + i;
-                        let out = (t / pixels) * c_out * pixels + t % pixels;
-                        for j in 0..filters {
-                            y_t[out + (f0 + j) * pixels].write(tile[j * kernel.mp + i] + b.map_or(0.0, |b| b[f0 + j]));
-                        }
-                    }
+                    i += len;
                 }
             }
         }
@@ -322,6 +318,8 @@ mod tests {
             (Window::square(3).padding(Padding::Same), 9, 11, 5, 7),
             (Window::square(3), 13, 13, 32, 64),
             (Window::square(3), 5, 5, 6, 40),
+            // 2x2 outputs: a tile of 6 or 8 pixels spans three or four samples
+            (Window::square(3), 4, 4, 5, 9),
             (Window::square(3).stride(2).padding(Padding::Same), 12, 12, 3, 33),
             (Window::new(2, 3).padding(Padding::Explicit { top: 1, bottom: 0, left: 2, right: 1 }), 9, 8, 5, 7),
             (Window::square(3).dilation(2).padding(Padding::Same), 9, 11, 5, 7),
