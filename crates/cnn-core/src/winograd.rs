@@ -265,7 +265,7 @@ pub(crate) enum Size {
 /// `y = w ⊛ x + b` by Winograd's tile of this size, for a geometry that [`applies`] (checked by
 /// the caller).
 pub(crate) fn forward(size: Size, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
-    forward_on(size, Kernel::best(), x, w, b, g)
+    forward_on(size, Kernel::best().for_rows(w.dim().0), x, w, b, g)
 }
 
 /// [`forward`] on the micro-kernel given (the tests run every kernel the CPU has).
@@ -1305,16 +1305,7 @@ mod tests {
     /// portable one: scalar splits, tiles narrower than a run of lanes), on the shapes above.
     #[test]
     fn every_kernel_gives_the_same_convolution() {
-        let mut kernels = vec![Kernel::PORTABLE];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                kernels.push(Kernel::AVX2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                kernels.push(Kernel::AVX512);
-            }
-        }
+        let kernels = Kernel::available();
         for (case, (xs, c_out, win)) in [([3, 5, 9, 11], 7, Window::square(3).padding(Padding::Same)), ([20, 16, 7, 7], 17, Window::square(3))].into_iter().enumerate() {
             let (x, w) = (filled(xs, case), filled([c_out, xs[1], 3, 3], case + 10));
             let g = win.geometry(xs[2], xs[3]).unwrap();
@@ -1322,7 +1313,7 @@ mod tests {
             for &kernel in &kernels {
                 for size in SIZES {
                     let err = max_error(&forward_on(size, kernel, x.view(), w.view(), None, &g), &want);
-                    assert!(err < 1e-4, "case {case}, {size:?} on {}: {err}", kernel.name());
+                    assert!(err < 1e-4, "case {case}, {size:?} on {} {}x{}: {err}", kernel.name(), kernel.mr, kernel.nr);
                 }
             }
         }
