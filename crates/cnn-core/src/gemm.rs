@@ -183,6 +183,7 @@ pub(crate) struct Kernel {
     pub(crate) nr: usize,
     /// Its instruction set.
     name: &'static str,
+    /// `tile` holds one or more tiles side by side (see [`Kernel::run_blocks`]).
     tile: fn(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]),
 }
 
@@ -256,27 +257,42 @@ impl Kernel {
     /// # Panics
     /// If a sliver is shorter than `kc` steps or a row of B's sliver ends past `b`.
     pub(crate) fn run(&self, kc: usize, a: &[f32], b: &[f32], rows: &Rows, tile: &mut [f32]) {
-        assert!(a.len() >= kc * self.mr && rows.offsets.len() >= kc && tile.len() == self.mr * self.nr, "micro-kernel operands");
-        assert!(rows.last + self.nr <= b.len(), "a row of B's sliver is outside B");
+        self.run_blocks(kc, a, b, rows, tile)
+    }
+
+    /// [`Kernel::run`] on the B slivers `nr` columns apart from `b` on, one tile each, the
+    /// tiles one after another in `tile` (as many as it holds): one call for a row of tiles
+    /// of the same A sliver (Winograd's products, whose `K` of 16 or 32 steps is short beside
+    /// a call's fixed work).
+    ///
+    /// # Panics
+    /// If a sliver is shorter than `kc` steps, `tile` is not a whole number of tiles, or a row
+    /// of the last B sliver ends past `b`.
+    pub(crate) fn run_blocks(&self, kc: usize, a: &[f32], b: &[f32], rows: &Rows, tile: &mut [f32]) {
+        let blocks = tile.len() / (self.mr * self.nr);
+        assert!(a.len() >= kc * self.mr && rows.offsets.len() >= kc && blocks > 0 && tile.len() == blocks * self.mr * self.nr, "micro-kernel operands");
+        assert!(rows.last + blocks * self.nr <= b.len(), "a row of B's sliver is outside B");
         (self.tile)(kc, a, b, &rows.offsets[..kc], tile)
     }
 }
 
 /// The portable kernel: plain loops over a 4 x 8 tile, which the compiler keeps in registers
 /// where it can (any CPU, any architecture).
-fn portable(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
+fn portable(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tiles: &mut [f32]) {
     const MR: usize = 4;
     const NR: usize = 8;
-    let mut acc = [[0.0f32; NR]; MR];
-    for (a, &o) in a.chunks_exact(MR).zip(offsets).take(kc) {
-        let b = &b[o..o + NR];
-        for i in 0..MR {
-            for j in 0..NR {
-                acc[i][j] += a[i] * b[j];
+    for (block, tile) in tiles.chunks_exact_mut(MR * NR).enumerate() {
+        let mut acc = [[0.0f32; NR]; MR];
+        for (a, &o) in a.chunks_exact(MR).zip(offsets).take(kc) {
+            let b = &b[o + block * NR..][..NR];
+            for i in 0..MR {
+                for j in 0..NR {
+                    acc[i][j] += a[i] * b[j];
+                }
             }
         }
+        tile.copy_from_slice(acc.as_flattened());
     }
-    tile.copy_from_slice(acc.as_flattened());
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -297,26 +313,29 @@ fn avx2<const MR: usize>(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], til
 /// registers) and broadcasts the 8 values of A's column, 16 fused multiply-adds.
 ///
 /// # Safety
-/// `b[offsets[p]..offsets[p] + 32]` must lie inside `b` for every step.
+/// `b[offsets[p] + 32·block..][..32]` must lie inside `b` for every step and block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
+unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tiles: &mut [f32]) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; 8];
-    for (a, &o) in a.chunks_exact(8).zip(offsets).take(kc) {
-        // SAFETY: the caller's promise: 32 values from `o` inside `b`.
-        let (b0, b1) = unsafe { (_mm512_loadu_ps(b.as_ptr().add(o)), _mm512_loadu_ps(b.as_ptr().add(o + 16))) };
-        for i in 0..8 {
-            let a_i = _mm512_set1_ps(a[i]);
-            acc[i][0] = _mm512_fmadd_ps(a_i, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(a_i, b1, acc[i][1]);
+    for (block, tile) in tiles.chunks_exact_mut(8 * 32).enumerate() {
+        let b = b.as_ptr().wrapping_add(block * 32);
+        let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+        for (a, &o) in a.chunks_exact(8).zip(offsets).take(kc) {
+            // SAFETY: the caller's promise: 32 values from `o` inside this block's sliver.
+            let (b0, b1) = unsafe { (_mm512_loadu_ps(b.add(o)), _mm512_loadu_ps(b.add(o + 16))) };
+            for i in 0..8 {
+                let a_i = _mm512_set1_ps(a[i]);
+                acc[i][0] = _mm512_fmadd_ps(a_i, b0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(a_i, b1, acc[i][1]);
+            }
         }
-    }
-    for (row, acc) in tile.chunks_exact_mut(32).zip(acc) {
-        // SAFETY: a row of the tile holds 32 values.
-        unsafe {
-            _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
-            _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
+        for (row, acc) in tile.chunks_exact_mut(32).zip(acc) {
+            // SAFETY: a row of the tile holds 32 values.
+            unsafe {
+                _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
+                _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
+            }
         }
     }
 }
@@ -325,26 +344,29 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile
 /// Haswell shape), or 4 where 6 would leave rows empty ([`Kernel::for_rows`]).
 ///
 /// # Safety
-/// `b[offsets[p]..offsets[p] + 16]` must lie inside `b` for every step.
+/// `b[offsets[p] + 16·block..][..16]` must lie inside `b` for every step and block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2<const MR: usize>(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
+unsafe fn kernel_avx2<const MR: usize>(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tiles: &mut [f32]) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for (a, &o) in a.chunks_exact(MR).zip(offsets).take(kc) {
-        // SAFETY: the caller's promise: 16 values from `o` inside `b`.
-        let (b0, b1) = unsafe { (_mm256_loadu_ps(b.as_ptr().add(o)), _mm256_loadu_ps(b.as_ptr().add(o + 8))) };
-        for i in 0..MR {
-            let a_i = _mm256_set1_ps(a[i]);
-            acc[i][0] = _mm256_fmadd_ps(a_i, b0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(a_i, b1, acc[i][1]);
+    for (block, tile) in tiles.chunks_exact_mut(MR * 16).enumerate() {
+        let b = b.as_ptr().wrapping_add(block * 16);
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        for (a, &o) in a.chunks_exact(MR).zip(offsets).take(kc) {
+            // SAFETY: the caller's promise: 16 values from `o` inside this block's sliver.
+            let (b0, b1) = unsafe { (_mm256_loadu_ps(b.add(o)), _mm256_loadu_ps(b.add(o + 8))) };
+            for i in 0..MR {
+                let a_i = _mm256_set1_ps(a[i]);
+                acc[i][0] = _mm256_fmadd_ps(a_i, b0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(a_i, b1, acc[i][1]);
+            }
         }
-    }
-    for (row, acc) in tile.chunks_exact_mut(16).zip(acc) {
-        // SAFETY: a row of the tile holds 16 values.
-        unsafe {
-            _mm256_storeu_ps(row.as_mut_ptr(), acc[0]);
-            _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[1]);
+        for (row, acc) in tile.chunks_exact_mut(16).zip(acc) {
+            // SAFETY: a row of the tile holds 16 values.
+            unsafe {
+                _mm256_storeu_ps(row.as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[1]);
+            }
         }
     }
 }

@@ -376,12 +376,11 @@ fn steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape
     let m = m.as_slice_mut().expect("scratch is contiguous");
     for xi in 0..A * A {
         let v_xi = &v[xi * v_len(shape)..][..c_in * cols];
-        for jc in (0..tiles).step_by(kernel.nr) {
-            for (ir, a) in filters[xi * u_len..(xi + 1) * u_len].chunks_exact(kernel.mr * c_in).enumerate() {
-                // the kernel writes its tile straight into M
-                let at = m_index(shape, xi, ir * kernel.mr, jc);
-                kernel.run(c_in, a, &v_xi[jc..], rows, &mut m[at..at + kernel.mr * kernel.nr]);
-            }
+        let blocks = tiles.div_ceil(kernel.nr);
+        for (ir, a) in filters[xi * u_len..(xi + 1) * u_len].chunks_exact(kernel.mr * c_in).enumerate() {
+            // the kernel writes its row of tiles straight into M, in one call
+            let at = m_index(shape, xi, ir * kernel.mr, 0);
+            kernel.run_blocks(c_in, a, v_xi, rows, &mut m[at..at + blocks * kernel.mr * kernel.nr]);
         }
     }
     // channel co's outputs are transformed into one half of ys while channel co - 1's, in the
