@@ -1,7 +1,7 @@
 //! The layer abstraction: forward, backward, named parameters, and what the summary shows.
 
 use cnn_core::CnnError;
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -163,6 +163,17 @@ pub trait Layer: std::any::Any + Send + Sync {
     /// # Panics
     /// On a shape other than the one given to `build` (the model checks inputs first).
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32>;
+
+    /// [`Layer::forward`] on a view, for a caller that still needs the input afterwards (a
+    /// residual block adds it to the main path's output, the branches of a `Concat` all read
+    /// it): a layer that only reads its input, as a convolution does, overrides this and
+    /// copies nothing; by default the input is copied (by all threads) and given to `forward`.
+    ///
+    /// # Panics
+    /// As [`Layer::forward`].
+    fn forward_view(&self, x: ArrayViewD<f32>) -> ArrayD<f32> {
+        self.forward(crate::layers::par_clone(x))
+    }
 
     /// Training forward on a batch: train-only behaviour (dropout) on, and what the backward
     /// pass needs cached.

@@ -422,3 +422,28 @@ fn recipes_build_what_they_document() {
     assert_eq!((reference.optimizer().state().kind.as_str(), reference.augment().is_none()), ("adam", true));
     assert!(Recipe::for_model("vgg16").unwrap_err().to_string().contains("not made for 28x28 grey images"));
 }
+
+/// `forward_view` is `forward` on a copy, for the layers that read their input in place (a
+/// convolution, a chain) and for one left with the default (ReLU); a residual block's
+/// inference, whose main path reads the input in place, is that path plus the input, then
+/// its last layer.
+#[test]
+fn forward_on_a_view_is_forward() {
+    use cnn_nn::ndarray::IxDyn;
+    use cnn_nn::{Init, Layer, ModelRng, Padding};
+    use rand::SeedableRng;
+    let mut rng = ModelRng::seed_from_u64(5);
+    let x = ArrayD::from_shape_fn(IxDyn(&[3, 4, 7, 7]), |i| ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) % 11) as f32 / 11.0 - 0.5);
+    let main = || Chain::new().add(Conv2d::new(4, 3).padding(Padding::Same)).add(BatchNorm::new()).add(ReLU::new()).add(Conv2d::new(4, 3).padding(Padding::Same));
+    let layers: Vec<Box<dyn Layer>> = vec![Box::new(Conv2d::new(5, 3)), Box::new(main()), Box::new(ReLU::new()), Box::new(Chain::new())];
+    for mut layer in layers {
+        layer.build(&[4, 7, 7], &mut Init { rng: &mut rng }).unwrap();
+        assert_eq!(layer.forward_view(x.view()), layer.forward(x.clone()), "{}", layer.describe().name);
+    }
+    let mut block = Residual::new(main()).then(ReLU::new());
+    block.build(&[4, 7, 7], &mut Init { rng: &mut rng }).unwrap();
+    let (name, main_path) = &block.children()[0];
+    assert_eq!(name, "main");
+    let want = (main_path.forward(x.clone()) + &x).mapv(|v| v.max(0.0));
+    assert_eq!(block.forward(x.clone()), want);
+}

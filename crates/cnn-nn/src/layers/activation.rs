@@ -33,7 +33,7 @@ macro_rules! elementwise {
 
             fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
                 let y = self.forward(x);
-                self.y = Some(super::par_clone(&y));
+                self.y = Some(super::par_clone(y.view()));
                 y
             }
 

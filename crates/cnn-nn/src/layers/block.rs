@@ -78,20 +78,22 @@ impl Layer for Residual {
         Chain::build_child(&mut self.post, "post", &main, init)
     }
 
+    /// The main path reads `x` in place ([`Layer::forward_view`]: no copy when it starts with a
+    /// convolution), the shortcut takes it.
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let sum = sum(self.main.forward(super::par_clone(&x)), self.shortcut.forward(x));
+        let sum = sum(self.main.forward_view(x.view()), self.shortcut.forward(x));
         self.post.forward(sum)
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let sum = sum(self.main.forward_train(super::par_clone(&x)), self.shortcut.forward_train(x));
+        let sum = sum(self.main.forward_train(super::par_clone(x.view())), self.shortcut.forward_train(x));
         self.post.forward_train(sum)
     }
 
     /// `dsum = post'(dy)`, then `dx = main'(dsum) + shortcut'(dsum)`: `x` feeds both paths.
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let dsum = self.post.backward(dy);
-        sum(self.main.backward(super::par_clone(&dsum)), self.shortcut.backward(dsum))
+        sum(self.main.backward(super::par_clone(dsum.view())), self.shortcut.backward(dsum))
     }
 
     fn params(&self) -> Vec<(String, &Param)> {
@@ -177,7 +179,7 @@ impl Layer for Concat {
     }
 
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let outputs: Vec<ArrayD<f32>> = self.branches.iter().map(|b| b.forward(x.clone())).collect();
+        let outputs: Vec<ArrayD<f32>> = self.branches.iter().map(|b| b.forward_view(x.view())).collect();
         let views: Vec<_> = outputs.iter().map(|o| o.view()).collect();
         concatenate(Axis(1), &views).expect("branch shapes were checked at build")
     }

@@ -3,7 +3,7 @@
 //! input shape and the training API around it.
 
 use crate::layer::{prefixed, BuildError, Describe, Init, Layer, Param};
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 
 /// Layers applied in order; its children are named by their index (`0`, `1`, ...), so a
 /// parameter of the third layer of a chain named `main` is `main.2.weight`.
@@ -106,6 +106,14 @@ impl Layer for Chain {
 
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
         self.layers.iter().fold(x, |x, layer| layer.forward(x))
+    }
+
+    /// The first layer on the view, the rest as [`Layer::forward`].
+    fn forward_view(&self, x: ArrayViewD<f32>) -> ArrayD<f32> {
+        match self.layers.split_first() {
+            Some((first, rest)) => rest.iter().fold(first.forward_view(x), |x, layer| layer.forward(x)),
+            None => super::par_clone(x),
+        }
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {

@@ -2,7 +2,7 @@
 
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param, WeightInit};
 use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d_groups, conv2d_groups_backward, Padding, Window};
-use ndarray::{Array3, Array4, ArrayD, ArrayView3, ArrayView4, Ix3, Ix4};
+use ndarray::{Array3, Array4, ArrayD, ArrayView3, ArrayView4, ArrayViewD, Ix3, Ix4};
 
 /// How a convolution's input channels are split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +179,11 @@ impl Layer for Conv2d {
     }
 
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        self.run(x.view().into_dimensionality().expect("Conv2d input is [n, c, h, w]")).into_dyn()
+        self.forward_view(x.view())
+    }
+
+    fn forward_view(&self, x: ArrayViewD<f32>) -> ArrayD<f32> {
+        self.run(x.into_dimensionality().expect("Conv2d input is [n, c, h, w]")).into_dyn()
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
@@ -279,7 +283,11 @@ impl Layer for Conv1d {
     }
 
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        self.run(x.view().into_dimensionality().expect("Conv1d input is [n, c, l]")).into_dyn()
+        self.forward_view(x.view())
+    }
+
+    fn forward_view(&self, x: ArrayViewD<f32>) -> ArrayD<f32> {
+        self.run(x.into_dimensionality().expect("Conv1d input is [n, c, l]")).into_dyn()
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {

@@ -13,7 +13,7 @@ mod shape;
 
 pub(crate) use activation::softmax_rows;
 use cnn_core::vector::widest;
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 use rayon::prelude::*;
 
 /// `x` in standard (row-major) layout, copied only when it is not already: the layers that
@@ -64,10 +64,10 @@ pub(crate) fn par_map<A: Sync, T: Send, G: Fn(&A) -> T>(x: &[A], chunk: usize, p
 }
 
 /// A copy made by all of rayon's threads (activations are megabytes).
-pub(crate) fn par_clone(x: &ArrayD<f32>) -> ArrayD<f32> {
+pub(crate) fn par_clone(x: ArrayViewD<f32>) -> ArrayD<f32> {
     match x.as_slice() {
         Some(src) => ArrayD::from_shape_vec(x.raw_dim(), par_map(src, CHUNK, |_| |&v: &f32| v)).expect("same size"),
-        None => x.clone(),
+        None => x.to_owned(),
     }
 }
 
@@ -97,7 +97,7 @@ mod tests {
             assert_eq!(y, -x - 1e6 * (i / CHUNK) as f32, "value {i}");
         }
         let t = ArrayD::from_shape_fn(vec![3, CHUNK + 7], |i| (i[0] * 31 + i[1]) as f32 * 0.5);
-        assert_eq!(par_clone(&t), t);
+        assert_eq!(par_clone(t.view()), t);
         assert!(par_map(&[] as &[f32], CHUNK, |_| |&v: &f32| v).is_empty());
     }
 }
