@@ -192,8 +192,8 @@ fn waste(g: &Geometry, m: usize) -> f64 {
 
 /// Winograd's tile for a convolution of this geometry, `c_in` → `c_out` channels, if it is
 /// the algorithm: a shape it [`applies`] to and a vector kernel, then F(4x4) where the image
-/// fits its tiles ([`MAX_WASTE`]), else F(2x2) where the image fits those and the channels
-/// are many enough for its transforms ([`MIN_CHANNELS_F2`]). Measured on ResNet-20 (batch
+/// fits its tiles ([`MAX_WASTE`]), else (only where it does not) F(2x2) where the image fits
+/// those and the channels are many enough for its transforms ([`MIN_CHANNELS_F2`]). Measured on ResNet-20 (batch
 /// 128): the first stage (16 → 16 at 28x28) by F(4x4) with AVX-512, forward 0.95 ms against
 /// the implicit product's 1.18, forward + backward 3.24 against 3.71; with AVX2 against the
 /// direct convolution, the stage's forward in `layer_times` 31.3 / 31.0 / 31.8 → 29.0 / 28.9
@@ -202,13 +202,17 @@ fn waste(g: &Geometry, m: usize) -> f64 {
 /// block's forward 7.31 / 7.24 / 7.20 → 6.78 / 6.85 / 6.80 ms and a step 208.7 / 206.5 / 205.3
 /// → 200.5 / 203.6 / 201.4 (`layer_times`, alternate rounds).
 pub(crate) fn suits(g: &Geometry, c_in: usize, c_out: usize) -> Option<Size> {
-    let kernel = Kernel::best().name();
-    let (channels, avx512) = (c_in.min(c_out), kernel == "avx512");
+    suits_on(Kernel::best().name(), g, c_in, c_out)
+}
+
+/// [`suits`] for the micro-kernel of this name (the tests ask for every instruction set).
+fn suits_on(kernel: &str, g: &Geometry, c_in: usize, c_out: usize) -> Option<Size> {
+    let (channels, avx512, f4_fits) = (c_in.min(c_out), kernel == "avx512", waste(g, 4) <= MAX_WASTE);
     if kernel == Kernel::PORTABLE.name() || !applies(g) {
         None
-    } else if waste(g, 4) <= MAX_WASTE && channels >= MIN_CHANNELS && !(avx512 && c_out >= FILTERS_AVX512) {
+    } else if f4_fits && channels >= MIN_CHANNELS && !(avx512 && c_out >= FILTERS_AVX512) {
         Some(Size::F4)
-    } else if waste(g, 2) <= MAX_WASTE && channels >= MIN_CHANNELS_F2 && !(avx512 && c_out > FILTERS_AVX512) {
+    } else if !f4_fits && waste(g, 2) <= MAX_WASTE && channels >= MIN_CHANNELS_F2 && !(avx512 && c_out > FILTERS_AVX512) {
         Some(Size::F2)
     } else {
         None
@@ -1349,21 +1353,23 @@ mod tests {
         assert!(!applies(&Window::square(3).padding(Padding::uniform(3)).geometry(8, 8).unwrap()), "padding past the reach");
     }
 
-    /// [`suits`] on ResNet-20's stages and around its limits, per instruction set.
+    /// [`suits`] on ResNet-20's stages and around its limits, for every instruction set.
     #[test]
     fn the_tile_it_chooses() {
         let same = Window::square(3).padding(Padding::Same);
-        let choice = |side: usize, c_in: usize, c_out: usize| suits(&same.geometry(side, side).unwrap(), c_in, c_out);
-        let kernel = Kernel::best().name();
-        let (vector, avx512) = (kernel != Kernel::PORTABLE.name(), kernel == "avx512");
-        let if_vector = |size: Size| Some(size).filter(|_| vector);
-        assert_eq!(choice(28, 16, 16), if_vector(Size::F4), "stage 1");
-        assert_eq!(choice(14, 32, 32), if_vector(Size::F2), "stage 2");
-        assert_eq!(choice(7, 64, 64), None, "stage 3: F(2x2) computes 1.63 outputs per output");
-        assert_eq!(choice(14, 16, 16), None, "F(2x2) with 16 channels");
-        assert_eq!(choice(28, 4, 16), None, "4 input channels");
-        assert_eq!(choice(28, 32, 64), if_vector(Size::F4).filter(|_| !avx512), "64 filters");
-        assert_eq!(choice(14, 48, 48), if_vector(Size::F2).filter(|_| !avx512), "48 filters");
-        assert_eq!(suits(&same.stride(2).geometry(28, 28).unwrap(), 16, 16), None, "stride 2");
+        for kernel in ["avx512", "avx2+fma", "portable"] {
+            let choice = |side: usize, c_in: usize, c_out: usize| suits_on(kernel, &same.geometry(side, side).unwrap(), c_in, c_out);
+            let (vector, avx512) = (kernel != "portable", kernel == "avx512");
+            let if_vector = |size: Size| Some(size).filter(|_| vector);
+            assert_eq!(choice(28, 16, 16), if_vector(Size::F4), "{kernel}: stage 1");
+            assert_eq!(choice(14, 32, 32), if_vector(Size::F2), "{kernel}: stage 2");
+            assert_eq!(choice(7, 64, 64), None, "{kernel}: stage 3 (F(2x2) computes 1.63 outputs per output)");
+            assert_eq!(choice(14, 16, 16), None, "{kernel}: F(2x2) with 16 channels");
+            assert_eq!(choice(28, 4, 16), None, "{kernel}: 4 input channels");
+            assert_eq!(choice(28, 32, 64), if_vector(Size::F4).filter(|_| !avx512), "{kernel}: 64 filters");
+            assert_eq!(choice(28, 32, 32), if_vector(Size::F4).filter(|_| !avx512), "{kernel}: 32 filters where F(4x4)'s tiles fit");
+            assert_eq!(choice(14, 48, 48), if_vector(Size::F2).filter(|_| !avx512), "{kernel}: 48 filters");
+            assert_eq!(suits_on(kernel, &same.stride(2).geometry(28, 28).unwrap(), 16, 16), None, "{kernel}: stride 2");
+        }
     }
 }
