@@ -257,6 +257,7 @@ impl Kernel {
     /// # Panics
     /// If a sliver is shorter than `kc` steps or a row of B's sliver ends past `b`.
     pub(crate) fn run(&self, kc: usize, a: &[f32], b: &[f32], rows: &Rows, tile: &mut [f32]) {
+        assert_eq!(tile.len(), self.mr * self.nr, "micro-kernel tile");
         self.run_blocks(kc, a, b, rows, tile)
     }
 
@@ -674,13 +675,20 @@ mod tests {
             let name = format!("{} {}x{}", k.name, k.mr, k.nr);
             let kc = 19;
             let a: Vec<f32> = (0..kc * k.mr).map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0).collect();
-            let offsets: Vec<usize> = (0..kc).map(|p| (p * 389) % (1000 - k.nr)).collect();
-            let mut tile = vec![f32::NAN; k.mr * k.nr];
-            k.run(kc, &a, &b, &Rows::new(offsets.clone()), &mut tile);
-            for i in 0..k.mr {
-                for j in 0..k.nr {
-                    let want: f64 = (0..kc).map(|p| a[p * k.mr + i] as f64 * b[offsets[p] + j] as f64).sum();
-                    assert!((tile[i * k.nr + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{name} ({i}, {j})");
+            // three tiles side by side: B's slivers nr columns apart
+            let blocks = 3;
+            let offsets: Vec<usize> = (0..kc).map(|p| (p * 389) % (1000 - blocks * k.nr)).collect();
+            let mut tiles = vec![f32::NAN; blocks * k.mr * k.nr];
+            k.run(kc, &a, &b, &Rows::new(offsets.clone()), &mut tiles[..k.mr * k.nr]);
+            k.run_blocks(kc, &a, &b, &Rows::new(offsets.clone()), &mut tiles[k.mr * k.nr..]);
+            for (block, tile) in tiles.chunks_exact(k.mr * k.nr).enumerate() {
+                // the first tile by `run`, the next two (B from nr and 2·nr on) by `run_blocks`
+                let shift = if block == 0 { 0 } else { (block - 1) * k.nr };
+                for i in 0..k.mr {
+                    for j in 0..k.nr {
+                        let want: f64 = (0..kc).map(|p| a[p * k.mr + i] as f64 * b[offsets[p] + shift + j] as f64).sum();
+                        assert!((tile[i * k.nr + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{name}, tile {block} ({i}, {j})");
+                    }
                 }
             }
         }
