@@ -300,14 +300,15 @@ pub enum Algorithm {
     /// multiplications per 2x2 outputs where the direct product spends 36
     /// (`src/winograd.rs`); the input gradient too, the filter gradient by the implicit
     /// product's dot products. Chosen on CPUs with AVX-512 or AVX2 where F(4x4)'s tiles do not
-    /// fit the image but these do (14x14 outputs and up) and the layer has 24 channels or more
-    /// (ResNet-20's second stage; with AVX-512 at most 32 filters).
+    /// fit the image but these do (14x14, 16x16; not 7x7 or 8x8) and the layer has 24 channels
+    /// or more (ResNet-20's second stage; with AVX-512 at most 32 filters).
     Winograd,
     /// As [`Algorithm::Winograd`] with the larger tile F(4x4, 3x3): 36 multiplications per 4x4
     /// outputs where the direct product spends 144, values rounded a little more (its
     /// transforms multiply by up to 8). Chosen on CPUs with AVX-512 or AVX2 for 3x3 stride-1
-    /// layers on images of 24x24 outputs or more with 8 channels or more (ResNet-20's first
-    /// stage; with AVX-512 fewer than 32 filters).
+    /// layers of 8 channels or more on images its tiles fit (at most 1.2 outputs computed per
+    /// output kept: 28x28, 32x32, not 16x16) — ResNet-20's first stage; with AVX-512 fewer
+    /// than 32 filters.
     Winograd4,
     /// Direct convolution, oneDNN's way: vectors along the output channels, each output
     /// pixel's input values broadcast from the padded sample (`src/direct.rs`); no wrapped
