@@ -298,15 +298,15 @@ fn portable(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tiles: &mut [f32
 
 #[cfg(target_arch = "x86_64")]
 fn avx512(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
-    // SAFETY: chosen by `Kernel::best` only where the CPU has AVX-512F; `run` checked that
-    // every row of the sliver lies inside `b`.
+    // SAFETY: chosen by `Kernel::best` only where the CPU has AVX-512F; `run_blocks` checked that
+    // every row of every block's sliver lies inside `b`.
     unsafe { kernel_avx512(kc, a, b, offsets, tile) }
 }
 
 #[cfg(target_arch = "x86_64")]
 fn avx2<const MR: usize>(kc: usize, a: &[f32], b: &[f32], offsets: &[usize], tile: &mut [f32]) {
     // SAFETY: chosen by `Kernel::best` (or its `for_rows`) only where the CPU has AVX2 and
-    // FMA; `run` checked that every row of the sliver lies inside `b`.
+    // FMA; `run_blocks` checked that every row of every block's sliver lies inside `b`.
     unsafe { kernel_avx2::<MR>(kc, a, b, offsets, tile) }
 }
 

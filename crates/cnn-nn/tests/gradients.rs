@@ -110,9 +110,10 @@ fn conv_layer_on_the_implicit_product() {
     check_layer(Conv2d::new(8, 3).strides(2, 2).padding(Padding::Same), &[2, 8, 8, 8], LINEAR, 28);
 }
 
-/// Layers of 8 to 31 filters on images of 24x24 outputs or more take Winograd's F(4x4, 3x3)
-/// on CPUs with AVX-512 or AVX2 (portable code: the implicit product), like ResNet-20's first stage: the
-/// layer's forward and all three gradients against the naive loops. (Not by finite
+/// Layers of 8 channels or more on images F(4x4)'s tiles fit (here 12 filters at 24x24) take
+/// Winograd's F(4x4, 3x3) on CPUs with AVX-512 or AVX2 (portable code: the implicit product),
+/// like ResNet-20's first stage: the layer's forward and all three gradients against the
+/// naive loops. (Not by finite
 /// differences here: on 4608 inputs spread to ±46, F(4x4)'s own rounding in the forward, a
 /// few 1e-6 of the outputs' size, moves the differences by more than their tolerance; the
 /// input gradient of F(4x4) is checked against differences of the naive forward in
