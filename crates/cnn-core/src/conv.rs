@@ -401,6 +401,56 @@ impl Algorithm {
     }
 }
 
+/// An activation applied to a convolution's outputs as they are stored, after the bias
+/// (oneDNN's post-op): inference passes over the output once, where a separate layer would
+/// read and write it again. [`conv2d_activated`] takes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    /// The outputs as computed.
+    #[default]
+    Identity,
+    /// `max(0, v)`, NaN kept (−0 may stay −0).
+    Relu,
+}
+
+impl Activation {
+    /// The least value it lets through: a store writes [`clip`]`(v, floor)`.
+    fn floor(self) -> f32 {
+        match self {
+            Activation::Identity => f32::NEG_INFINITY,
+            Activation::Relu => 0.0,
+        }
+    }
+}
+
+/// `v` raised to `floor` where it is below, NaN kept: an activation as one compare and select,
+/// `max(floor, v)` in vector registers (whose max returns its second operand for a NaN).
+#[inline(always)]
+pub(crate) fn clip(v: f32, floor: f32) -> f32 {
+    if v < floor { floor } else { v }
+}
+
+/// What a convolution does to each output value as it stores it: adds the filter's bias,
+/// then clips at the activation's floor. The algorithms whose stores are this crate's own
+/// (implicit, direct, Winograd) take it; the others are followed by a pass.
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    pub(crate) bias: Option<ArrayView1<'a, f32>>,
+    pub(crate) floor: f32,
+}
+
+impl<'a> Epilogue<'a> {
+    /// The bias alone (no activation): what the backward passes' convolutions store.
+    pub(crate) fn bias(bias: Option<ArrayView1<'a, f32>>) -> Self {
+        Epilogue { bias, floor: f32::NEG_INFINITY }
+    }
+
+    /// The bias of output channel `c` (0 without one).
+    pub(crate) fn bias_of(&self, c: usize) -> f32 {
+        self.bias.map_or(0.0, |b| b[c])
+    }
+}
+
 /// Convolution forward: `y = w ⊛ x + b`, by im2col and one GEMM per sample (or small group).
 ///
 /// # Shapes
@@ -448,8 +498,29 @@ pub fn conv2d(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>
 /// assert_eq!((y.dim(), y[[0, 5, 1, 1]]), ((1, 6, 3, 3), 9.0));
 /// ```
 pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window, groups: usize) -> Result<Array4<f32>> {
+    conv2d_activated(x, w, b, win, groups, Activation::Identity)
+}
+
+/// [`conv2d_groups`] followed by `activation`, applied as the outputs are stored where the
+/// algorithm chosen stores them itself (the implicit, direct and Winograd ones), else in a
+/// pass after it: `relu(conv2d_groups(..))` with one pass over the output fewer. The values
+/// are exactly those of the convolution, then the activation.
+///
+/// # Errors
+/// As [`conv2d_groups`].
+///
+/// ```
+/// use cnn_core::{conv2d_activated, Activation, Window};
+/// use ndarray::{Array1, Array4};
+/// let (x, w) = (Array4::<f32>::ones((1, 2, 5, 5)), Array4::<f32>::ones((3, 2, 3, 3)));
+/// let b = Array1::from(vec![-20.0, -18.0, 0.0]);
+/// let y = conv2d_activated(x.view(), w.view(), Some(b.view()), &Window::square(3), 1, Activation::Relu).unwrap();
+/// // 18 + bias, then max(0, ·)
+/// assert_eq!((y[[0, 0, 1, 1]], y[[0, 1, 1, 1]], y[[0, 2, 1, 1]]), (0.0, 0.0, 18.0));
+/// ```
+pub fn conv2d_activated(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window, groups: usize, activation: Activation) -> Result<Array4<f32>> {
     let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win, groups)?;
-    forward(Algorithm::of(x.dim().1, w.dim().0, groups, &g), x, w, b, &g, groups)
+    forward(Algorithm::of(x.dim().1, w.dim().0, groups, &g), x, w, b, &g, groups, activation)
 }
 
 /// [`conv2d_groups`] by the algorithm named, not the one it would choose.
@@ -472,35 +543,37 @@ pub fn conv2d_groups(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView
 pub fn conv2d_with(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, win: &Window, groups: usize) -> Result<Array4<f32>> {
     let g = conv_geometry(x.shape(), w.shape(), b.map(|b| b.len()), win, groups)?;
     algorithm.check(x.dim().1, groups, &g)?;
-    forward(algorithm, x, w, b, &g, groups)
+    forward(algorithm, x, w, b, &g, groups, Activation::Identity)
 }
 
-/// The forward pass by `algorithm` (which can compute it: checked by the caller).
-fn forward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry, groups: usize) -> Result<Array4<f32>> {
+/// The forward pass by `algorithm` (which can compute it: checked by the caller), then
+/// `activation`: in the stores where the algorithm takes an [`Epilogue`], else in a pass.
+fn forward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry, groups: usize, activation: Activation) -> Result<Array4<f32>> {
     // every algorithm runs in rayon's tasks, and some call OpenBLAS there: one BLAS thread
     threads::init();
     let (n, c_in, _, _) = x.dim();
     let c_out = w.dim().0;
-    match algorithm {
-        Algorithm::Lowered => lowered_conv(x, w, b, g),
+    let out = Epilogue { bias: b, floor: activation.floor() };
+    let mut y = match algorithm {
         Algorithm::Implicit => {
             expect_allocatable("output", n * c_out * g.positions())?;
             expect_allocatable("padded sample", implicit::padded_values(g, c_in))?;
-            Ok(implicit::forward(x, w, b, g))
+            return Ok(implicit::forward(x, w, out, g));
         }
         Algorithm::Direct => {
             expect_allocatable("output", n * c_out * g.positions())?;
             expect_allocatable("padded sample", implicit::padded_values(g, c_in))?;
-            Ok(direct::forward(x, w, b, g))
+            return Ok(direct::forward(x, w, out, g));
         }
         Algorithm::Winograd | Algorithm::Winograd4 => {
             expect_allocatable("output", n * c_out * g.positions())?;
             expect_allocatable("Winograd's transformed tiles", winograd::work_values(g, c_in, c_out))?;
-            Ok(winograd::forward(algorithm.winograd_size(), x, w, b, g))
+            return Ok(winograd::forward(algorithm.winograd_size(), x, w, out, g));
         }
+        Algorithm::Lowered => lowered_conv(x, w, b, g)?,
         Algorithm::Depthwise => {
             expect_allocatable("output", n * c_out * g.positions())?;
-            Ok(depthwise::forward(x, w, b, g))
+            depthwise::forward(x, w, b, g)
         }
         Algorithm::Grouped => {
             let (cig, cog) = (c_in / groups, c_out / groups);
@@ -512,9 +585,14 @@ fn forward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opti
                 let y_k = lowered_conv(x.slice(s![.., ins, .., ..]), w.slice(s![outs.clone(), .., .., ..]), b_k, g)?;
                 y.slice_mut(s![.., outs, .., ..]).assign(&y_k);
             }
-            Ok(y)
+            y
         }
+    };
+    if activation != Activation::Identity {
+        let floor = out.floor;
+        y.as_slice_mut().expect("a new array").par_chunks_mut(1 << 14).for_each(|y| y.iter_mut().for_each(|v| *v = clip(*v, floor)));
     }
+    Ok(y)
 }
 
 /// im2col and a GEMM per sample (or group of samples): the whole layer as matrix products.
@@ -588,7 +666,7 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
                 expect_allocatable("input gradient", x.len())?;
                 expect_allocatable("padded output gradient", implicit::padded_values(&g_t, c_out))?;
                 let (dw, db) = filter_gradient(x, dy, g)?;
-                Ok(Conv2dGrads { dx: direct::forward(dy, turned, None, &g_t), dw, db })
+                Ok(Conv2dGrads { dx: direct::forward(dy, turned, Epilogue::bias(None), &g_t), dw, db })
             }
             // otherwise by col2im: the lowering's backward, or the implicit product's if strided
             _ => lowered_backward_conv(x, w, dy, g, if (g.sh, g.sw) == (1, 1) { Algorithm::Lowered } else { Algorithm::Implicit }),
@@ -599,7 +677,7 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
             expect_allocatable("input gradient", x.len())?;
             expect_allocatable("Winograd's transformed tiles", winograd::work_values(&g_t, c_out, c_in))?;
             let (dw, db) = implicit::filter_gradient(x, dy, g);
-            Ok(Conv2dGrads { dx: winograd::forward(algorithm.winograd_size(), dy, turned, None, &g_t), dw, db })
+            Ok(Conv2dGrads { dx: winograd::forward(algorithm.winograd_size(), dy, turned, Epilogue::bias(None), &g_t), dw, db })
         }
         Algorithm::Depthwise => {
             expect_allocatable("input gradient", x.len())?;
@@ -692,4 +770,41 @@ pub(crate) fn sum_in_batch_order(partials: &[(Array2<f32>, Array1<f32>)], (c_out
         db += db_task;
     }
     (dw, db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_data::filled;
+    use crate::window::Padding;
+
+    /// Every algorithm's forward with ReLU is its forward without, then ReLU, value for value:
+    /// fused into the stores (implicit, direct, Winograd) or a pass after (the others); NaN
+    /// kept. Outputs of random filters and a bias about half negative.
+    #[test]
+    fn relu_in_the_stores_is_relu_after() {
+        let same = Window::square(3).padding(Padding::Same);
+        // 20 filters: a part-empty sliver on every kernel; 11x11: cut Winograd tiles
+        let cases = [(3, 8, 20, 11, same, 1), (2, 8, 20, 12, same.stride(2), 1), (2, 8, 12, 9, same, 2), (2, 4, 8, 9, same, 4)];
+        for (case, &(n, c_in, c_out, side, win, groups)) in cases.iter().enumerate() {
+            let mut x = filled([n, c_in, side, side], case);
+            x[[1, 0, 4, 5]] = f32::NAN;
+            let w = filled([c_out, c_in / groups, 3, 3], 10 + case);
+            let b = filled([1, 1, 1, c_out], 20 + case).into_shape_with_order(c_out).unwrap();
+            let g = conv_geometry(x.shape(), w.shape(), Some(c_out), &win, groups).unwrap();
+            let mut ran = 0;
+            for algorithm in Algorithm::ALL.into_iter().filter(|a| a.check(c_in, groups, &g).is_ok()) {
+                let plain = forward(algorithm, x.view(), w.view(), Some(b.view()), &g, groups, Activation::Identity).unwrap();
+                let relu = forward(algorithm, x.view(), w.view(), Some(b.view()), &g, groups, Activation::Relu).unwrap();
+                let (negative, nan) = (plain.iter().filter(|v| **v < 0.0).count(), plain.iter().filter(|v| v.is_nan()).count());
+                assert!(negative > plain.len() / 4 && nan > 0, "case {case}: {negative} negative, {nan} NaN of {}", plain.len());
+                for (i, (&p, &r)) in plain.iter().zip(&relu).enumerate() {
+                    let want = if p < 0.0 { 0.0 } else { p };
+                    assert!(r.to_bits() == want.to_bits() || (r.is_nan() && p.is_nan()), "case {case}, {}: value {i}: {r} for {p}", algorithm.name());
+                }
+                ran += 1;
+            }
+            assert!(ran >= if groups == 1 { 3 } else { 1 }, "case {case}: {ran} algorithms");
+        }
+    }
 }

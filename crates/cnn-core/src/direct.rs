@@ -21,11 +21,12 @@
 //! The micro-kernel is chosen at run time: AVX-512 (8 pixels x 32 filters, the tile turned
 //! filter-major in registers), AVX2 + FMA (6 x 16) or portable loops (4 x 8).
 
+use crate::conv::{clip, Epilogue};
 use crate::gemm::Rows;
 use crate::threads::Scratch;
 use crate::implicit::{self, lowered_rows, pad_into, Planes};
 use crate::window::Geometry;
-use ndarray::{Array4, ArrayView1, ArrayView4, Axis};
+use ndarray::{Array4, ArrayView4, Axis};
 use rayon::prelude::*;
 
 /// Output pixels per task, at least: the filters (`k x 32` values per sliver) are read once
@@ -69,12 +70,12 @@ pub(crate) fn suits_transposed(g: &Geometry) -> bool {
 }
 
 /// `y = w ⊛ x + b`, one group (shapes checked by the caller).
-pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
-    forward_on(Broadcasts::best(), x, w, b, g)
+pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, out: Epilogue, g: &Geometry) -> Array4<f32> {
+    forward_on(Broadcasts::best(), x, w, out, g)
 }
 
 /// [`forward`] on the given micro-kernel (the tests run every one the CPU has).
-fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
+fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, out: Epilogue, g: &Geometry) -> Array4<f32> {
     let (n, c_in, _, _) = x.dim();
     let (c_out, k) = (w.dim().0, c_in * g.kh * g.kw);
     let planes = Planes::of(g);
@@ -117,12 +118,12 @@ fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Opt
                 while i < kernel.mp.min(total - t0) {
                     let (s0, p0) = ((t0 + i) / pixels, (t0 + i) % pixels);
                     let len = (pixels - p0).min(kernel.mp - i);
-                    let out = &mut y_t[s0 * c_out * pixels + p0..];
+                    let y_s = &mut y_t[s0 * c_out * pixels + p0..];
                     for (j, run) in tile.chunks_exact(kernel.mp).enumerate().take(filters) {
-                        let bias = b.map_or(0.0, |b| b[f0 + j]);
-                        let dst = &mut out[(f0 + j) * pixels..][..len];
+                        let (bias, floor) = (out.bias_of(f0 + j), out.floor);
+                        let dst = &mut y_s[(f0 + j) * pixels..][..len];
                         dst.iter_mut().zip(&run[i..]).for_each(|(y, &v)| {
-                            y.write(v + bias);
+                            y.write(clip(v + bias, floor));
                         });
                     }
                     i += len;
@@ -329,7 +330,7 @@ mod tests {
                 let (x, w) = (filled([5, c_in, h, w_], case), filled([c_out, c_in, win.kh, win.kw], case + 10));
                 let b = Array1::from_shape_fn(c_out, |i| i as f32 - 3.0);
                 let g = win.geometry(h, w_).unwrap();
-                let y = forward_on(kernel, x.view(), w.view(), Some(b.view()), &g);
+                let y = forward_on(kernel, x.view(), w.view(), Epilogue::bias(Some(b.view())), &g);
                 let want = reference::conv2d(x.view(), w.view(), Some(b.view()), &win).unwrap();
                 assert_eq!(y.dim(), want.dim(), "case {case}");
                 let close = y.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));

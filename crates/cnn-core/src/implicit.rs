@@ -30,11 +30,11 @@
 //! values as a dot product of a row of `dy` with a row of the lowered matrix read from the
 //! padded sample ([`filter_gradient`], on the [`crate::gemm::Dots`] kernels).
 
-use crate::conv::sum_in_batch_order;
+use crate::conv::{clip, sum_in_batch_order, Epilogue};
 use crate::gemm::{pack, store, Dots, Kernel, Rows, DOT_LEN};
 use crate::threads::Scratch;
 use crate::window::{Geometry, Padding, Window};
-use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView3, ArrayView4, Axis};
+use ndarray::{s, Array1, Array2, Array4, ArrayView3, ArrayView4, Axis};
 use rayon::prelude::*;
 
 /// Padded samples up to this many values (1 MiB) go implicit; the B slivers of a larger one
@@ -106,7 +106,7 @@ impl Planes {
 
 /// `y = w ⊛ x + b` for any geometry (shapes checked by the caller); fast where it [`suits`],
 /// correct everywhere (`conv2d_with` may name it for any shape of one group).
-pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
+pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, out: Epilogue, g: &Geometry) -> Array4<f32> {
     let kernel = Kernel::best();
     let (n, c_in, _, _) = x.dim();
     let (c_out, k) = (w.dim().0, c_in * g.kh * g.kw);
@@ -125,25 +125,25 @@ pub(crate) fn forward(x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayVie
     let mut y = Array4::<f32>::uninit((n, c_out, g.oh, g.ow));
     y.outer_iter_mut().into_par_iter().zip(x.outer_iter()).for_each_init(
         || (Scratch::matrix(1, sample_len), Scratch::matrix(c_out, q), vec![0.0; kernel.mr * kernel.nr]),
-        |(sample, out, tile), (mut y_i, x_i)| {
+        |(sample, computed, tile), (mut y_i, x_i)| {
             let mut sample = sample.view_mut();
             let sample = sample.as_slice_mut().expect("a new buffer is contiguous");
             pad_into(x_i, g, &planes, sample);
-            let mut out = out.view_mut();
+            let mut computed = computed.view_mut();
             for jc in (0..q).step_by(kernel.nr) {
                 for (ir, a) in filters.chunks_exact(kernel.mr * k).enumerate() {
                     kernel.run(k, a, &sample[jc..], &rows, tile);
-                    store(tile, kernel.nr, 1.0, 0.0, &mut out, (ir * kernel.mr, jc), (c_out, q));
+                    store(tile, kernel.nr, 1.0, 0.0, &mut computed, (ir * kernel.mr, jc), (c_out, q));
                 }
             }
-            // drop the wrapped columns, add the bias
-            let computed = out.as_slice().expect("a new buffer is contiguous");
+            // drop the wrapped columns, add the bias, apply the activation
+            let computed = computed.as_slice().expect("a new buffer is contiguous");
             let y_i = y_i.as_slice_mut().expect("y is standard layout");
             for (co, (plane, computed)) in y_i.chunks_exact_mut(g.oh * g.ow).zip(computed.chunks_exact(q)).enumerate() {
-                let bias = b.map_or(0.0, |b| b[co]);
+                let (bias, floor) = (out.bias_of(co), out.floor);
                 for (row, computed) in plane.chunks_exact_mut(g.ow).zip(computed.chunks_exact(wq)) {
                     row.iter_mut().zip(computed).for_each(|(y, &v)| {
-                        y.write(v + bias);
+                        y.write(clip(v + bias, floor));
                     });
                 }
             }
@@ -258,7 +258,7 @@ fn spread_rows(dy: ArrayView3<f32>, wp: usize, len: usize, spread: &mut [f32]) {
 /// [`transposed_suits`]).
 pub(crate) fn input_gradient(dy: ArrayView4<f32>, w: ArrayView4<f32>, g: &Geometry) -> Array4<f32> {
     let (turned, g_t) = transposed_operands(w, g).expect("checked by transposed_suits");
-    forward(dy, turned, None, &g_t)
+    forward(dy, turned, Epilogue::bias(None), &g_t)
 }
 
 /// The filters and geometry of the input gradient's convolution (see [`input_gradient`]):
@@ -330,7 +330,7 @@ mod tests {
         for (case, win) in windows.iter().enumerate() {
             let (x, w) = (filled([3, 5, 9, 11], case), filled([7, 5, win.kh, win.kw], case + 10));
             let g = win.geometry(9, 11).unwrap();
-            let y = forward(x.view(), w.view(), None, &g);
+            let y = forward(x.view(), w.view(), Epilogue::bias(None), &g);
             let want = reference::conv2d(x.view(), w.view(), None, win).unwrap();
             assert!(y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "forward, case {case}");
             let dy = filled([3, 7, g.oh, g.ow], case + 20);
@@ -361,7 +361,7 @@ mod tests {
             let (x, w) = (filled([3, 5, h, w_], case), filled([7, 5, win.kh, win.kw], case + 10));
             let b = Array1::from_shape_fn(7, |i| i as f32 - 3.0);
             let g = win.geometry(h, w_).unwrap();
-            let y = forward(x.view(), w.view(), Some(b.view()), &g);
+            let y = forward(x.view(), w.view(), Epilogue::bias(Some(b.view())), &g);
             let want = reference::conv2d(x.view(), w.view(), Some(b.view()), &win).unwrap();
             assert_eq!(y.dim(), want.dim(), "case {case}");
             assert!(y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "forward, case {case}");

@@ -70,10 +70,11 @@
 //! channels the transforms' work (proportional to `c_in + c_out` per tile) is not small
 //! beside the products' (`c_in·c_out`).
 
+use crate::conv::{clip, Epilogue};
 use crate::gemm::{pack, Kernel, Rows};
 use crate::threads::Scratch;
 use crate::window::Geometry;
-use ndarray::{Array3, Array4, ArrayView1, ArrayView3, ArrayView4, ArrayViewMut4, Axis};
+use ndarray::{Array3, Array4, ArrayView3, ArrayView4, ArrayViewMut4, Axis};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -270,22 +271,22 @@ pub(crate) enum Size {
     F4,
 }
 
-/// `y = w ⊛ x + b` by Winograd's tile of this size, for a geometry that [`applies`] (checked by
+/// `y = w ⊛ x + b`, then the activation, by Winograd's tile of this size, for a geometry that [`applies`] (checked by
 /// the caller).
-pub(crate) fn forward(size: Size, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
-    forward_on(size, Kernel::best().for_rows(w.dim().0), x, w, b, g)
+pub(crate) fn forward(size: Size, x: ArrayView4<f32>, w: ArrayView4<f32>, out: Epilogue, g: &Geometry) -> Array4<f32> {
+    forward_on(size, Kernel::best().for_rows(w.dim().0), x, w, out, g)
 }
 
 /// [`forward`] on the micro-kernel given (the tests run every kernel the CPU has).
-fn forward_on(size: Size, kernel: Kernel, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
+fn forward_on(size: Size, kernel: Kernel, x: ArrayView4<f32>, w: ArrayView4<f32>, out: Epilogue, g: &Geometry) -> Array4<f32> {
     match size {
-        Size::F2 => forward_by::<2, 4, F2>(kernel, x, w, b, g),
-        Size::F4 => forward_by::<4, 6, F4>(kernel, x, w, b, g),
+        Size::F2 => forward_by::<2, 4, F2>(kernel, x, w, out, g),
+        Size::F4 => forward_by::<4, 6, F4>(kernel, x, w, out, g),
     }
 }
 
 /// [`forward`] by tile `T` on the micro-kernel given, the transforms on its instruction set.
-fn forward_by<const M: usize, const A: usize, T: Tile<M, A>>(kernel: Kernel, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>, g: &Geometry) -> Array4<f32> {
+fn forward_by<const M: usize, const A: usize, T: Tile<M, A>>(kernel: Kernel, x: ArrayView4<f32>, w: ArrayView4<f32>, out: Epilogue, g: &Geometry) -> Array4<f32> {
     let (n, c_in, _, _) = x.dim();
     let c_out = w.dim().0;
     // tiles: th x tw blocks of M x M outputs; each reads an A x A tile of the padded sample
@@ -304,7 +305,7 @@ fn forward_by<const M: usize, const A: usize, T: Tile<M, A>>(kernel: Kernel, x: 
             m: Scratch::matrix(A * A, m_len(&shape)),
             ys: Scratch::matrix(2 * M * M, cols),
         },
-        |buffers, (mut y_task, x_task)| run::<M, A, T>(&shape, g, b, x_task, y_task.view_mut(), buffers),
+        |buffers, (mut y_task, x_task)| run::<M, A, T>(&shape, g, out, x_task, y_task.view_mut(), buffers),
     );
     // SAFETY: every task scattered every row of every plane of its samples (each interleave
     // writes all of its output row)
@@ -342,34 +343,34 @@ struct Buffers {
 
 /// A task on the instruction set of the layer's micro-kernel: the transforms work on
 /// [`Vector`]s of [`LANES`] values, compiled once per instruction set and chosen here.
-fn run<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
+fn run<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, out: Epilogue, x: ArrayView4<f32>, y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
     match shape.kernel.name() {
         // SAFETY: `Kernel::best` chose this kernel, or a test did after checking, only where the
         // CPU has its instruction set.
         #[cfg(target_arch = "x86_64")]
-        "avx512" => unsafe { run_avx512::<M, A, T>(shape, g, b, x, y, buffers) },
+        "avx512" => unsafe { run_avx512::<M, A, T>(shape, g, out, x, y, buffers) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        "avx2+fma" => unsafe { run_avx2::<M, A, T>(shape, g, b, x, y, buffers) },
-        _ => steps::<Lanes, M, A, T>(shape, g, b, x, y, buffers),
+        "avx2+fma" => unsafe { run_avx2::<M, A, T>(shape, g, out, x, y, buffers) },
+        _ => steps::<Lanes, M, A, T>(shape, g, out, x, y, buffers),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn run_avx512<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
-    steps::<std::arch::x86_64::__m512, M, A, T>(shape, g, b, x, y, buffers)
+unsafe fn run_avx512<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, out: Epilogue, x: ArrayView4<f32>, y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
+    steps::<std::arch::x86_64::__m512, M, A, T>(shape, g, out, x, y, buffers)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn run_avx2<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
-    steps::<Pair, M, A, T>(shape, g, b, x, y, buffers)
+unsafe fn run_avx2<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, out: Epilogue, x: ArrayView4<f32>, y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
+    steps::<Pair, M, A, T>(shape, g, out, x, y, buffers)
 }
 
 /// Transform the inputs, multiply, transform the products back, on vectors `V`.
 #[inline(always)]
-fn steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, b: Option<ArrayView1<f32>>, x: ArrayView4<f32>, mut y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
+fn steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: &Geometry, out: Epilogue, x: ArrayView4<f32>, mut y: ArrayViewMut4<MaybeUninit<f32>>, buffers: &mut Buffers) {
     let Shape { c_in, c_out, th, tw, cols, ref rows, ref filters, kernel } = *shape;
     let Buffers { padded, v, m, ys } = buffers;
     let (mut v, mut m, mut ys) = (v.view_mut(), m.view_mut(), ys.view_mut());
@@ -401,10 +402,10 @@ fn steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape
             transform_output::<V, M, A, T>(m, shape, co, tiles, fresh);
         }
         if let Some(prev) = co.checked_sub(1) {
-            let bias = b.map_or(0.0, |b| b[prev]);
+            let store = (out.bias_of(prev), out.floor);
             for (s, mut y_i) in y.outer_iter_mut().enumerate() {
                 let mut plane = y_i.index_axis_mut(Axis(0), prev);
-                scatter::<V, M>(ready, cols, s * per_sample, tw, bias, plane.as_slice_mut().expect("y is standard layout"), g.ow);
+                scatter::<V, M>(ready, cols, s * per_sample, tw, store, plane.as_slice_mut().expect("y is standard layout"), g.ow);
             }
         }
         std::mem::swap(&mut fresh, &mut ready);
@@ -751,12 +752,13 @@ fn column<V: Vector, const K: usize, const J: usize>(rows: &[[V; J]; K], j: usiz
 
 /// One output plane (`[oh, ow]`, row-major) from `ys`: tile `(ty, tx)` of the sample whose
 /// tiles start at `first` (`tw + 1` to a row of tiles) puts its `M x M` block at rows
-/// `M·ty..`, columns `M·tx..` (cut at the plane's edges), plus the bias.
+/// `M·ty..`, columns `M·tx..` (cut at the plane's edges), plus the bias, then clipped at the
+/// activation's floor.
 #[inline(always)]
-fn scatter<V: Vector, const M: usize>(ys: &[f32], cols: usize, first: usize, tw: usize, bias: f32, plane: &mut [MaybeUninit<f32>], ow: usize) {
+fn scatter<V: Vector, const M: usize>(ys: &[f32], cols: usize, first: usize, tw: usize, (bias, floor): (f32, f32), plane: &mut [MaybeUninit<f32>], ow: usize) {
     // where output row oy's columns j mod M come from
     let at = |oy: usize| std::array::from_fn(|j| (M * (oy % M) + j) * cols + first + (oy / M) * (tw + 1));
-    Phases::<M, _> { at }.interleave::<V>(ys, bias, plane, ow);
+    Phases::<M, _> { at }.interleave::<V>(ys, bias, floor, plane, ow);
 }
 
 /// How [`Phases`] moves values: AVX-512 or AVX2 permutes, or one value at a time.
@@ -823,23 +825,23 @@ impl<const P: usize, F: Fn(usize) -> [usize; P]> Phases<P, F> {
         }
     }
 
-    /// `plane[y·w + P·i + q] = buf[at(y)[q] + i] + bias` for every row `y` of `plane` (`w`
-    /// values each).
+    /// `plane[y·w + P·i + q] = clip(buf[at(y)[q] + i] + bias, floor)` for every row `y` of
+    /// `plane` (`w` values each): the bias added, the activation applied.
     #[inline(always)]
-    fn interleave<V: Vector>(&self, buf: &[f32], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
+    fn interleave<V: Vector>(&self, buf: &[f32], bias: f32, floor: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
         assert!(w > 0 && self.inside(plane.len() / w, w, buf.len()), "interleaved rows outside the buffer");
         #[cfg(target_arch = "x86_64")]
         match V::PERMUTES {
             // SAFETY: as in `split`.
-            Permutes::Avx512 => return unsafe { if P == 2 { avx512::interleave2(buf, &self.four(), bias, plane, w) } else { avx512::interleave4(buf, &self.four(), bias, plane, w) } },
+            Permutes::Avx512 => return unsafe { if P == 2 { avx512::interleave2(buf, &self.four(), bias, floor, plane, w) } else { avx512::interleave4(buf, &self.four(), bias, floor, plane, w) } },
             // SAFETY: as in `split`.
-            Permutes::Avx2 => return unsafe { if P == 2 { avx2::interleave2(buf, &self.four(), bias, plane, w) } else { avx2::interleave4(buf, &self.four(), bias, plane, w) } },
+            Permutes::Avx2 => return unsafe { if P == 2 { avx2::interleave2(buf, &self.four(), bias, floor, plane, w) } else { avx2::interleave4(buf, &self.four(), bias, floor, plane, w) } },
             Permutes::Scalar => {}
         }
         for (y, out) in plane.chunks_exact_mut(w).enumerate() {
             let at = (self.at)(y);
             for (col, v) in out.iter_mut().enumerate() {
-                v.write(buf[at[col % P] + col / P] + bias);
+                v.write(clip(buf[at[col % P] + col / P] + bias, floor));
             }
         }
     }
@@ -887,10 +889,10 @@ mod avx512 {
     /// # Safety
     /// AVX-512F; `at(y)[q] + ⌈(w − q)/2⌉` inside `buf` for every row `y` of `plane`.
     #[inline(always)]
-    pub(super) unsafe fn interleave2(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
+    pub(super) unsafe fn interleave2(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, floor: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
         let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-        let bias = _mm512_set1_ps(bias);
+        let (bias, floor) = (_mm512_set1_ps(bias), _mm512_set1_ps(floor));
         for j in (0..w).step_by(32) {
             let loads = [mask(w.saturating_sub(j).div_ceil(2)), mask(w.saturating_sub(j + 1).div_ceil(2))];
             let stores = [lanes(j, 0, w), lanes(j + 16, 0, w)];
@@ -900,8 +902,8 @@ mod avx512 {
                 unsafe {
                     let e = _mm512_maskz_loadu_ps(loads[0], buf.as_ptr().wrapping_add(at[0] + j / 2));
                     let o = _mm512_maskz_loadu_ps(loads[1], buf.as_ptr().wrapping_add(at[1] + j / 2));
-                    _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j).cast(), stores[0], _mm512_add_ps(_mm512_permutex2var_ps(e, low, o), bias));
-                    _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j + 16).cast(), stores[1], _mm512_add_ps(_mm512_permutex2var_ps(e, high, o), bias));
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j).cast(), stores[0], _mm512_max_ps(floor, _mm512_add_ps(_mm512_permutex2var_ps(e, low, o), bias)));
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j + 16).cast(), stores[1], _mm512_max_ps(floor, _mm512_add_ps(_mm512_permutex2var_ps(e, high, o), bias)));
                 }
             }
         }
@@ -950,10 +952,10 @@ mod avx512 {
     /// # Safety
     /// AVX-512F; `at(y)[q] + ⌈(w − q)/4⌉` inside `buf` for every row `y` of `plane`.
     #[inline(always)]
-    pub(super) unsafe fn interleave4(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
+    pub(super) unsafe fn interleave4(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, floor: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
         let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-        let bias = _mm512_set1_ps(bias);
+        let (bias, floor) = (_mm512_set1_ps(bias), _mm512_set1_ps(floor));
         for j in (0..w).step_by(64) {
             let loads: [__mmask16; 4] = std::array::from_fn(|q| mask(w.saturating_sub(j + q).div_ceil(4)));
             let stores: [__mmask16; 4] = std::array::from_fn(|k| lanes(j + 16 * k, 0, w));
@@ -968,7 +970,7 @@ mod avx512 {
                     let (o_low, o_high) = (_mm512_permutex2var_ps(q1, low, q3), _mm512_permutex2var_ps(q1, high, q3));
                     let rows = [_mm512_permutex2var_ps(e_low, low, o_low), _mm512_permutex2var_ps(e_low, high, o_low), _mm512_permutex2var_ps(e_high, low, o_high), _mm512_permutex2var_ps(e_high, high, o_high)];
                     for (k, r) in rows.into_iter().enumerate() {
-                        _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j + 16 * k).cast(), stores[k], _mm512_add_ps(r, bias));
+                        _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(j + 16 * k).cast(), stores[k], _mm512_max_ps(floor, _mm512_add_ps(r, bias)));
                     }
                 }
             }
@@ -1088,8 +1090,8 @@ mod avx2 {
     /// # Safety
     /// AVX2; `at(y)[q] + ⌈(w − q)/2⌉` inside `buf` for every row `y` of `plane`.
     #[inline(always)]
-    pub(super) unsafe fn interleave2(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
-        let bias = _mm256_set1_ps(bias);
+    pub(super) unsafe fn interleave2(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, floor: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
+        let (bias, floor) = (_mm256_set1_ps(bias), _mm256_set1_ps(floor));
         for j in (0..w).step_by(16) {
             let loads = [mask(w.saturating_sub(j).div_ceil(2)), mask(w.saturating_sub(j + 1).div_ceil(2))];
             let stores = [store_lanes(j, 0, w), store_lanes(j + 8, 0, w)];
@@ -1101,8 +1103,8 @@ mod avx2 {
                     let e = _mm256_maskload_ps(buf.as_ptr().wrapping_add(at[0] + j / 2), loads[0]);
                     let o = _mm256_maskload_ps(buf.as_ptr().wrapping_add(at[1] + j / 2), loads[1]);
                     let (lo, hi) = zip(e, o);
-                    store(out.wrapping_add(y * w + j), row_store(stores[0], (y, w, j), 16, len), _mm256_add_ps(lo, bias));
-                    store(out.wrapping_add(y * w + j + 8), row_store(stores[1], (y, w, j + 8), 16, len), _mm256_add_ps(hi, bias));
+                    store(out.wrapping_add(y * w + j), row_store(stores[0], (y, w, j), 16, len), _mm256_max_ps(floor, _mm256_add_ps(lo, bias)));
+                    store(out.wrapping_add(y * w + j + 8), row_store(stores[1], (y, w, j + 8), 16, len), _mm256_max_ps(floor, _mm256_add_ps(hi, bias)));
                 }
             }
         }
@@ -1142,8 +1144,8 @@ mod avx2 {
     /// # Safety
     /// AVX2; `at(y)[q] + ⌈(w − q)/4⌉` inside `buf` for every row `y` of `plane`.
     #[inline(always)]
-    pub(super) unsafe fn interleave4(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
-        let bias = _mm256_set1_ps(bias);
+    pub(super) unsafe fn interleave4(buf: &[f32], at: &impl Fn(usize) -> [usize; 4], bias: f32, floor: f32, plane: &mut [MaybeUninit<f32>], w: usize) {
+        let (bias, floor) = (_mm256_set1_ps(bias), _mm256_set1_ps(floor));
         for j in (0..w).step_by(32) {
             let loads = [mask(w.saturating_sub(j).div_ceil(4)), mask(w.saturating_sub(j + 1).div_ceil(4)), mask(w.saturating_sub(j + 2).div_ceil(4)), mask(w.saturating_sub(j + 3).div_ceil(4))];
             let stores = [store_lanes(j, 0, w), store_lanes(j + 8, 0, w), store_lanes(j + 16, 0, w), store_lanes(j + 24, 0, w)];
@@ -1159,7 +1161,7 @@ mod avx2 {
                     let ((e_low, e_high), (o_low, o_high)) = (zip(q0, q2), zip(q1, q3));
                     let ((r0, r1), (r2, r3)) = (zip(e_low, o_low), zip(e_high, o_high));
                     for (k, r) in [r0, r1, r2, r3].into_iter().enumerate() {
-                        store(out.wrapping_add(y * w + j + 8 * k), row_store(stores[k], (y, w, j + 8 * k), 32, len), _mm256_add_ps(r, bias));
+                        store(out.wrapping_add(y * w + j + 8 * k), row_store(stores[k], (y, w, j + 8 * k), 32, len), _mm256_max_ps(floor, _mm256_add_ps(r, bias)));
                     }
                 }
             }
@@ -1203,7 +1205,7 @@ mod tests {
             assert!(applies(&g));
             let want = reference::conv2d(x.view(), w.view(), Some(b.view()), &win).unwrap();
             for size in SIZES {
-                let y = forward(size, x.view(), w.view(), Some(b.view()), &g);
+                let y = forward(size, x.view(), w.view(), Epilogue::bias(Some(b.view())), &g);
                 let err = max_error(&y, &want);
                 assert!(err < 1e-4, "case {case}, {size:?}: {err}");
             }
@@ -1220,7 +1222,7 @@ mod tests {
             let (turned, g_t) = crate::implicit::transposed_operands(w.view(), &g).unwrap();
             let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), &win).unwrap().dx;
             for size in SIZES {
-                let dx = forward(size, dy.view(), turned.view(), None, &g_t);
+                let dx = forward(size, dy.view(), turned.view(), Epilogue::bias(None), &g_t);
                 let err = max_error(&dx, &want);
                 assert!(err < 1e-4, "case {case}, {size:?}: {err}");
             }
@@ -1230,7 +1232,8 @@ mod tests {
     /// [`Phases::split`] and [`Phases::interleave`] on `V` against the definitions, for rows
     /// of 1 to 40 values (runs cut anywhere in a register, one to three rounds of permutes),
     /// rooms from just the row to 11 values past it (a register's end inside and outside the
-    /// room); nothing written past a run's room or past the plane (sentinels around them).
+    /// room), the interleaved values plus a bias and clipped at a floor; nothing written past a
+    /// run's room or past the plane (sentinels around them).
     fn phases_agree<V: Vector, const P: usize>() {
         const SENTINEL: f32 = -7.0;
         for w in 1..=40usize {
@@ -1253,13 +1256,16 @@ mod tests {
                 };
                 assert_eq!(v, want, "split, {P} phases, rows of {w}, room {room}, value {i}");
             }
-            let mut plane = vec![MaybeUninit::new(SENTINEL); rows * w + 9];
-            phases.interleave::<V>(&buf, 0.5, &mut plane[..rows * w], w);
-            for (i, v) in plane.iter().enumerate() {
-                // SAFETY: every value was made a sentinel first
-                let v = unsafe { v.assume_init() };
-                let want = if i < rows * w { buf[phases_at::<P>(i / w, room)[(i % w) % P] + (i % w) / P] + 0.5 } else { SENTINEL };
-                assert_eq!(v, want, "interleave, {P} phases, rows of {w}, value {i}");
+            // a bias alone, then a bias that makes about half the values negative and ReLU's floor
+            for (bias, floor) in [(0.5, f32::NEG_INFINITY), (0.5 - (rows * w / 2) as f32, 0.0)] {
+                let mut plane = vec![MaybeUninit::new(SENTINEL); rows * w + 9];
+                phases.interleave::<V>(&buf, bias, floor, &mut plane[..rows * w], w);
+                for (i, v) in plane.iter().enumerate() {
+                    // SAFETY: every value was made a sentinel first
+                    let v = unsafe { v.assume_init() };
+                    let want = if i < rows * w { (buf[phases_at::<P>(i / w, room)[(i % w) % P] + (i % w) / P] + bias).max(floor) } else { SENTINEL };
+                    assert_eq!(v, want, "interleave, {P} phases, rows of {w}, value {i}, bias {bias}, floor {floor}");
+                }
             }
         }
     }
@@ -1319,7 +1325,7 @@ mod tests {
             let want = reference::conv2d(x.view(), w.view(), None, &win).unwrap();
             for &kernel in &kernels {
                 for size in SIZES {
-                    let err = max_error(&forward_on(size, kernel, x.view(), w.view(), None, &g), &want);
+                    let err = max_error(&forward_on(size, kernel, x.view(), w.view(), Epilogue::bias(None), &g), &want);
                     assert!(err < 1e-4, "case {case}, {size:?} on {} {}x{}: {err}", kernel.name(), kernel.mr, kernel.nr);
                 }
             }
@@ -1337,7 +1343,7 @@ mod tests {
         for size in SIZES {
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                pool.install(|| forward(size, x.view(), w.view(), None, &g))
+                pool.install(|| forward(size, x.view(), w.view(), Epilogue::bias(None), &g))
             };
             let one = run(1);
             assert_eq!(run(2), one, "{size:?}");

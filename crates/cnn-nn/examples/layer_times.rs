@@ -1,5 +1,6 @@
 //! Where a training step spends its time, layer by layer: the top-level layers of a model of
-//! the zoo, and the layers of a top-level `Chain` (ResNet-20's stages: block by block).
+//! the zoo, and the layers of a top-level `Chain` (ResNet-20's stages: block by block): the
+//! training forward and the backward, and apart from them the inference forward.
 //!
 //! `cargo run --release -p cnn-nn --example layer_times [-- MODEL [BATCH]]` (defaults:
 //! `reference 64`; `resnet20 128` for the ResNet). Medians over 20 steps.
@@ -44,8 +45,14 @@ fn main() -> cnn_nn::Result<()> {
     let x = ArrayD::from_shape_fn(vec![n, 1, 28, 28], |i| ((i[0] + i[2] * 28 + i[3]) % 17) as f32 / 17.0);
     let mut layers = flatten(model.layers_mut());
     let k = layers.len();
-    let (mut fwd, mut bwd) = (vec![vec![]; k], vec![vec![]; k]);
+    let (mut inf, mut fwd, mut bwd) = (vec![vec![]; k], vec![vec![]; k], vec![vec![]; k]);
     for _ in 0..20 {
+        let mut a = x.clone();
+        for (i, (_, layer)) in layers.iter().enumerate() {
+            let t = Instant::now();
+            a = layer.forward(a);
+            inf[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
         let mut a = x.clone();
         for (i, (_, layer)) in layers.iter_mut().enumerate() {
             let t = Instant::now();
@@ -59,15 +66,16 @@ fn main() -> cnn_nn::Result<()> {
             bwd[i].push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    let (mut total_f, mut total_b) = (0.0, 0.0);
+    let (mut total_i, mut total_f, mut total_b) = (0.0, 0.0, 0.0);
     println!("{name}, batch {n}");
-    println!("{:<32} {:>9} {:>9}", "layer", "fwd ms", "bwd ms");
+    println!("{:<32} {:>9} {:>9} {:>9}", "layer", "infer ms", "fwd ms", "bwd ms");
     for (i, (label, _)) in layers.iter().enumerate() {
-        let (f, b) = (median(fwd[i].clone()), median(bwd[i].clone()));
+        let (f_i, f, b) = (median(inf[i].clone()), median(fwd[i].clone()), median(bwd[i].clone()));
+        total_i += f_i;
         total_f += f;
         total_b += b;
-        println!("{label:<32} {f:>9.3} {b:>9.3}");
+        println!("{label:<32} {f_i:>9.3} {f:>9.3} {b:>9.3}");
     }
-    println!("{:<32} {:>9.3} {:>9.3}   step ≈ {:.2} ms", "total", total_f, total_b, total_f + total_b);
+    println!("{:<32} {:>9.3} {:>9.3} {:>9.3}   step ≈ {:.2} ms", "total", total_i, total_f, total_b, total_f + total_b);
     Ok(())
 }

@@ -447,3 +447,58 @@ fn forward_on_a_view_is_forward() {
     let want = (main_path.forward(x.clone()) + &x).mapv(|v| v.max(0.0));
     assert_eq!(block.forward(x.clone()), want);
 }
+
+/// Inference fuses a convolution with the BatchNorm and the ReLU after it (BatchNorm folded
+/// into the filters and the bias, the ReLU applied as the outputs are stored): a chain's
+/// forward is its layers' forwards one by one within f32 rounding, for each way they follow
+/// each other (with and without a bias, BatchNorm or ReLU; strided, grouped), with BatchNorm's
+/// statistics, γ, β and the convolutions' biases away from their defaults.
+#[test]
+fn inference_fuses_convolution_batchnorm_and_relu() {
+    use cnn_nn::ndarray::IxDyn;
+    use cnn_nn::{Init, Layer, ModelRng, Padding};
+    use rand::SeedableRng;
+    let mut rng = ModelRng::seed_from_u64(9);
+    let same = Padding::Same;
+    let mut chain = Chain::new()
+        .add(Conv2d::new(8, 3).padding(same))
+        .add(BatchNorm::new())
+        .add(ReLU::new())
+        .add(Conv2d::new(16, 3).padding(same).stride(2).no_bias())
+        .add(BatchNorm::new())
+        .add(Conv2d::new(16, 3).padding(same).groups(2))
+        .add(ReLU::new())
+        .add(Conv2d::new(16, 1).no_bias())
+        .add(BatchNorm::new())
+        .add(ReLU::new());
+    chain.build(&[3, 12, 12], &mut Init { rng: &mut rng }).unwrap();
+    let x = ArrayD::from_shape_fn(IxDyn(&[4, 3, 12, 12]), |i| ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) % 13) as f32 / 6.0 - 0.7);
+    // the running statistics move away from 0 and 1, γ and β from 1 and 0
+    for _ in 0..5 {
+        chain.forward_train(x.mapv(|v| 2.0 * v + 0.3));
+    }
+    for (i, (name, p)) in chain.params_mut().into_iter().enumerate() {
+        if name.ends_with("1.weight") || name.ends_with("4.weight") || name.ends_with("8.weight") {
+            p.value.iter_mut().enumerate().for_each(|(j, g)| *g = 0.5 + 0.1 * j as f32);
+        } else if name.ends_with("1.bias") || name.ends_with("4.bias") || name.ends_with("8.bias") {
+            p.value.iter_mut().enumerate().for_each(|(j, b)| *b = 0.05 * (j as f32 - 4.0) + 0.01 * i as f32);
+        } else if name.ends_with("bias") {
+            // the convolutions' biases (zero when built)
+            p.value.iter_mut().enumerate().for_each(|(j, b)| *b = 0.1 * (j % 3) as f32 - 0.1);
+        }
+    }
+    let fused = chain.forward(x.clone());
+    let unfused = chain.layers().iter().fold(x.clone(), |a, layer| layer.forward(a));
+    assert_eq!(fused.shape(), unfused.shape());
+    let scale = unfused.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let err = fused.iter().zip(&unfused).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-5 * scale, "fused inference {err} from the layers one by one (largest value {scale})");
+    let zeros = unfused.iter().filter(|v| **v == 0.0).count();
+    assert!(zeros > unfused.len() / 10 && zeros < unfused.len(), "{zeros} of {} outputs cut by the last ReLU", unfused.len());
+    // with a NaN in the input, the values it reaches are NaN either way
+    let mut x_nan = x.clone();
+    x_nan[[1, 2, 5, 5]] = f32::NAN;
+    let (fused, unfused) = (chain.forward(x_nan.clone()), chain.layers().iter().fold(x_nan, |a, layer| layer.forward(a)));
+    let nan = |y: &ArrayD<f32>| y.iter().map(|v| v.is_nan()).collect::<Vec<_>>();
+    assert!(nan(&fused).iter().any(|&n| n) && nan(&fused) == nan(&unfused), "NaN where the unfused layers have it");
+}

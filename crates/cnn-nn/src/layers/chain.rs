@@ -2,6 +2,7 @@
 //! sequences and sequences blocks, to any depth. [`crate::Sequential`] is a `Chain` with an
 //! input shape and the training API around it.
 
+use super::fuse;
 use crate::layer::{prefixed, BuildError, Describe, Init, Layer, Param};
 use ndarray::{ArrayD, ArrayViewD};
 
@@ -104,14 +105,16 @@ impl Layer for Chain {
         Ok(shape)
     }
 
+    /// The layers in order, a convolution with the BatchNorm and ReLU after it fused into one
+    /// step (see `fuse.rs`).
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        self.layers.iter().fold(x, |x, layer| layer.forward(x))
+        fuse::steps(&self.layers).iter().fold(x, |x, step| step.forward(x))
     }
 
-    /// The first layer on the view, the rest as [`Layer::forward`].
+    /// The first step on the view, the rest as [`Layer::forward`].
     fn forward_view(&self, x: ArrayViewD<f32>) -> ArrayD<f32> {
-        match self.layers.split_first() {
-            Some((first, rest)) => rest.iter().fold(first.forward_view(x), |x, layer| layer.forward(x)),
+        match fuse::steps(&self.layers).split_first() {
+            Some((first, rest)) => rest.iter().fold(first.forward_view(x), |x, step| step.forward(x)),
             None => super::par_clone(x),
         }
     }

@@ -1,8 +1,8 @@
 //! Convolution layers: `Conv2d` and `Conv1d`, calling cnn-core's im2col kernels.
 
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param, WeightInit};
-use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d_groups, conv2d_groups_backward, Padding, Window};
-use ndarray::{Array3, Array4, ArrayD, ArrayView3, ArrayView4, ArrayViewD, Ix3, Ix4};
+use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d_activated, conv2d_groups, conv2d_groups_backward, Activation, Padding, Window};
+use ndarray::{Array1, Array3, Array4, ArrayD, ArrayView3, ArrayView4, ArrayViewD, CowArray, Ix1, Ix3, Ix4};
 
 /// How a convolution's input channels are split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +142,26 @@ impl Conv2d {
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
         let b = self.params.get(1).map(|b| b.value.view().into_dimensionality().expect("bias is 1-D"));
         conv2d_groups(x, w, b, &self.window, self.group_count).expect("Conv2d: shapes were checked at build")
+    }
+
+    /// Inference with a BatchNorm's `(scale, shift)` per output channel folded in (filter `f`
+    /// times `scale[f]`, bias `b[f]·scale[f] + shift[f]`) and `activation` applied as the
+    /// outputs are stored: `activation(norm(conv(x)))` in one pass (`fuse.rs`).
+    pub(crate) fn forward_fused(&self, x: ArrayViewD<f32>, norm: Option<&(Vec<f32>, Vec<f32>)>, activation: Activation) -> ArrayD<f32> {
+        let x = x.into_dimensionality::<Ix4>().expect("Conv2d input is [n, c, h, w]");
+        let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
+        let b = self.params.get(1).map(|b| b.value.view().into_dimensionality::<Ix1>().expect("bias is 1-D"));
+        let (w, b) = match norm {
+            Some((scale, shift)) => {
+                let mut folded = w.to_owned();
+                folded.outer_iter_mut().zip(scale).for_each(|(mut filter, &s)| filter *= s);
+                let bias = Array1::from_shape_fn(scale.len(), |f| b.map_or(0.0, |b| b[f]) * scale[f] + shift[f]);
+                (CowArray::from(folded), Some(CowArray::from(bias)))
+            }
+            None => (CowArray::from(w), b.map(CowArray::from)),
+        };
+        let y = conv2d_activated(x, w.view(), b.as_ref().map(|b| b.view()), &self.window, self.group_count, activation);
+        y.expect("Conv2d: shapes were checked at build").into_dyn()
     }
 }
 

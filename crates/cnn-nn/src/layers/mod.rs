@@ -5,6 +5,7 @@ mod block;
 mod chain;
 mod conv;
 mod dense;
+mod fuse;
 mod lowrank;
 mod norm;
 mod pool;

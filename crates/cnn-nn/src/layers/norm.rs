@@ -63,6 +63,15 @@ impl BatchNorm {
         BatchNorm { eps, ..self }
     }
 
+    /// Evaluation mode as one multiply-add per value, `y = x·scale + shift`, with per channel
+    /// `scale = γ / sqrt(running_var + ε)` and `shift = β − running_mean·scale`.
+    pub(crate) fn affine(&self) -> (Vec<f32>, Vec<f32>) {
+        let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
+        let scale: Vec<f32> = self.running_var.iter().zip(gamma).map(|(&v, &g)| g / (v + self.eps).sqrt()).collect();
+        let shift = self.running_mean.iter().zip(beta).zip(&scale).map(|((&m, &b), &s)| b - m * s).collect();
+        (scale, shift)
+    }
+
     /// `y = γ·x̂ + β` with `x̂ = (x − mean)·inv_std`, plane by plane in parallel.
     fn normalise(&self, x: &ArrayD<f32>, mean: &Array1<f32>, inv_std: &Array1<f32>) -> ArrayD<f32> {
         let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
@@ -133,11 +142,9 @@ impl Layer for BatchNorm {
         Ok(input.to_vec())
     }
 
+    /// One pass: `y = x·scale + shift` (see [`BatchNorm::affine`]).
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        // one pass: y = x·scale + shift, scale = γ / sqrt(running_var + ε), shift = β − running_mean·scale
-        let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
-        let scale: Vec<f32> = self.running_var.iter().zip(gamma).map(|(&v, &g)| g / (v + self.eps).sqrt()).collect();
-        let shift: Vec<f32> = self.running_mean.iter().zip(beta).zip(&scale).map(|((&m, &b), &s)| b - m * s).collect();
+        let (scale, shift) = self.affine();
         let mut y = super::standard(x);
         let (c, rest) = (y.shape()[1], y.len() / (y.shape()[0] * y.shape()[1]).max(1));
         y.as_slice_mut().expect("standard layout").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, y_p)| {
