@@ -28,6 +28,7 @@ use crate::implicit::{self, lowered_rows, pad_into, Planes};
 use crate::window::Geometry;
 use ndarray::{Array4, ArrayView4, Axis};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Output pixels per task, at least: the filters (`k x 32` values per sliver) are read once
 /// per tile from L2, so a task should have a few tiles per sliver.
@@ -85,6 +86,8 @@ fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, out: E
     crate::gemm::pack(&mut filters, &w_mat.view(), (0, 0), false, c_out, kernel.nf, k);
     let sample_len = c_in * planes.channel();
     let pixels = g.oh * g.ow;
+    // the bias of every filter, and zeros to fill the last sliver
+    let biases: Vec<f32> = (0..c_out.next_multiple_of(kernel.nf)).map(|f| if f < c_out { out.bias_of(f) } else { 0.0 }).collect();
     // where each output pixel of a sample reads (its top-left tap) in the padded sample
     let bases: Vec<usize> = (0..g.oh).flat_map(|oy| (0..g.ow).map(move |ox| oy * planes.wq + ox)).collect();
     let task = TASK_PIXELS.div_ceil(pixels.max(1)).clamp(1, n.max(1));
@@ -111,7 +114,19 @@ fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, out: E
             let f0 = s * kernel.nf;
             let filters = kernel.nf.min(c_out - f0);
             for t0 in (0..total).step_by(kernel.mp) {
-                kernel.run(k, padded, &reads[t0..t0 + kernel.mp], &offsets, sliver, tile);
+                // a tile inside one run of a plane, with a register's room after it, may go
+                // straight to y (the values past the tile's are written by later tiles)
+                let (s0, p0) = (t0 / pixels, t0 % pixels);
+                let straight = kernel.straight.filter(|room| p0 + room <= pixels).map(|_| Straight {
+                    y: &mut y_t[(s0 * c_out + f0) * pixels + p0..],
+                    plane: pixels,
+                    bias: &biases[f0..f0 + kernel.nf],
+                    floor: out.floor,
+                    filters,
+                });
+                if kernel.run(k, padded, &reads[t0..t0 + kernel.mp], &offsets, sliver, tile, straight) {
+                    continue;
+                }
                 // the tile's pixels are one run of a sample's output, or two where it crosses
                 // into the next sample: each filter's values of a run are consecutive in y
                 let mut i = 0;
@@ -136,8 +151,19 @@ fn forward_on(kernel: Broadcasts, x: ArrayView4<f32>, w: ArrayView4<f32>, out: E
     unsafe { y.assume_init() }
 }
 
-/// `(x, at, offsets, w, tile)`: see [`Broadcasts::run`].
-type TileFn = fn(&[f32], &[usize], &[usize], &[f32], &mut [f32]);
+/// `(x, at, offsets, w, tile, straight)`: see [`Broadcasts::run`].
+type TileFn = fn(&[f32], &[usize], &[usize], &[f32], &mut [f32], Option<Straight>) -> bool;
+
+/// Where a tile can go straight, with the epilogue applied: filter `j`'s values to
+/// `y[j·plane ..]`, plus `bias[j]`, clipped at `floor`, for the first `filters` filters; `y`
+/// has room for a whole register of pixels at each.
+pub(crate) struct Straight<'a> {
+    y: &'a mut [MaybeUninit<f32>],
+    plane: usize,
+    bias: &'a [f32],
+    floor: f32,
+    filters: usize,
+}
 
 /// A micro-kernel of the direct convolution: the `mp x nf` tile
 /// `Σ_p x[at[i] + offsets[p]] · w[p·nf + j]` (pixels `i`, filters `j`).
@@ -146,15 +172,18 @@ pub(crate) struct Broadcasts {
     name: &'static str,
     mp: usize,
     nf: usize,
+    /// The pixels of a whole register, if the kernel stores tiles [`Straight`] into the output
+    /// where a plane has that much room after them (AVX2's 6-pixel tiles as 8-lane stores).
+    straight: Option<usize>,
     tile: TileFn,
 }
 
 impl Broadcasts {
-    const PORTABLE: Broadcasts = Broadcasts { name: "portable", mp: 4, nf: 8, tile: portable };
+    const PORTABLE: Broadcasts = Broadcasts { name: "portable", mp: 4, nf: 8, straight: None, tile: portable };
     #[cfg(target_arch = "x86_64")]
-    const AVX2: Broadcasts = Broadcasts { name: "avx2+fma", mp: 6, nf: 16, tile: avx2 };
+    const AVX2: Broadcasts = Broadcasts { name: "avx2+fma", mp: 6, nf: 16, straight: Some(8), tile: avx2 };
     #[cfg(target_arch = "x86_64")]
-    const AVX512: Broadcasts = Broadcasts { name: "avx512", mp: 8, nf: 32, tile: avx512 };
+    const AVX512: Broadcasts = Broadcasts { name: "avx512", mp: 8, nf: 32, straight: None, tile: avx512 };
 
     /// The kernels this CPU runs, widest first (its features checked at run time).
     fn available() -> Vec<Broadcasts> {
@@ -178,20 +207,29 @@ impl Broadcasts {
         *BEST.get_or_init(|| Broadcasts::available()[0])
     }
 
-    /// Writes the tile filter-major: `tile[j·mp + i]` for filter `j`, pixel `i`.
+    /// Stores the tile [`Straight`] into the output where given one and the kernel does that
+    /// (returns true), else writes it filter-major, as computed: `tile[j·mp + i]` for filter
+    /// `j`, pixel `i` (returns false).
     ///
     /// # Panics
-    /// If the operands do not have the kernel's shape, or a pixel's reads end outside `x`.
-    fn run(&self, k: usize, x: &[f32], at: &[usize], rows: &Rows, w: &[f32], tile: &mut [f32]) {
+    /// If the operands do not have the kernel's shape, a pixel's reads end outside `x`, or a
+    /// straight store would end outside its `y`.
+    #[allow(clippy::too_many_arguments)]
+    fn run(&self, k: usize, x: &[f32], at: &[usize], rows: &Rows, w: &[f32], tile: &mut [f32], straight: Option<Straight>) -> bool {
         let (offsets, reach) = rows.parts();
         assert!(at.len() == self.mp && offsets.len() == k && w.len() >= k * self.nf && tile.len() == self.mp * self.nf);
         assert!(at.iter().all(|&a| a + reach < x.len()), "a pixel's input is outside the padded samples");
-        (self.tile)(x, at, offsets, w, tile)
+        let straight = straight.filter(|_| self.straight.is_some());
+        if let (Some(out), Some(room)) = (&straight, self.straight) {
+            assert!(out.bias.len() == self.nf && (1..=self.nf).contains(&out.filters), "a straight store's bias and filters");
+            assert!((out.filters - 1) * out.plane + room <= out.y.len() && room <= out.plane, "a straight store outside y");
+        }
+        (self.tile)(x, at, offsets, w, tile, straight)
     }
 }
 
 /// Plain loops over a 4 x 8 tile (any CPU).
-fn portable(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32]) {
+fn portable(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32], _: Option<Straight>) -> bool {
     const MP: usize = 4;
     const NF: usize = 8;
     let mut acc = [[0.0f32; NF]; MP];
@@ -206,28 +244,35 @@ fn portable(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f
     for (j, run) in tile.chunks_exact_mut(MP).enumerate() {
         run.iter_mut().enumerate().for_each(|(i, t)| *t = acc[i][j]);
     }
+    false
 }
 
 #[cfg(target_arch = "x86_64")]
-fn avx512(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32]) {
+fn avx512(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32], _: Option<Straight>) -> bool {
     // SAFETY: chosen only where the CPU has AVX-512F; `run` checked every read inside `x`.
-    unsafe { direct_avx512(x, at, offsets, w, tile) }
+    unsafe { direct_avx512(x, at, offsets, w, tile) };
+    false
 }
 
 #[cfg(target_arch = "x86_64")]
-fn avx2(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32]) {
-    // SAFETY: chosen only where the CPU has AVX2 and FMA; `run` checked every read inside `x`.
-    unsafe { direct_avx2(x, at, offsets, w, tile) }
+fn avx2(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32], straight: Option<Straight>) -> bool {
+    // SAFETY: chosen only where the CPU has AVX2 and FMA; `run` checked every read inside `x`
+    // and a straight store's room in its `y`.
+    unsafe { direct_avx2(x, at, offsets, w, tile, straight) }
 }
 
-/// AVX2 + FMA: 6 pixels x 16 filters in 12 ymm registers; the tile turned filter-major
-/// through memory.
+/// AVX2 + FMA: 6 pixels x 16 filters in 12 ymm registers. Straight into the output: the bias
+/// added and the floor applied in registers, each half turned filter-major by an 8x8
+/// transpose (two rows of zeros), each filter's 6 pixels stored as one 8-lane register (its
+/// last two lanes land on pixels a later tile writes); else turned through memory into the
+/// tile.
 ///
 /// # Safety
-/// `x[at[i] + offsets[p]]` must lie inside `x` for every pixel and step.
+/// `x[at[i] + offsets[p]]` must lie inside `x` for every pixel and step; a straight store's
+/// `y` must hold `(filters − 1)·plane + 8` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn direct_avx2(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32]) {
+unsafe fn direct_avx2(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], tile: &mut [f32], straight: Option<Straight>) -> bool {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; 6];
     // SAFETY (every read): the caller's promise, each pixel's reads inside `x`.
@@ -240,6 +285,29 @@ unsafe fn direct_avx2(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], til
             acc[i][1] = _mm256_fmadd_ps(v, w1, acc[i][1]);
         }
     }
+    if let Some(out) = straight {
+        let floor = _mm256_set1_ps(out.floor);
+        for h in 0..2 {
+            // SAFETY: `bias` holds 16 values.
+            let bias = unsafe { _mm256_loadu_ps(out.bias.as_ptr().add(8 * h)) };
+            let r: [__m256; 8] = std::array::from_fn(|i| if i < 6 { _mm256_max_ps(floor, _mm256_add_ps(acc[i][h], bias)) } else { _mm256_setzero_ps() });
+            // pairs of pixels, fours within 128-bit halves, then the halves: column j is filter 8h + j
+            let t: [__m256; 8] = std::array::from_fn(|m| if m % 2 == 0 { _mm256_unpacklo_ps(r[m], r[m + 1]) } else { _mm256_unpackhi_ps(r[m - 1], r[m]) });
+            let u: [__m256; 8] = std::array::from_fn(|m| {
+                let (a, b) = (t[4 * (m / 4) + (m % 4) / 2], t[4 * (m / 4) + (m % 4) / 2 + 2]);
+                if m % 2 == 0 { _mm256_shuffle_ps::<0x44>(a, b) } else { _mm256_shuffle_ps::<0xEE>(a, b) }
+            });
+            for j in 0..8 {
+                let f = 8 * h + j;
+                if f < out.filters {
+                    let column = if j < 4 { _mm256_permute2f128_ps::<0x20>(u[j], u[j + 4]) } else { _mm256_permute2f128_ps::<0x31>(u[j - 4], u[j]) };
+                    // SAFETY: the caller's promise, room for 8 values at f·plane.
+                    unsafe { _mm256_storeu_ps(out.y.as_mut_ptr().add(f * out.plane).cast(), column) };
+                }
+            }
+        }
+        return true;
+    }
     let mut rows = [[0.0f32; 16]; 6];
     for (row, acc) in rows.iter_mut().zip(acc) {
         // SAFETY: a row holds 16 values.
@@ -251,6 +319,7 @@ unsafe fn direct_avx2(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], til
     for (j, run) in tile.chunks_exact_mut(6).enumerate() {
         run.iter_mut().zip(&rows).for_each(|(t, row)| *t = row[j]);
     }
+    false
 }
 
 /// AVX-512: 8 pixels x 32 filters in 16 zmm registers; each step loads a row of the packed
