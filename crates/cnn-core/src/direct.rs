@@ -287,9 +287,9 @@ unsafe fn direct_avx2(x: &[f32], at: &[usize], offsets: &[usize], w: &[f32], til
     }
     if let Some(out) = straight {
         let floor = _mm256_set1_ps(out.floor);
-        for h in 0..2 {
-            // SAFETY: `bias` holds 16 values.
-            let bias = unsafe { _mm256_loadu_ps(out.bias.as_ptr().add(8 * h)) };
+        for (h, bias) in out.bias.chunks_exact(8).enumerate() {
+            // SAFETY: a chunk holds 8 values.
+            let bias = unsafe { _mm256_loadu_ps(bias.as_ptr()) };
             let r: [__m256; 8] = std::array::from_fn(|i| if i < 6 { _mm256_max_ps(floor, _mm256_add_ps(acc[i][h], bias)) } else { _mm256_setzero_ps() });
             // pairs of pixels, fours within 128-bit halves, then the halves: column j is filter 8h + j
             let t: [__m256; 8] = std::array::from_fn(|m| if m % 2 == 0 { _mm256_unpacklo_ps(r[m], r[m + 1]) } else { _mm256_unpackhi_ps(r[m - 1], r[m]) });
