@@ -72,7 +72,7 @@ impl ReLU {
 /// masked stores, slow on AVX2 CPUs such as AMD's Zen 3 (the ReLUs took 6.8% of ResNet-20's
 /// inference there, 1.0% with plain stores of a new value in every lane).
 #[inline(always)]
-fn relu(x: f32) -> f32 {
+pub(crate) fn relu(x: f32) -> f32 {
     std::hint::select_unpredictable(x < 0.0, 0.0, x + 0.0)
 }
 

@@ -5,7 +5,7 @@
 //! A tensor read by two paths receives the sum of their gradients: that is the whole backward
 //! of a skip connection, `dx = dmain + dshortcut`.
 
-use super::Chain;
+use super::{fuse, Chain};
 use crate::layer::{prefixed, BuildError, Describe, Init, Layer, Param};
 use ndarray::{concatenate, s, Array4, ArrayD, Axis, Ix4, Slice};
 
@@ -60,11 +60,17 @@ impl Residual {
     }
 }
 
-/// The two paths' outputs added, in the first one's buffer (`build` made their shapes equal).
-fn sum(a: ArrayD<f32>, b: ArrayD<f32>) -> ArrayD<f32> {
+/// The two paths' outputs added, in the first one's buffer (`build` made their shapes equal),
+/// then ReLU'd if `relu`, in the same pass.
+fn sum(a: ArrayD<f32>, b: ArrayD<f32>, relu: bool) -> ArrayD<f32> {
     assert_eq!(a.shape(), b.shape(), "Residual: the paths' outputs differ in shape");
     let (mut a, mut b) = (super::standard(a), super::standard(b));
-    super::par_update2(a.as_slice_mut().expect("standard layout"), b.as_slice_mut().expect("standard layout"), |a, b| *a += *b);
+    let (a_s, b_s) = (a.as_slice_mut().expect("standard layout"), b.as_slice_mut().expect("standard layout"));
+    if relu {
+        super::par_update2(a_s, b_s, |a, b| *a = super::activation::relu(*a + *b));
+    } else {
+        super::par_update2(a_s, b_s, |a, b| *a += *b);
+    }
     a
 }
 
@@ -79,21 +85,22 @@ impl Layer for Residual {
     }
 
     /// The main path reads `x` in place ([`Layer::forward_view`]: no copy when it starts with a
-    /// convolution), the shortcut takes it.
+    /// convolution), the shortcut takes it; a ReLU first after the sum is applied in its pass.
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let sum = sum(self.main.forward_view(x.view()), self.shortcut.forward(x));
-        self.post.forward(sum)
+        let (main, shortcut) = (self.main.forward_view(x.view()), self.shortcut.forward(x));
+        let (relu, post) = fuse::leading_relu(self.post.layers());
+        fuse::forward(post, sum(main, shortcut, relu))
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let sum = sum(self.main.forward_train(super::par_clone(x.view())), self.shortcut.forward_train(x));
+        let sum = sum(self.main.forward_train(super::par_clone(x.view())), self.shortcut.forward_train(x), false);
         self.post.forward_train(sum)
     }
 
     /// `dsum = post'(dy)`, then `dx = main'(dsum) + shortcut'(dsum)`: `x` feeds both paths.
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let dsum = self.post.backward(dy);
-        sum(self.main.backward(super::par_clone(dsum.view())), self.shortcut.backward(dsum))
+        sum(self.main.backward(super::par_clone(dsum.view())), self.shortcut.backward(dsum), false)
     }
 
     fn params(&self) -> Vec<(String, &Param)> {

@@ -108,7 +108,7 @@ impl Layer for Chain {
     /// The layers in order, a convolution with the BatchNorm and ReLU after it fused into one
     /// step (see `fuse.rs`).
     fn forward(&self, x: ArrayD<f32>) -> ArrayD<f32> {
-        fuse::steps(&self.layers).iter().fold(x, |x, step| step.forward(x))
+        fuse::forward(&self.layers, x)
     }
 
     /// The first step on the view, the rest as [`Layer::forward`].

@@ -4,7 +4,8 @@
 //! stores its outputs ([`cnn_core::Activation`]). One pass over the output where the three
 //! layers made three. PyTorch's `fuse_conv_bn_eval` and oneDNN's post-ops do the same.
 //!
-//! A [`Chain`](super::Chain) runs its inference through [`steps`]; training is untouched (it
+//! A [`Chain`](super::Chain) runs its inference through [`forward`]; a residual block applies
+//! a ReLU right after its sum in the sum's pass ([`leading_relu`]). Training is untouched (it
 //! normalises with each batch's own statistics). A fused result is the unfused one within f32
 //! rounding: the folded filters are rounded once more.
 
@@ -24,6 +25,19 @@ pub(crate) enum Step<'a> {
 /// `layer` as a `T`, if it is one.
 fn as_layer<T: Layer>(layer: &dyn Layer) -> Option<&T> {
     (layer as &dyn Any).downcast_ref::<T>()
+}
+
+/// Inference through `layers` (see [`steps`]).
+pub(crate) fn forward(layers: &[Box<dyn Layer>], x: ArrayD<f32>) -> ArrayD<f32> {
+    steps(layers).iter().fold(x, |x, step| step.forward(x))
+}
+
+/// Whether `layers` start with a `ReLU`, and the layers after it.
+pub(crate) fn leading_relu(layers: &[Box<dyn Layer>]) -> (bool, &[Box<dyn Layer>]) {
+    match layers.split_first() {
+        Some((first, rest)) if as_layer::<ReLU>(first.as_ref()).is_some() => (true, rest),
+        _ => (false, layers),
+    }
 }
 
 /// The steps of `layers`, in order: each `Conv2d` with the `BatchNorm` right after it, if
