@@ -336,16 +336,17 @@ impl Algorithm {
     /// use cnn_core::{gemm::kernel_name, Algorithm, Padding, Window};
     /// let same = Window::square(3).padding(Padding::Same);
     /// let choose = |x: &[usize], w: &[usize], win: &Window| Algorithm::choose(x, w, win, 1).unwrap();
-    /// // one input channel: too short a receptive field (9) for anything but the lowering
-    /// assert_eq!(choose(&[8, 1, 28, 28], &[32, 1, 3, 3], &same), Algorithm::Lowered);
     /// // Winograd's F(4x4) for 16 filters on 28x28 and F(2x2) for 32 on 14x14 with a vector
     /// // kernel; the direct convolution where the filters fill its vector tiles (32 a tile
-    /// // with AVX-512, 16 with AVX2) and Winograd does not suit; the implicit product else
-    /// let (large_16, small_16, small_32, large_32) = match kernel_name() {
-    ///     "avx512" => (Algorithm::Winograd4, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Direct),
-    ///     "avx2+fma" => (Algorithm::Winograd4, Algorithm::Direct, Algorithm::Winograd, Algorithm::Winograd4),
-    ///     _ => (Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit),
+    /// // with AVX-512, 16 with AVX2) and Winograd does not suit; the implicit product else;
+    /// // one input channel (a receptive field of 9): the direct convolution with AVX2 (its
+    /// // tiles go straight to the output), the lowering else
+    /// let (large_16, small_16, small_32, large_32, one_channel) = match kernel_name() {
+    ///     "avx512" => (Algorithm::Winograd4, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Direct, Algorithm::Lowered),
+    ///     "avx2+fma" => (Algorithm::Winograd4, Algorithm::Direct, Algorithm::Winograd, Algorithm::Winograd4, Algorithm::Direct),
+    ///     _ => (Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit, Algorithm::Lowered),
     /// };
+    /// assert_eq!(choose(&[8, 1, 28, 28], &[32, 1, 3, 3], &same), one_channel);
     /// assert_eq!(choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same), large_16);
     /// assert_eq!(choose(&[8, 16, 14, 14], &[16, 16, 3, 3], &same), small_16);
     /// assert_eq!(choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same.stride(2)), small_16);
@@ -635,6 +636,36 @@ pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayV
     backward(Algorithm::of(x.dim().1, w.dim().0, groups, &g), x, w, dy, &g, groups)
 }
 
+/// The filter and bias gradients of [`conv2d_groups_backward`] without the input gradient:
+/// for a model's first layer, whose input needs none (PyTorch skips it the same way for an
+/// input that does not require a gradient). One group: by the lowering with samples side by
+/// side for outputs of fewer than 64 positions, else by dot products of rows read in place;
+/// several: the whole backward, the input gradient dropped.
+///
+/// # Shapes
+/// As [`conv2d_groups_backward`]; returns `dw` like `w` and `db`: `[c_out]`.
+///
+/// # Errors
+/// As [`conv2d_groups_backward`].
+///
+/// ```
+/// use cnn_core::{conv2d_backward, conv2d_params_backward, Window};
+/// use ndarray::Array4;
+/// let (x, w, dy) = (Array4::<f32>::ones((2, 1, 5, 5)), Array4::<f32>::ones((4, 1, 3, 3)), Array4::<f32>::ones((2, 4, 3, 3)));
+/// let (dw, db) = conv2d_params_backward(x.view(), w.view(), dy.view(), &Window::square(3), 1).unwrap();
+/// let all = conv2d_backward(x.view(), w.view(), dy.view(), &Window::square(3)).unwrap();
+/// assert_eq!((dw, db), (all.dw, all.db));
+/// ```
+pub fn conv2d_params_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayView4<f32>, win: &Window, groups: usize) -> Result<(Array4<f32>, Array1<f32>)> {
+    let g = backward_geometry(x, w, dy, win, groups)?;
+    threads::init();
+    if groups == 1 {
+        return filter_gradient(x, dy, &g);
+    }
+    let grads = backward(Algorithm::of(x.dim().1, w.dim().0, groups, &g), x, w, dy, &g, groups)?;
+    Ok((grads.dw, grads.db))
+}
+
 /// [`conv2d_groups_backward`] by the algorithm named, not the one it would choose.
 ///
 /// # Errors
@@ -662,7 +693,7 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
         Algorithm::Direct => match implicit::transposed_operands(w, g) {
             // the input gradient as one more direct convolution, where it costs about what
             // the forward does
-            Some((turned, g_t)) if direct::suits_transposed(g) => {
+            Some((turned, g_t)) if direct::suits_transposed(g, c_in) => {
                 expect_allocatable("input gradient", x.len())?;
                 expect_allocatable("padded output gradient", implicit::padded_values(&g_t, c_out))?;
                 let (dw, db) = filter_gradient(x, dy, g)?;

@@ -45,7 +45,7 @@ mod window;
 mod winograd;
 
 
-pub use conv::{conv2d, conv2d_activated, conv2d_backward, conv2d_backward_with, conv2d_groups, conv2d_groups_backward, conv2d_with, Activation, Algorithm};
+pub use conv::{conv2d, conv2d_activated, conv2d_backward, conv2d_backward_with, conv2d_groups, conv2d_groups_backward, conv2d_params_backward, conv2d_with, Activation, Algorithm};
 pub use conv1d::{conv1d, conv1d_backward, output_len as conv1d_output_len, Conv1dGrads};
 pub use error::{CnnError, Result};
 pub use im2col::{col2im, im2col};

@@ -188,6 +188,17 @@ pub trait Layer: std::any::Any + Send + Sync {
     /// If called without a [`Layer::forward_train`] first.
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32>;
 
+    /// [`Layer::backward`] for a layer whose input's gradient nobody reads (a model's first
+    /// layer): the parameters' gradients only. By default the input gradient is computed and
+    /// dropped; a convolution skips it (half the backward of ResNet-20's stem), a chain passes
+    /// the request on to its first layer.
+    ///
+    /// # Panics
+    /// As [`Layer::backward`].
+    fn backward_params(&mut self, dy: ArrayD<f32>) {
+        self.backward(dy);
+    }
+
     /// The trainable parameters with their names in this layer, in a fixed order.
     fn params(&self) -> Vec<(String, &Param)> {
         vec![]

@@ -324,7 +324,8 @@ impl Sequential {
             Some(s) => distillation_loss(logits.view(), s.logits.view(), labels, s.temperature, s.alpha)?,
         };
         let correct = argmax_rows(logits.view()).iter().zip(labels).filter(|(p, l)| p == l).count();
-        self.chain.backward_observed(dlogits.into_dyn(), done);
+        // the input needs no gradient
+        self.chain.backward_observed(dlogits.into_dyn(), false, done);
         self.pending_backward = None;
         Ok((loss, correct))
     }

@@ -502,3 +502,36 @@ fn inference_fuses_convolution_batchnorm_and_relu() {
     let nan = |y: &ArrayD<f32>| y.iter().map(|v| v.is_nan()).collect::<Vec<_>>();
     assert!(nan(&fused).iter().any(|&n| n) && nan(&fused) == nan(&unfused), "NaN where the unfused layers have it");
 }
+
+/// Training computes no input gradient for the model's input (the first layer, a convolution
+/// or a chain starting with one, runs `backward_params`): the parameters' gradients of
+/// `loss_and_gradients` are those of a training forward and `Sequential::backward`, which
+/// still returns the input's gradient.
+#[test]
+fn training_skips_the_input_gradient_and_keeps_the_parameters_gradients() {
+    use cnn_nn::Padding;
+    skips_the_input_gradient(Conv2d::new(16, 3).padding(Padding::Same), "a convolution");
+    skips_the_input_gradient(Chain::new().add(Conv2d::new(16, 3).padding(Padding::Same).no_bias()).add(BatchNorm::new()), "a chain");
+}
+
+fn skips_the_input_gradient(stem: impl cnn_nn::Layer + 'static, case: &str) {
+    use cnn_nn::loss::softmax_cross_entropy;
+    use cnn_nn::ndarray::{Ix2, IxDyn};
+    let x = ArrayD::from_shape_fn(IxDyn(&[6, 1, 10, 10]), |i| ((i[0] * 7 + i[2] * 3 + i[3]) % 11) as f32 / 11.0 - 0.4);
+    let labels = [0, 2, 1, 1, 0, 2];
+    let mut model = Sequential::builder(&[1, 10, 10]).add(stem).add(ReLU::new()).add(Conv2d::new(4, 3)).add(GlobalAvgPool2d::new()).add(Dense::new(3)).seed(2).build().unwrap();
+    model.zero_grad();
+    model.loss_and_gradients(x.clone(), &labels).unwrap();
+    let skipped: Vec<ArrayD<f32>> = model.params_mut().iter().map(|p| p.grad.clone()).collect();
+    model.zero_grad();
+    let logits = model.forward_train(x.clone()).unwrap().into_dimensionality::<Ix2>().unwrap();
+    let (_, dlogits) = softmax_cross_entropy(logits.view(), &labels).unwrap();
+    let dx = model.backward(dlogits.into_dyn()).unwrap();
+    assert_eq!(dx.shape(), x.shape(), "{case}");
+    assert!(dx.iter().any(|v| *v != 0.0), "{case}: an input gradient");
+    for (k, (a, p)) in skipped.iter().zip(model.params_mut()).enumerate() {
+        let scale = p.grad.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = a.iter().zip(&p.grad).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(scale > 0.0 && err <= 1e-5 * scale, "{case}, parameter {k}: {err} of {scale}");
+    }
+}

@@ -70,13 +70,22 @@ impl Chain {
 
     /// [`Layer::backward`] through the layers, last first, calling `done(index, layer)` as soon
     /// as each layer's backward has run: its gradients are final then (data-parallel training
-    /// starts summing them over the processes while the earlier layers still compute).
-    pub(crate) fn backward_observed(&mut self, dy: ArrayD<f32>, done: &mut dyn FnMut(usize, &dyn Layer)) -> ArrayD<f32> {
-        self.layers.iter_mut().enumerate().rev().fold(dy, |d, (i, layer)| {
-            let dx = layer.backward(d);
+    /// starts summing them over the processes while the earlier layers still compute). The
+    /// first layer's input gradient only if `input_gradient` (else `None`, and the first layer
+    /// runs [`Layer::backward_params`]).
+    pub(crate) fn backward_observed(&mut self, dy: ArrayD<f32>, input_gradient: bool, done: &mut dyn FnMut(usize, &dyn Layer)) -> Option<ArrayD<f32>> {
+        let mut d = Some(dy);
+        for (i, layer) in self.layers.iter_mut().enumerate().rev() {
+            let dy = d.take().expect("each layer gives the one before it its gradient");
+            if i == 0 && !input_gradient {
+                layer.backward_params(dy);
+            } else {
+                d = Some(layer.backward(dy));
+            }
             done(i, layer.as_ref());
-            dx
-        })
+        }
+        // an empty chain is the identity
+        d
     }
 
     /// Replaces layer `index`, which must give the same output shape from the same input.
@@ -124,7 +133,11 @@ impl Layer for Chain {
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
-        self.backward_observed(dy, &mut |_, _| {})
+        self.backward_observed(dy, true, &mut |_, _| {}).expect("the input gradient was asked for")
+    }
+
+    fn backward_params(&mut self, dy: ArrayD<f32>) {
+        self.backward_observed(dy, false, &mut |_, _| {});
     }
 
     fn params(&self) -> Vec<(String, &Param)> {

@@ -1,7 +1,7 @@
 //! Convolution layers: `Conv2d` and `Conv1d`, calling cnn-core's im2col kernels.
 
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param, WeightInit};
-use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d_activated, conv2d_groups, conv2d_groups_backward, Activation, Padding, Window};
+use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d_activated, conv2d_groups, conv2d_groups_backward, conv2d_params_backward, Activation, Padding, Window};
 use ndarray::{Array1, Array3, Array4, ArrayD, ArrayView3, ArrayView4, ArrayViewD, CowArray, Ix1, Ix3, Ix4};
 
 /// How a convolution's input channels are split.
@@ -138,6 +138,14 @@ impl Conv2d {
         self.params.get(1).map(|p| &p.value)
     }
 
+    /// Adds a backward pass's gradients to the parameters'.
+    fn accumulate(&mut self, dw: &Array4<f32>, db: &Array1<f32>) {
+        self.params[0].accumulate(dw);
+        if let Some(bias) = self.params.get_mut(1) {
+            bias.accumulate(db);
+        }
+    }
+
     fn run(&self, x: ArrayView4<f32>) -> Array4<f32> {
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
         let b = self.params.get(1).map(|b| b.value.view().into_dimensionality().expect("bias is 1-D"));
@@ -218,11 +226,16 @@ impl Layer for Conv2d {
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
         let dy = dy.into_dimensionality::<Ix4>().expect("Conv2d dy is [n, c, oh, ow]");
         let g = conv2d_groups_backward(x.view(), w, dy.view(), &self.window, self.group_count).expect("Conv2d: shapes were checked at build");
-        self.params[0].accumulate(&g.dw);
-        if let Some(bias) = self.params.get_mut(1) {
-            bias.accumulate(&g.db);
-        }
+        self.accumulate(&g.dw, &g.db);
         g.dx.into_dyn()
+    }
+
+    fn backward_params(&mut self, dy: ArrayD<f32>) {
+        let x = self.x.take().expect("Conv2d::backward needs a training forward first");
+        let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
+        let dy = dy.into_dimensionality::<Ix4>().expect("Conv2d dy is [n, c, oh, ow]");
+        let (dw, db) = conv2d_params_backward(x.view(), w, dy.view(), &self.window, self.group_count).expect("Conv2d: shapes were checked at build");
+        self.accumulate(&dw, &db);
     }
 
     fn params(&self) -> Vec<(String, &Param)> {
