@@ -188,6 +188,17 @@ pub trait Layer: std::any::Any + Send + Sync {
     /// If called without a [`Layer::forward_train`] first.
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32>;
 
+    /// [`Layer::backward`] on a view, for a caller that still needs `dy` afterwards (a residual
+    /// block gives it to both paths): a layer that only reads `dy`, as BatchNorm does,
+    /// overrides this and copies nothing; by default `dy` is copied (by all threads) and given
+    /// to `backward`.
+    ///
+    /// # Panics
+    /// As [`Layer::backward`].
+    fn backward_view(&mut self, dy: ArrayViewD<f32>) -> ArrayD<f32> {
+        self.backward(crate::layers::par_clone(dy))
+    }
+
     /// [`Layer::backward`] for a layer whose input's gradient nobody reads (a model's first
     /// layer): the parameters' gradients only. By default the input gradient is computed and
     /// dropped; a convolution skips it (half the backward of ResNet-20's stem), a chain passes

@@ -535,3 +535,27 @@ fn skips_the_input_gradient(stem: impl cnn_nn::Layer + 'static, case: &str) {
         assert!(scale > 0.0 && err <= 1e-5 * scale, "{case}, parameter {k}: {err} of {scale}");
     }
 }
+
+/// `backward_view` is `backward` on a copy, gradients included, for the layers that read `dy`
+/// in place (BatchNorm, a chain ending in one) and for one left with the default (ReLU).
+#[test]
+fn backward_on_a_view_is_backward() {
+    use cnn_nn::ndarray::IxDyn;
+    use cnn_nn::{Init, Layer, ModelRng, Padding};
+    use rand::SeedableRng;
+    let x = ArrayD::from_shape_fn(IxDyn(&[3, 4, 6, 6]), |i| ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) % 11) as f32 / 11.0 - 0.5);
+    let dy = ArrayD::from_shape_fn(IxDyn(&[3, 4, 6, 6]), |i| ((i[0] * 3 + i[1] * 7 + i[2] + i[3] * 5) % 13) as f32 / 13.0 - 0.4);
+    let layers = || -> Vec<Box<dyn Layer>> {
+        vec![Box::new(BatchNorm::new()), Box::new(Chain::new().add(Conv2d::new(4, 3).padding(Padding::Same)).add(BatchNorm::new())), Box::new(ReLU::new())]
+    };
+    for (mut a, mut b) in layers().into_iter().zip(layers()) {
+        a.build(&[4, 6, 6], &mut Init { rng: &mut ModelRng::seed_from_u64(3) }).unwrap();
+        b.build(&[4, 6, 6], &mut Init { rng: &mut ModelRng::seed_from_u64(3) }).unwrap();
+        a.forward_train(x.clone());
+        b.forward_train(x.clone());
+        let name = a.describe().name;
+        assert_eq!(a.backward_view(dy.view()), b.backward(dy.clone()), "{name}");
+        let grads = |l: &dyn Layer| l.params().into_iter().map(|(_, p)| p.grad.clone()).collect::<Vec<_>>();
+        assert_eq!(grads(a.as_ref()), grads(b.as_ref()), "{name}");
+    }
+}

@@ -100,7 +100,7 @@ impl Layer for Residual {
     /// `dsum = post'(dy)`, then `dx = main'(dsum) + shortcut'(dsum)`: `x` feeds both paths.
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let dsum = self.post.backward(dy);
-        sum(self.main.backward(super::par_clone(dsum.view())), self.shortcut.backward(dsum), false)
+        sum(self.main.backward_view(dsum.view()), self.shortcut.backward(dsum), false)
     }
 
     fn params(&self) -> Vec<(String, &Param)> {

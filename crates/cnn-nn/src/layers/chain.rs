@@ -136,6 +136,14 @@ impl Layer for Chain {
         self.backward_observed(dy, true, &mut |_, _| {}).expect("the input gradient was asked for")
     }
 
+    /// The last layer on the view, the rest as [`Layer::backward`].
+    fn backward_view(&mut self, dy: ArrayViewD<f32>) -> ArrayD<f32> {
+        match self.layers.split_last_mut() {
+            Some((last, rest)) => rest.iter_mut().rev().fold(last.backward_view(dy), |d, layer| layer.backward(d)),
+            None => super::par_clone(dy),
+        }
+    }
+
     fn backward_params(&mut self, dy: ArrayD<f32>) {
         self.backward_observed(dy, false, &mut |_, _| {});
     }

@@ -3,14 +3,20 @@
 
 use cnn_core::vector::widest;
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
-use ndarray::{Array1, Array3, ArrayD, ArrayView2, ArrayView3, Axis, IxDyn, Zip};
+use ndarray::{Array1, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, Axis, IxDyn, Zip};
 use rayon::prelude::*;
 
 /// The `[n, c, rest]` view of an `[n, c, ...]` tensor: every channel's values as one row per
 /// sample.
 fn channels(x: &ArrayD<f32>) -> ArrayView3<'_, f32> {
+    channels_of(x.view())
+}
+
+/// [`channels`] of a view.
+fn channels_of(x: ArrayViewD<'_, f32>) -> ArrayView3<'_, f32> {
     let (n, c) = (x.shape()[0], x.shape()[1]);
-    x.view().into_shape_with_order((n, c, x.len() / (n * c).max(1))).expect("standard layout")
+    let rest = x.len() / (n * c).max(1);
+    x.into_shape_with_order((n, c, rest)).expect("standard layout")
 }
 
 /// Batch normalisation over the channel axis (1) of `[n, c]`, `[n, c, l]` or `[n, c, h, w]`,
@@ -179,9 +185,14 @@ impl Layer for BatchNorm {
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
+        self.backward_view(dy.view())
+    }
+
+    /// Reads `dy` in place: `dx` overwrites the cached input, whose last use it is.
+    fn backward_view(&mut self, dy: ArrayViewD<f32>) -> ArrayD<f32> {
         let (x, mean, inv_std) = self.cache.take().expect("BatchNorm::backward needs a training forward first");
-        let dy = super::standard(dy);
-        let (dyp, xp) = (channels(&dy), channels(&x));
+        let dy = dy.as_standard_layout();
+        let (dyp, xp) = (channels_of(dy.view()), channels(&x));
         let (n, c, rest) = dyp.dim();
         let k = (n * rest) as f32;
         let gamma = &self.params[0].value;
@@ -192,16 +203,16 @@ impl Layer for BatchNorm {
             let [sum, sum_h] = channel_sums(d, x, |d, x| [d as f64, d as f64 * ((x - m) * s) as f64]);
             (sum as f32, sum_h as f32)
         });
-        // dx overwrites dy (its sums are taken): no new activation-sized buffer
-        let mut dx = dy;
-        let x_s = x.as_slice().expect("standard layout");
+        // dx overwrites x (each value reads its own x and dy only): no new activation-sized buffer
+        let mut dx = x;
+        let dy_s = dy.as_slice().expect("standard layout");
         dx.as_slice_mut().expect("standard layout").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, dx_p)| {
             let ch = plane % c;
             let scale = gamma[[ch]] * inv_std[ch];
             let (mean_dy, mean_dyx) = (dbeta[ch] / k, dgamma[ch] / k);
             let (m, s) = (mean[ch], inv_std[ch]);
-            let x_p = &x_s[plane * rest..][..rest];
-            widest(|| dx_p.iter_mut().zip(x_p).for_each(|(d, &x)| *d = scale * (*d - mean_dy - (x - m) * s * mean_dyx)));
+            let dy_p = &dy_s[plane * rest..][..rest];
+            widest(|| dx_p.iter_mut().zip(dy_p).for_each(|(x, &d)| *x = scale * (d - mean_dy - (*x - m) * s * mean_dyx)));
         });
         self.params[0].accumulate(&dgamma);
         self.params[1].accumulate(&dbeta);
