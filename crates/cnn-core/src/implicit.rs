@@ -313,20 +313,29 @@ pub(crate) fn pad_into(x: ArrayView3<f32>, g: &Geometry, planes: &Planes, padded
     padded.fill(0.0);
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
+    // `Planes::at` without its divisions (a quarter of this function's time on 7x7 images):
+    // where each phase of a row starts in its row of phase planes, computed once, and the
+    // row's plane and place counted along
+    let plane = planes.hq * planes.wq;
+    let phases: Vec<usize> = (0..planes.sw.min(g.w)).map(|p| (g.pad_left + p) % planes.sw * plane + (g.pad_left + p) / planes.sw).collect();
     for (ci, x_c) in x.chunks_exact(g.h * g.w).enumerate() {
-        for (iy, x_row) in x_c.chunks_exact(g.w).enumerate() {
-            let (y, x0) = (g.pad_top + iy, g.pad_left);
+        let (mut yq, mut yr) = (g.pad_top / planes.sh, g.pad_top % planes.sh);
+        for x_row in x_c.chunks_exact(g.w) {
+            let row = ci * planes.channel() + yr * planes.sw * plane + yq * planes.wq;
             if planes.sw == 1 {
                 // stride 1 (in x): the row is one run
-                let start = planes.at(ci, y, x0);
+                let start = row + phases[0];
                 padded[start..start + g.w].copy_from_slice(x_row);
             } else {
                 // every sw-th value of the row is one run in its phase plane
-                for phase in 0..planes.sw.min(g.w) {
-                    let start = planes.at(ci, y, x0 + phase);
+                for (phase, &start) in phases.iter().enumerate() {
                     let run = x_row[phase..].iter().step_by(planes.sw);
-                    padded[start..].iter_mut().zip(run).for_each(|(p, &v)| *p = v);
+                    padded[row + start..].iter_mut().zip(run).for_each(|(p, &v)| *p = v);
                 }
+            }
+            yr += 1;
+            if yr == planes.sh {
+                (yq, yr) = (yq + 1, 0);
             }
         }
     }
