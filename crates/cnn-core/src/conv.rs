@@ -313,7 +313,10 @@ pub enum Algorithm {
     /// Direct convolution, oneDNN's way: vectors along the output channels, each output
     /// pixel's input values broadcast from the padded sample (`src/direct.rs`); no wrapped
     /// columns, no lowered matrix. Chosen where the filters fill its vector tiles (32 filters
-    /// a tile with AVX-512, 16 with AVX2) and the receptive field is 32 values or longer.
+    /// a tile with AVX-512, 16 with AVX2), the receptive field is 32 values or longer (with
+    /// AVX2, whose tiles go straight to the output, any: one-channel stems too) and the
+    /// output planes are not a multiple of 512 values (32x32: its stores would share an L1
+    /// set).
     Direct,
     /// Each group of channels through [`Algorithm::Lowered`] on its own.
     Grouped,

@@ -71,8 +71,8 @@ impl Chain {
     /// [`Layer::backward`] through the layers, last first, calling `done(index, layer)` as soon
     /// as each layer's backward has run: its gradients are final then (data-parallel training
     /// starts summing them over the processes while the earlier layers still compute). The
-    /// first layer's input gradient only if `input_gradient` (else `None`, and the first layer
-    /// runs [`Layer::backward_params`]).
+    /// first layer's input gradient only if `input_gradient`: else the first layer runs
+    /// [`Layer::backward_params`] and the result is `None` (`dy` itself for an empty chain).
     pub(crate) fn backward_observed(&mut self, dy: ArrayD<f32>, input_gradient: bool, done: &mut dyn FnMut(usize, &dyn Layer)) -> Option<ArrayD<f32>> {
         let mut d = Some(dy);
         for (i, layer) in self.layers.iter_mut().enumerate().rev() {
@@ -84,7 +84,6 @@ impl Chain {
             }
             done(i, layer.as_ref());
         }
-        // an empty chain is the identity
         d
     }
 

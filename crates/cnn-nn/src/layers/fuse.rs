@@ -1,7 +1,7 @@
 //! Inference fusion. In evaluation mode a convolution and the `BatchNorm` after it are one
 //! convolution: BatchNorm's `y = x·scale + shift` per channel folds into the filters (`w·scale`)
 //! and the bias (`b·scale + shift`); and a `ReLU` after them is applied as the convolution
-//! stores its outputs ([`cnn_core::Activation`]). One pass over the output where the three
+//! stores its outputs ([`cnn_core::Activation`]): one pass over the output where the three
 //! layers made three. PyTorch's `fuse_conv_bn_eval` and oneDNN's post-ops do the same.
 //!
 //! A [`Chain`](super::Chain) runs its inference through [`forward`]; a residual block applies
