@@ -1,6 +1,7 @@
 //! Where a training step spends its time, layer by layer: the top-level layers of a model of
 //! the zoo, and the layers of a top-level `Chain` (ResNet-20's stages: block by block): the
-//! training forward and the backward, and apart from them the inference forward.
+//! training forward and the backward (the first layer's without its input gradient, as in
+//! training), and apart from them the inference forward.
 //!
 //! `cargo run --release -p cnn-nn --example layer_times [-- MODEL [BATCH]]` (defaults:
 //! `reference 64`; `resnet20 128` for the ResNet). Medians over 20 steps.
@@ -59,10 +60,16 @@ fn main() -> cnn_nn::Result<()> {
             a = layer.forward_train(a);
             fwd[i].push(t.elapsed().as_secs_f64() * 1e3);
         }
-        let mut d = ArrayD::from_elem(a.raw_dim(), 0.01f32);
+        let mut d = Some(ArrayD::from_elem(a.raw_dim(), 0.01f32));
         for (i, (_, layer)) in layers.iter_mut().enumerate().rev() {
+            let dy = d.take().expect("each layer gives the one before it its gradient");
             let t = Instant::now();
-            d = layer.backward(d);
+            // as in training: no input gradient for the first layer
+            if i == 0 {
+                layer.backward_params(dy);
+            } else {
+                d = Some(layer.backward(dy));
+            }
             bwd[i].push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
