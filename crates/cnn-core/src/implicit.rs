@@ -30,12 +30,12 @@
 //! values as a dot product of a row of `dy` with a row of the lowered matrix read from the
 //! padded sample ([`filter_gradient`], on the [`crate::gemm::Dots`] kernels).
 
-use crate::conv::{clip, sum_in_batch_order, Epilogue};
+use crate::conv::{clip, filter_gradient_tasks, Epilogue};
 use crate::gemm::{pack, store, Dots, Kernel, Rows, DOT_LEN};
 use crate::threads::Scratch;
 use crate::vector::widest;
 use crate::window::{Geometry, Padding, Window};
-use ndarray::{s, Array1, Array2, Array4, ArrayView3, ArrayView4, Axis};
+use ndarray::{s, Array1, Array2, Array4, ArrayView3, ArrayView4};
 use rayon::prelude::*;
 
 /// Padded samples up to this many values (1 MiB) go implicit; the B slivers of a larger one
@@ -195,44 +195,135 @@ pub(crate) fn filter_gradient(x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geome
     let dy_stride = c_out * len;
     let task = (GRADIENT_TASK_VALUES / (x_stride + dy_stride)).clamp(1, n.max(1));
     let dy = dy.as_standard_layout();
-    let partials: Vec<(Array2<f32>, Array1<f32>)> = x
-        .axis_chunks_iter(Axis(0), task)
-        .into_par_iter()
-        .zip(dy.axis_chunks_iter(Axis(0), task))
-        .map_init(
-            || (Scratch::matrix(task, x_stride), Scratch::matrix(task, dy_stride), vec![0.0; dots.nd * dots.nx]),
-            |(xs, ds, out), (x_task, dy_task)| {
-                let (mut xs, mut ds) = (xs.view_mut(), ds.view_mut());
-                // the bias gradient: each channel's sum, sample by sample in batch order
-                let mut db = Array1::zeros(c_out);
-                for ((x_i, dy_i), (mut padded, mut spread)) in x_task.outer_iter().zip(dy_task.outer_iter()).zip(xs.outer_iter_mut().zip(ds.outer_iter_mut())) {
-                    pad_into(x_i, g, &planes, padded.as_slice_mut().expect("a scratch row is contiguous"));
-                    let spread = spread.as_slice_mut().expect("a scratch row is contiguous");
-                    spread_rows(dy_i, wp, len, spread);
-                    db.iter_mut().zip(spread.chunks_exact(len)).for_each(|(db, row)| *db += row_sum(row));
-                }
-                let (xs, ds) = (xs.as_slice().expect("scratch is contiguous"), ds.as_slice().expect("scratch is contiguous"));
-                let samples = x_task.dim().0;
-                let mut dw = Array2::zeros((c_out, k));
-                let (mut a_rows, mut b_rows) = ([0; 8], [0; 8]);
-                for a0 in (0..c_out).step_by(dots.nd) {
-                    // a block past the last row repeats it (computed, not stored)
-                    a_rows.iter_mut().enumerate().for_each(|(i, r)| *r = (a0 + i).min(c_out - 1) * len);
-                    for b0 in (0..k).step_by(dots.nx) {
-                        b_rows.iter_mut().enumerate().for_each(|(j, r)| *r = x_rows[(b0 + j).min(k - 1)]);
-                        dots.run(ds, xs, samples, (dy_stride, x_stride), &a_rows[..dots.nd], &b_rows[..dots.nx], len, out);
-                        for (i, out) in out.chunks_exact(dots.nx).take(c_out - a0).enumerate() {
-                            for (j, &v) in out.iter().take(k - b0).enumerate() {
-                                dw[[a0 + i, b0 + j]] = v;
-                            }
+    let (dw, db) = filter_gradient_tasks(
+        x,
+        dy.view(),
+        task,
+        (c_out, k),
+        || (Scratch::matrix(task, x_stride), Scratch::matrix(task, dy_stride), vec![0.0; dots.nd * dots.nx]),
+        |(xs, ds, out), x_task, dy_task| {
+            let (mut xs, mut ds) = (xs.view_mut(), ds.view_mut());
+            // the bias gradient: each channel's sum, sample by sample in batch order
+            let mut db = Array1::zeros(c_out);
+            for ((x_i, dy_i), (mut padded, mut spread)) in x_task.outer_iter().zip(dy_task.outer_iter()).zip(xs.outer_iter_mut().zip(ds.outer_iter_mut())) {
+                pad_into(x_i, g, &planes, padded.as_slice_mut().expect("a scratch row is contiguous"));
+                let spread = spread.as_slice_mut().expect("a scratch row is contiguous");
+                spread_rows(dy_i, wp, len, spread);
+                db.iter_mut().zip(spread.chunks_exact(len)).for_each(|(db, row)| *db += row_sum(row));
+            }
+            let (xs, ds) = (xs.as_slice().expect("scratch is contiguous"), ds.as_slice().expect("scratch is contiguous"));
+            let samples = x_task.dim().0;
+            let mut dw = Array2::zeros((c_out, k));
+            let (mut a_rows, mut b_rows) = ([0; 8], [0; 8]);
+            for a0 in (0..c_out).step_by(dots.nd) {
+                // a block past the last row repeats it (computed, not stored)
+                a_rows.iter_mut().enumerate().for_each(|(i, r)| *r = (a0 + i).min(c_out - 1) * len);
+                for b0 in (0..k).step_by(dots.nx) {
+                    b_rows.iter_mut().enumerate().for_each(|(j, r)| *r = x_rows[(b0 + j).min(k - 1)]);
+                    dots.run(ds, xs, samples, (dy_stride, x_stride), &a_rows[..dots.nd], &b_rows[..dots.nx], len, out);
+                    for (i, out) in out.chunks_exact(dots.nx).take(c_out - a0).enumerate() {
+                        for (j, &v) in out.iter().take(k - b0).enumerate() {
+                            dw[[a0 + i, b0 + j]] = v;
                         }
                     }
                 }
-                (dw, db)
-            },
-        )
-        .collect();
-    let (dw, db) = sum_in_batch_order(&partials, (c_out, k));
+            }
+            (dw, db)
+        },
+    );
+    (dw.into_shape_with_order((c_out, c_in, g.kh, g.kw)).expect("dw has the filters' size"), db)
+}
+
+/// Samples per task of [`filter_gradient_channels_last`]: their channels-last padded copies
+/// and the packed `dy` stay in L2 (8 samples of a 64-channel 9x9 padded image: 166 KiB).
+const CHANNELS_LAST_TASK_VALUES: usize = 1 << 17;
+
+/// Values of a task's buffers in [`filter_gradient_channels_last`] (one sample at least), for
+/// the caller to check before any work.
+pub(crate) fn channels_last_values(g: &Geometry, c_in: usize, c_out: usize) -> usize {
+    let c = c_in.next_multiple_of(Kernel::best().nr);
+    let sample = (g.h + g.pad_top + g.pad_bottom).saturating_mul(g.w + g.pad_left + g.pad_right).saturating_mul(c);
+    sample.saturating_add(c_out.next_multiple_of(Kernel::best().mr).saturating_mul(g.positions())).max(CHANNELS_LAST_TASK_VALUES)
+}
+
+/// The filter and bias gradients as one GEMM per task on the micro-kernel, `dw[co, (ci, ky, kx)]
+/// = Σ_q dy[co, q] · padded[base(q) + tap(ky, kx) + ci]`, with each sample padded
+/// **channels-last** (`[hp, wp, c]`, the channels rounded up to the kernel's `nr`): for a tap,
+/// the `nr` channels a step of the kernel needs are contiguous, at the output position's
+/// base plus the tap's offset — the kernel's table of row offsets holds the positions' bases,
+/// and one call computes every channel of a tap for `mr` filters. `dy` is packed into the
+/// kernel's `mr`-row slivers. Any stride, dilation and padding; for outputs too small for the
+/// dot products' rows (7x7: `oh·wp` = 63 values) it replaces the lowering and OpenBLAS.
+pub(crate) fn filter_gradient_channels_last(x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry) -> (Array4<f32>, Array1<f32>) {
+    filter_gradient_channels_last_on(Kernel::best(), x, dy, g)
+}
+
+/// [`filter_gradient_channels_last`] on the micro-kernel given (the tests run every one).
+fn filter_gradient_channels_last_on(kernel: Kernel, x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry) -> (Array4<f32>, Array1<f32>) {
+    let (n, c_in, _, _) = x.dim();
+    let c_out = dy.dim().1;
+    let (hp, wp) = (g.h + g.pad_top + g.pad_bottom, g.w + g.pad_left + g.pad_right);
+    let c = c_in.next_multiple_of(kernel.nr);
+    let (sample_len, p) = (hp * wp * c, g.positions());
+    let task = (CHANNELS_LAST_TASK_VALUES / (sample_len + c_out * p)).clamp(1, n.max(1));
+    // where tap (ky, kx) of an output reads, from the output's base (taps in filter order)
+    let taps: Vec<usize> = (0..g.kh).flat_map(|ky| (0..g.kw).map(move |kx| (ky * g.dh * wp + kx * g.dw) * c)).collect();
+    let panels = c_out.div_ceil(kernel.mr);
+    let dy = dy.as_standard_layout();
+    let k = c_in * g.kh * g.kw;
+    let (dw, db) = filter_gradient_tasks(
+        x,
+        dy.view(),
+        task,
+        (c_out, k),
+        || (vec![0.0f32; task * sample_len], vec![0.0f32; panels * kernel.mr * task * p], vec![0.0f32; kernel.mr * c]),
+        |(padded, packed, tiles), x_task, dy_task| {
+            let samples = x_task.dim().0;
+            let steps = samples * p;
+            // each sample channels-last inside its zero border (the border and the
+            // channels past c_in are never written: they stay zero)
+            for (x_i, padded) in x_task.outer_iter().zip(padded.chunks_exact_mut(sample_len)) {
+                for (ci, x_c) in x_i.outer_iter().enumerate() {
+                    for (iy, x_row) in x_c.outer_iter().enumerate() {
+                        let start = ((g.pad_top + iy) * wp + g.pad_left) * c + ci;
+                        padded[start..].iter_mut().step_by(c).zip(x_row).for_each(|(p, &v)| *p = v);
+                    }
+                }
+            }
+            // dy in the kernel's slivers: step s·p + q of sliver k holds filters k·mr.. of
+            // output q of sample s (zeros past c_out)
+            let mut db = Array1::zeros(c_out);
+            for (s, dy_i) in dy_task.outer_iter().enumerate() {
+                let dy_i = dy_i.to_shape((c_out, p)).expect("dy is standard layout");
+                for (co, row) in dy_i.outer_iter().enumerate() {
+                    let row = row.to_slice().expect("a row of a standard layout");
+                    let (sliver, i) = (co / kernel.mr, co % kernel.mr);
+                    let out = &mut packed[sliver * kernel.mr * steps + s * p * kernel.mr + i..];
+                    out.iter_mut().step_by(kernel.mr).zip(row).for_each(|(o, &v)| *o = v);
+                    db[co] += row_sum(row);
+                }
+            }
+            // where each output of the task reads its tap (0, 0), channel 0
+            let bases: Vec<usize> = (0..samples).flat_map(|s| (0..g.oh).flat_map(move |oy| (0..g.ow).map(move |ox| s * sample_len + (oy * g.sh * wp + ox * g.sw) * c))).collect();
+            let rows = Rows::new(bases);
+            // dw[co, (ci, ky, kx)]: a tile's row is filter co's channels block·nr.. of one tap
+            let mut dw = Array2::zeros((c_out, k));
+            let dw_s = dw.as_slice_mut().expect("a new array");
+            for (sliver, a) in packed.chunks_exact(kernel.mr * steps).take(panels).enumerate() {
+                for (t, &tap) in taps.iter().enumerate() {
+                    kernel.run_blocks(steps, a, &padded[tap..samples * sample_len], &rows, tiles);
+                    for (block, tile) in tiles.chunks_exact(kernel.mr * kernel.nr).enumerate() {
+                        let channels = kernel.nr.min(c_in.saturating_sub(block * kernel.nr));
+                        for (co, row) in (sliver * kernel.mr..c_out).zip(tile.chunks_exact(kernel.nr)) {
+                            let first = co * k + block * kernel.nr * g.kh * g.kw + t;
+                            dw_s[first..].iter_mut().step_by(g.kh * g.kw).zip(&row[..channels]).for_each(|(d, &v)| *d = v);
+                        }
+                    }
+                }
+            }
+            (dw, db)
+        },
+    );
     (dw.into_shape_with_order((c_out, c_in, g.kh, g.kw)).expect("dw has the filters' size"), db)
 }
 
@@ -404,8 +495,10 @@ mod tests {
         }
     }
 
-    /// The filter and bias gradients against the naive loops on the same geometries, and a
-    /// batch cut into several tasks giving the same sums, bit for bit, on 1, 2 and 3 threads.
+    /// Both ways of computing the filter and bias gradients without a lowered matrix (dot
+    /// products of rows, a GEMM on channels-last copies) against the naive loops on the same
+    /// geometries, strided too, and a batch cut into several tasks giving the same sums, bit
+    /// for bit, on 1, 2 and 3 threads. The channel counts leave the kernels' tiles part empty.
     #[test]
     fn filter_gradient_agrees_with_the_naive_loops_at_any_thread_count() {
         let windows = [
@@ -413,26 +506,36 @@ mod tests {
             (Window::square(3), 9, 11),
             (Window::new(2, 3).padding(Padding::Explicit { top: 1, bottom: 0, left: 2, right: 1 }), 9, 11),
             (Window::square(3).dilation(2).padding(Padding::Same), 9, 11),
-            // 15k values per sample: tasks of 8 samples, three of them for 20
+            (Window::square(3).stride(2).padding(Padding::Same), 9, 11),
+            // 15k values per sample: tasks of 8 samples, three of them for 20 (one sample a
+            // task channels-last)
             (Window::square(3).padding(Padding::Same), 60, 60),
         ];
-        for (case, (win, h, w_)) in windows.iter().enumerate() {
-            let (n, c_in, c_out) = if *h == 60 { (20, 2, 2) } else { (3, 5, 7) };
-            let (x, w) = (filled([n, c_in, *h, *w_], case), filled([c_out, c_in, win.kh, win.kw], case + 10));
-            let g = win.geometry(*h, *w_).unwrap();
-            let dy = filled([n, c_out, g.oh, g.ow], case + 20);
-            let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), win).unwrap();
-            let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                pool.install(|| filter_gradient(x.view(), dy.view(), &g))
-            };
-            let (dw, db) = run(1);
-            assert_eq!(dw.dim(), want.dw.dim());
-            let close = |a: f32, b: f32| (a - b).abs() < 1e-4 * (1.0 + b.abs());
-            assert!(dw.iter().zip(&want.dw).all(|(&a, &b)| close(a, b)), "filter gradient, case {case}");
-            assert!(db.iter().zip(&want.db).all(|(&a, &b)| close(a, b)), "bias gradient, case {case}");
-            for threads in [2, 3] {
-                assert_eq!(run(threads), (dw.clone(), db.clone()), "case {case}, {threads} threads");
+        type Gradient = Box<dyn Fn(ArrayView4<f32>, ArrayView4<f32>, &Geometry) -> (Array4<f32>, Array1<f32>) + Sync>;
+        let mut ways: Vec<(String, Gradient)> = vec![("dot products".into(), Box::new(filter_gradient))];
+        for kernel in Kernel::available() {
+            let name = format!("channels-last on {} ({} x {})", kernel.name(), kernel.mr, kernel.nr);
+            ways.push((name, Box::new(move |x, dy, g| filter_gradient_channels_last_on(kernel, x, dy, g))));
+        }
+        for (name, gradient) in &ways {
+            for (case, (win, h, w_)) in windows.iter().enumerate() {
+                let (n, c_in, c_out) = if *h == 60 { (20, 2, 2) } else { (3, 21, 9) };
+                let (x, w) = (filled([n, c_in, *h, *w_], case), filled([c_out, c_in, win.kh, win.kw], case + 10));
+                let g = win.geometry(*h, *w_).unwrap();
+                let dy = filled([n, c_out, g.oh, g.ow], case + 20);
+                let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), win).unwrap();
+                let run = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| gradient(x.view(), dy.view(), &g))
+                };
+                let (dw, db) = run(1);
+                assert_eq!(dw.dim(), want.dw.dim());
+                let close = |a: f32, b: f32| (a - b).abs() < 1e-4 * (1.0 + b.abs());
+                assert!(dw.iter().zip(&want.dw).all(|(&a, &b)| close(a, b)), "{name}: filter gradient, case {case}");
+                assert!(db.iter().zip(&want.db).all(|(&a, &b)| close(a, b)), "{name}: bias gradient, case {case}");
+                for threads in [2, 3] {
+                    assert_eq!(run(threads), (dw.clone(), db.clone()), "{name}: case {case}, {threads} threads");
+                }
             }
         }
     }
