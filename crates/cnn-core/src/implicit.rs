@@ -291,7 +291,7 @@ fn filter_gradient_channels_last_on(kernel: Kernel, x: ArrayView4<f32>, dy: Arra
                 }
             }
             // dy in the kernel's slivers: step s·p + q of sliver k holds filters k·mr.. of
-            // output q of sample s (zeros past c_out)
+            // output q of sample s (the last sliver's rows past c_out are computed, not kept)
             let mut db = Array1::zeros(c_out);
             for (s, dy_i) in dy_task.outer_iter().enumerate() {
                 let dy_i = dy_i.to_shape((c_out, p)).expect("dy is standard layout");
