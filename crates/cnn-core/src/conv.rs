@@ -646,9 +646,10 @@ pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayV
 
 /// The filter and bias gradients of [`conv2d_groups_backward`] without the input gradient:
 /// for a model's first layer, whose input needs none (PyTorch skips it the same way for an
-/// input that does not require a gradient). One group: by the lowering with samples side by
-/// side for outputs of fewer than 64 positions, else by dot products of rows read in place;
-/// several: the whole backward, the input gradient dropped.
+/// input that does not require a gradient). One group: as the backward passes compute it
+/// alone (see `filter_gradient`: dot products of rows read in place, or for outputs of fewer
+/// than 64 positions a GEMM on channels-last copies with AVX2, the lowering else); several:
+/// the whole backward, the input gradient dropped.
 ///
 /// # Shapes
 /// As [`conv2d_groups_backward`]; returns `dw` like `w` and `db`: `[c_out]`.

@@ -430,8 +430,9 @@ mod tests {
 
     /// The backward of a layer the direct convolution computes, on each of its paths: the
     /// input gradient as a direct convolution (SAME, and VALID 13x13; 32 input channels fill
-    /// its tiles) with the filter gradient by dot products (64+ positions) or by the lowering
-    /// (fewer), and by col2im (VALID 5x5 → 3x3, strided; and 1 input channel, SAME);
+    /// its tiles) with the filter gradient by dot products (64+ positions) or, for fewer, the
+    /// channels-last GEMM (AVX2) or the lowering, and by col2im (VALID 5x5 → 3x3, strided; and
+    /// 1 input channel, SAME);
     /// bit-identical on 1, 2 and 3 threads.
     #[test]
     fn backward_agrees_with_the_naive_loops_at_any_thread_count() {

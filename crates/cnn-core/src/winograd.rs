@@ -402,10 +402,10 @@ fn steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape
             transform_output::<V, M, A, T>(m, shape, co, tiles, fresh);
         }
         if let Some(prev) = co.checked_sub(1) {
-            let store = (out.bias_of(prev), out.floor);
+            let (bias, floor) = (out.bias_of(prev), out.floor);
             for (s, mut y_i) in y.outer_iter_mut().enumerate() {
                 let mut plane = y_i.index_axis_mut(Axis(0), prev);
-                scatter::<V, M>(ready, cols, s * per_sample, tw, store, plane.as_slice_mut().expect("y is standard layout"), g.ow);
+                scatter::<V, M>(ready, cols, s * per_sample, tw, bias, floor, plane.as_slice_mut().expect("y is standard layout"), g.ow);
             }
         }
         std::mem::swap(&mut fresh, &mut ready);
@@ -755,7 +755,8 @@ fn column<V: Vector, const K: usize, const J: usize>(rows: &[[V; J]; K], j: usiz
 /// `M·ty..`, columns `M·tx..` (cut at the plane's edges), plus the bias, then clipped at the
 /// activation's floor.
 #[inline(always)]
-fn scatter<V: Vector, const M: usize>(ys: &[f32], cols: usize, first: usize, tw: usize, (bias, floor): (f32, f32), plane: &mut [MaybeUninit<f32>], ow: usize) {
+#[allow(clippy::too_many_arguments)]
+fn scatter<V: Vector, const M: usize>(ys: &[f32], cols: usize, first: usize, tw: usize, bias: f32, floor: f32, plane: &mut [MaybeUninit<f32>], ow: usize) {
     // where output row oy's columns j mod M come from
     let at = |oy: usize| std::array::from_fn(|j| (M * (oy % M) + j) * cols + first + (oy / M) * (tw + 1));
     Phases::<M, _> { at }.interleave::<V>(ys, bias, floor, plane, ow);

@@ -1,7 +1,7 @@
 //! Convolution layers: `Conv2d` and `Conv1d`, calling cnn-core's im2col kernels.
 
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param, WeightInit};
-use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d_activated, conv2d_groups, conv2d_groups_backward, conv2d_params_backward, Activation, Padding, Window};
+use cnn_core::{conv1d, conv1d_backward, conv1d_output_len, conv2d_activated, conv2d_groups_backward, conv2d_params_backward, Activation, Padding, Window};
 use ndarray::{Array1, Array3, Array4, ArrayD, ArrayView3, ArrayView4, ArrayViewD, CowArray, Ix1, Ix3, Ix4};
 
 /// How a convolution's input channels are split.
@@ -146,17 +146,10 @@ impl Conv2d {
         }
     }
 
-    fn run(&self, x: ArrayView4<f32>) -> Array4<f32> {
-        let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
-        let b = self.params.get(1).map(|b| b.value.view().into_dimensionality().expect("bias is 1-D"));
-        conv2d_groups(x, w, b, &self.window, self.group_count).expect("Conv2d: shapes were checked at build")
-    }
-
-    /// Inference with a BatchNorm's `(scale, shift)` per output channel folded in (filter `f`
-    /// times `scale[f]`, bias `b[f]·scale[f] + shift[f]`) and `activation` applied as the
-    /// outputs are stored: `activation(norm(conv(x)))` in one pass (`fuse.rs`).
-    pub(crate) fn forward_fused(&self, x: ArrayViewD<f32>, norm: Option<&(Vec<f32>, Vec<f32>)>, activation: Activation) -> ArrayD<f32> {
-        let x = x.into_dimensionality::<Ix4>().expect("Conv2d input is [n, c, h, w]");
+    /// The convolution of `x`, with a BatchNorm's `(scale, shift)` per output channel folded in
+    /// if given (filter `f` times `scale[f]`, bias `b[f]·scale[f] + shift[f]`) and `activation`
+    /// applied as the outputs are stored: `activation(norm(conv(x)))` in one pass (`fuse.rs`).
+    fn run(&self, x: ArrayView4<f32>, norm: Option<&(Vec<f32>, Vec<f32>)>, activation: Activation) -> Array4<f32> {
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
         let b = self.params.get(1).map(|b| b.value.view().into_dimensionality::<Ix1>().expect("bias is 1-D"));
         let (w, b) = match norm {
@@ -169,7 +162,18 @@ impl Conv2d {
             None => (CowArray::from(w), b.map(CowArray::from)),
         };
         let y = conv2d_activated(x, w.view(), b.as_ref().map(|b| b.view()), &self.window, self.group_count, activation);
-        y.expect("Conv2d: shapes were checked at build").into_dyn()
+        y.expect("Conv2d: shapes were checked at build")
+    }
+
+    /// Inference with what follows the convolution fused in (see [`Conv2d::run`]).
+    pub(crate) fn forward_fused(&self, x: ArrayViewD<f32>, norm: Option<&(Vec<f32>, Vec<f32>)>, activation: Activation) -> ArrayD<f32> {
+        self.run(x.into_dimensionality().expect("Conv2d input is [n, c, h, w]"), norm, activation).into_dyn()
+    }
+
+    /// The cached input of the training forward and `dy`, for a backward pass.
+    fn backward_operands(&mut self, dy: ArrayD<f32>) -> (Array4<f32>, Array4<f32>) {
+        let x = self.x.take().expect("Conv2d::backward needs a training forward first");
+        (x, dy.into_dimensionality().expect("Conv2d dy is [n, c, oh, ow]"))
     }
 }
 
@@ -211,29 +215,27 @@ impl Layer for Conv2d {
     }
 
     fn forward_view(&self, x: ArrayViewD<f32>) -> ArrayD<f32> {
-        self.run(x.into_dimensionality().expect("Conv2d input is [n, c, h, w]")).into_dyn()
+        self.forward_fused(x, None, Activation::Identity)
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
         let x = x.into_dimensionality::<Ix4>().expect("Conv2d input is [n, c, h, w]");
-        let y = self.run(x.view());
+        let y = self.run(x.view(), None, Activation::Identity);
         self.x = Some(x);
         y.into_dyn()
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
-        let x = self.x.take().expect("Conv2d::backward needs a training forward first");
+        let (x, dy) = self.backward_operands(dy);
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
-        let dy = dy.into_dimensionality::<Ix4>().expect("Conv2d dy is [n, c, oh, ow]");
         let g = conv2d_groups_backward(x.view(), w, dy.view(), &self.window, self.group_count).expect("Conv2d: shapes were checked at build");
         self.accumulate(&g.dw, &g.db);
         g.dx.into_dyn()
     }
 
     fn backward_params(&mut self, dy: ArrayD<f32>) {
-        let x = self.x.take().expect("Conv2d::backward needs a training forward first");
+        let (x, dy) = self.backward_operands(dy);
         let w = self.params[0].value.view().into_dimensionality::<Ix4>().expect("weight is 4-D");
-        let dy = dy.into_dimensionality::<Ix4>().expect("Conv2d dy is [n, c, oh, ow]");
         let (dw, db) = conv2d_params_backward(x.view(), w, dy.view(), &self.window, self.group_count).expect("Conv2d: shapes were checked at build");
         self.accumulate(&dw, &db);
     }
