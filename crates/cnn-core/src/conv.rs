@@ -348,12 +348,14 @@ impl Algorithm {
     /// // kernel; the direct convolution where the filters fill its vector tiles (32 a tile
     /// // with AVX-512, 16 with AVX2) and Winograd does not suit; the implicit product else;
     /// // one input channel (a receptive field of 9): the direct convolution with AVX2 (its
-    /// // tiles go straight to the output), the lowering else
-    /// let (large_16, small_16, small_32, large_32, one_channel) = match kernel_name() {
-    ///     "avx512" => (Algorithm::Winograd4, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Direct, Algorithm::Lowered),
-    ///     "avx2+fma" => (Algorithm::Winograd4, Algorithm::Direct, Algorithm::Winograd, Algorithm::Winograd4, Algorithm::Direct),
-    ///     _ => (Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit, Algorithm::Lowered),
+    /// // tiles go straight to the output), the lowering else; 64 channels at 7x7: F(4x4) in
+    /// // strips of samples with AVX2
+    /// let (large_16, small_16, small_32, large_32, one_channel, small_64) = match kernel_name() {
+    ///     "avx512" => (Algorithm::Winograd4, Algorithm::Implicit, Algorithm::Winograd, Algorithm::Direct, Algorithm::Lowered, Algorithm::Direct),
+    ///     "avx2+fma" => (Algorithm::Winograd4, Algorithm::Direct, Algorithm::Winograd, Algorithm::Winograd4, Algorithm::Direct, Algorithm::Winograd4),
+    ///     _ => (Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit, Algorithm::Implicit, Algorithm::Lowered, Algorithm::Implicit),
     /// };
+    /// assert_eq!(choose(&[8, 64, 7, 7], &[64, 64, 3, 3], &same), small_64);
     /// assert_eq!(choose(&[8, 1, 28, 28], &[32, 1, 3, 3], &same), one_channel);
     /// assert_eq!(choose(&[8, 16, 28, 28], &[16, 16, 3, 3], &same), large_16);
     /// assert_eq!(choose(&[8, 16, 14, 14], &[16, 16, 3, 3], &same), small_16);
@@ -716,7 +718,7 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
             let (turned, g_t) = implicit::transposed_operands(w, g).expect("winograd applies: padding within the reach");
             expect_allocatable("input gradient", x.len())?;
             expect_allocatable("Winograd's transformed tiles", winograd::work_values(&g_t, c_out, c_in))?;
-            let (dw, db) = implicit::filter_gradient(x, dy, g);
+            let (dw, db) = filter_gradient(x, dy, g)?;
             Ok(Conv2dGrads { dx: winograd::forward(algorithm.winograd_size(), dy, turned, Epilogue::bias(None), &g_t), dw, db })
         }
         Algorithm::Depthwise => {
