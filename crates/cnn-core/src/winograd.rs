@@ -1286,7 +1286,8 @@ mod tests {
 
     fn max_error(a: &Array4<f32>, b: &Array4<f32>) -> f32 {
         assert_eq!(a.dim(), b.dim());
-        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+        // NaN wins (f32::max would drop it, and a NaN output would pass)
+        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, |m, e| if m.is_nan() || e.is_nan() { f32::NAN } else { m.max(e) })
     }
 
     const SIZES: [Size; 2] = [Size::F2, Size::F4];
@@ -1499,7 +1500,7 @@ mod tests {
             let (y_s, want_s) = (y.index_axis(Axis(0), s), want.index_axis(Axis(0), s));
             // F(4x4)'s rounding over 576 products: relative to the outputs' size
             let scale = want_s.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let err = y_s.iter().zip(&want_s).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let err = max_error(&y_s.to_owned().insert_axis(Axis(0)), &want_s.to_owned().insert_axis(Axis(0)));
             assert!(err < 1e-5 * scale, "sample {s}: {err} (outputs up to {scale})");
         }
         assert!(y.index_axis(Axis(0), 6).iter().any(|v| v.is_nan()) && y.index_axis(Axis(0), 1).iter().any(|v| !v.is_finite()), "the non-finite samples' own outputs");
