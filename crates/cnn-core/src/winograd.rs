@@ -58,7 +58,8 @@
 //!
 //! The input gradient of a 3x3 stride-1 convolution is itself a 3x3 stride-1 convolution
 //! (`dy` with the filters turned, [`crate::implicit::transposed_operands`]), so it runs here
-//! too; the filter gradient stays with the implicit product's dot products.
+//! too; the filter gradient is the direct convolution's (dot products, or below 64 positions
+//! the channels-last GEMM: `conv::filter_gradient`).
 //!
 //! **Chosen by `conv2d`** ([`suits`]): F(4x4) for ResNet-20's first stage (16 channels at
 //! 28x28), with AVX2 its third too (64 channels at 7x7, in strips: [`MAX_WASTE_WIDE`]), and
@@ -227,8 +228,9 @@ const MAX_STRIP: usize = 8;
 /// of the padded image: where the padding makes it zero in both (`M·tw ≥ w + max(left,
 /// right)`: 7x7 with F(2x2) or F(4x4) and padding 1), sample `s + 1`'s left padding is
 /// sample `s`'s right padding, and its tiles follow sample `s`'s at once. (Where they cannot,
-/// each would keep its dropped column, and side by side they saved nothing at 28x28: one
-/// sample a row.) The number side by side is the one that leaves the fewest lanes empty.
+/// each would keep its dropped column: three 28x28 samples side by side made ResNet-20's first
+/// stage slower, 2.2 → 3.0 ms. One sample a row there.) The number side by side is the one
+/// that leaves the fewest lanes empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Grid {
     th: usize,
@@ -681,12 +683,13 @@ fn mul_add<V: Vector>(a: V, c: f32, b: V) -> V {
     a.mul_add(c, b)
 }
 
-/// Writes `x` (`[c_in, h, w]`) padded as the geometry says into its place in a strip, each
-/// channel as `M x M` phase planes `Q[p][q]` (`th + REACH` rows of `row` values each): padded
-/// value `(y, x)` at `Q[y % M][x % M]`, row `y / M`, column `from + x / M`. Zeros around and
-/// after the image up to the next sample's place (the rows above and below it stay zero from
-/// the buffer's start; each row's zeros are written with it): the next sample's left padding,
-/// written after, lands on zeros (see [`Grid`]).
+/// Writes a strip of samples (`[strip, c_in, h, w]`) padded as the geometry says, side by
+/// side, each channel as `M x M` phase planes `Q[p][q]` (`th + REACH` rows of `row` values
+/// each, [`phase_len`] apart): sample `s`'s padded value `(y, x)` at `Q[y % M][x % M]`, row
+/// `y / M`, column `s·tw + x / M`. Zeros around and after each image up to the next sample's
+/// place (the rows above and below stay zero from the buffer's start; each row's zeros are
+/// written with it, row by row, sample after sample): the next sample's left padding, written
+/// after, lands on zeros (see [`Grid`]).
 #[inline(always)]
 fn pad_split<V: Vector, const M: usize>(strip: ArrayView4<f32>, g: &Geometry, grid: &Grid, padded: &mut [f32]) {
     let (row, phase) = (grid.row, phase_len(grid));
@@ -697,7 +700,7 @@ fn pad_split<V: Vector, const M: usize>(strip: ArrayView4<f32>, g: &Geometry, gr
     let start = |y: usize, q: usize| (M * (y % M) + q) * phase + (y / M) * row;
     for (ci, planes) in padded.chunks_exact_mut(M * M * phase).take(c_in).enumerate() {
         if strip.dim().0 == 1 {
-            // one sample: its rows in one call (a call per row cost a third of the transforms)
+            // a sample alone: its rows in one call, no spill (its runs are the planes' rows)
             let at = |iy: usize| std::array::from_fn(|q| start(g.pad_top + iy, q));
             Phases::<M, _> { at }.split::<V>(&x[ci * g.h * g.w..][..g.h * g.w], g.w, g.pad_left, (grid.tw + REACH, 0), planes);
             continue;
