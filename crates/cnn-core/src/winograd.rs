@@ -246,7 +246,8 @@ impl Grid {
         let grid = |strip: usize| Grid { th, tw, strip, row: strip * tw + 1 };
         // the share of lanes that transform a wanted tile
         let used = |grid: &Grid| (grid.th * grid.strip * grid.tw) as f64 / grid.tiles().next_multiple_of(LANES).max(1) as f64;
-        (2..=MAX_STRIP).filter(|_| shared).map(grid).fold(grid(1), |best, next| if used(&next) > used(&best) { next } else { best })
+        let most = if shared { MAX_STRIP } else { 1 };
+        (2..=most).map(grid).fold(grid(1), |best, next| if used(&next) > used(&best) { next } else { best })
     }
 
     /// Tiles of a strip (the dropped ones included).
