@@ -111,6 +111,20 @@ pub fn grid_of_shapes() {
     }
 }
 
+/// ResNet-20's 3x3 layers through the public functions, whatever algorithm each takes (with
+/// AVX2: Winograd's F(4x4) at 28x28, F(2x2) at 14x14, F(4x4) in strips of seven samples at
+/// 7x7 — nine samples leave the second strip part-filled — and the direct convolution for the
+/// strided ones).
+#[test]
+fn resnet20_layers() {
+    let same = Window::square(3).padding(Padding::Same);
+    check(9, 16, 16, 28, 28, same, 6);
+    check(9, 16, 32, 28, 28, same.stride(2), 7);
+    check(9, 32, 32, 14, 14, same, 8);
+    check(9, 32, 64, 14, 14, same.stride(2), 9);
+    check(9, 64, 64, 7, 7, same, 10);
+}
+
 #[test]
 fn kernel_equal_to_input() {
     check(3, 2, 5, 4, 6, Window::new(4, 6), 1);
