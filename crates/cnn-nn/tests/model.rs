@@ -199,6 +199,32 @@ fn bn_model(seed: u64) -> Sequential {
         .unwrap()
 }
 
+/// A chain trains a BatchNorm and the ReLU after it in one pass: the same training, bit for
+/// bit, as with the ReLU in a chain of its own (where the two cannot be fused).
+#[test]
+fn a_relu_after_a_batchnorm_trains_the_same_fused_or_not() {
+    let data = toy_data(32, 8);
+    let apart = |seed: u64| {
+        Sequential::builder(&[1, 8, 8])
+            .add(Conv2d::new(4, 3).no_bias())
+            .add(BatchNorm::new())
+            .add(Chain::new().add(ReLU::new()))
+            .add(GlobalAvgPool2d::new())
+            .add(Dense::new(4).init(cnn_nn::WeightInit::GlorotUniform))
+            .seed(seed)
+            .build()
+            .unwrap()
+    };
+    let (mut fused, mut unfused) = (bn_model(3), apart(3));
+    assert_eq!(fused.named_params(), unfused.named_params());
+    let train = |model: &mut Sequential| fit(model, &mut Sgd::new(0.1, 0.9, 1e-4), &data, None, None, &quiet(2, 8), |_, _, _| Ok(())).unwrap();
+    let (history, history_apart) = (train(&mut fused), train(&mut unfused));
+    assert!(history[1].train_loss < history[0].train_loss, "{history:?}");
+    assert_eq!(history.iter().map(|h| h.train_loss).collect::<Vec<_>>(), history_apart.iter().map(|h| h.train_loss).collect::<Vec<_>>());
+    assert_eq!(fused.named_params(), unfused.named_params());
+    assert_eq!(fused.named_buffers(), unfused.named_buffers());
+}
+
 #[test]
 fn batchnorm_buffers_are_saved_counted_apart_and_left_to_training() {
     let data = toy_data(32, 7);

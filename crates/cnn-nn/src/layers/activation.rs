@@ -76,6 +76,19 @@ pub(crate) fn relu(x: f32) -> f32 {
     std::hint::select_unpredictable(x < 0.0, 0.0, x + 0.0)
 }
 
+/// Whether a ReLU's output `v` lets the gradient through (positive; not NaN, not 0).
+#[inline(always)]
+pub(crate) fn unit_on(v: f32) -> bool {
+    v > 0.0
+}
+
+/// The gradient `d` through a ReLU: itself where the unit passed, else 0 — a product, not a
+/// select: a NaN gradient stays NaN where the unit was off.
+#[inline(always)]
+pub(crate) fn relu_gradient(d: f32, on: bool) -> f32 {
+    d * if on { 1.0 } else { 0.0 }
+}
+
 impl Layer for ReLU {
     fn build(&mut self, input: &[usize], _: &mut Init) -> Result<Vec<usize>, BuildError> {
         Ok(input.to_vec())
@@ -93,7 +106,7 @@ impl Layer for ReLU {
         let mut passes = vec![false; y.len()];
         super::par_update2(y.as_slice_mut().expect("standard layout"), &mut passes, |v, on| {
             *v = relu(*v);
-            *on = *v > 0.0;
+            *on = unit_on(*v);
         });
         self.passes = Some(passes);
         y
@@ -102,10 +115,9 @@ impl Layer for ReLU {
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         let mut passes = self.passes.take().expect("ReLU::backward needs a training forward first");
         let mut dy = super::standard(dy);
-        // a product, not a select: a NaN gradient stays NaN where the unit was off
         let d = dy.as_slice_mut().expect("standard layout");
         assert_eq!(d.len(), passes.len(), "ReLU::backward: dy must have the shape of the forward's output");
-        super::par_update2(d, &mut passes, |d, on| *d *= if *on { 1.0 } else { 0.0 });
+        super::par_update2(d, &mut passes, |d, on| *d = relu_gradient(*d, *on));
         dy
     }
 

@@ -74,10 +74,14 @@ impl Chain {
     /// first layer's input gradient only if `input_gradient`: else the first layer runs
     /// [`Layer::backward_params`] and the result is `None` (`dy` itself for an empty chain).
     pub(crate) fn backward_observed(&mut self, dy: ArrayD<f32>, input_gradient: bool, done: &mut dyn FnMut(usize, &dyn Layer)) -> Option<ArrayD<f32>> {
+        let in_norm = self.relus_in_norms();
         let mut d = Some(dy);
         for (i, layer) in self.layers.iter_mut().enumerate().rev() {
             let dy = d.take().expect("each layer gives the one before it its gradient");
-            if i == 0 && !input_gradient {
+            if in_norm[i] {
+                // its gradient mask is applied in the BatchNorm's backward
+                d = Some(dy);
+            } else if i == 0 && !input_gradient {
                 layer.backward_params(dy);
             } else {
                 d = Some(layer.backward(dy));
@@ -85,6 +89,12 @@ impl Chain {
             done(i, layer.as_ref());
         }
         d
+    }
+
+    /// For each layer, whether it is a ReLU that the training runs inside the BatchNorm before
+    /// it ([`fuse::relu_in_norm`]).
+    fn relus_in_norms(&self) -> Vec<bool> {
+        (0..self.layers.len()).map(|i| fuse::relu_in_norm(&self.layers, i)).collect()
     }
 
     /// Replaces layer `index`, which must give the same output shape from the same input.
@@ -127,20 +137,24 @@ impl Layer for Chain {
         }
     }
 
+    /// The layers in order, a BatchNorm with the ReLU after it in one pass (see `fuse.rs`).
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
-        self.layers.iter_mut().fold(x, |x, layer| layer.forward_train(x))
+        fuse::forward_train(&mut self.layers, x)
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
         self.backward_observed(dy, true, &mut |_, _| {}).expect("the input gradient was asked for")
     }
 
-    /// The last layer on the view, the rest as [`Layer::backward`].
+    /// The last layer that computes on the view, the rest as [`Layer::backward`].
     fn backward_view(&mut self, dy: ArrayViewD<f32>) -> ArrayD<f32> {
-        match self.layers.split_last_mut() {
-            Some((last, rest)) => rest.iter_mut().rev().fold(last.backward_view(dy), |d, layer| layer.backward(d)),
-            None => super::par_clone(dy),
-        }
+        let in_norm = self.relus_in_norms();
+        let Some(last) = in_norm.iter().rposition(|&skipped| !skipped) else {
+            return super::par_clone(dy);
+        };
+        let (rest, tail) = self.layers.split_at_mut(last);
+        let d = tail[0].backward_view(dy);
+        rest.iter_mut().zip(in_norm).rev().fold(d, |d, (layer, skipped)| if skipped { d } else { layer.backward(d) })
     }
 
     fn backward_params(&mut self, dy: ArrayD<f32>) {

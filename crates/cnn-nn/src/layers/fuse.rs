@@ -1,13 +1,20 @@
-//! Inference fusion. In evaluation mode a convolution and the `BatchNorm` after it are one
+//! Fusion: layers that follow one another computed in one pass.
+//!
+//! **Inference.** In evaluation mode a convolution and the `BatchNorm` after it are one
 //! convolution: BatchNorm's `y = x·scale + shift` per channel folds into the filters (`w·scale`)
 //! and the bias (`b·scale + shift`); and a `ReLU` after them is applied as the convolution
 //! stores its outputs ([`cnn_core::Activation`]): one pass over the output where the three
 //! layers made three. PyTorch's `fuse_conv_bn_eval` and oneDNN's post-ops do the same.
 //!
 //! A [`Chain`](super::Chain) runs its inference through [`forward`]; a residual block applies
-//! a ReLU right after its sum in the sum's pass ([`leading_relu`]). Training is untouched (it
-//! normalises with each batch's own statistics). A fused result is the unfused one within f32
-//! rounding: the folded filters are rounded once more.
+//! a ReLU right after its sum in the sum's pass ([`leading_relu`]). A fused result is the
+//! unfused one within f32 rounding: the folded filters are rounded once more.
+//!
+//! **Training** normalises with each batch's own statistics, so nothing folds into the
+//! filters; but a `ReLU` right after a `BatchNorm` is applied in the BatchNorm's normalising
+//! pass, and its gradient mask recomputed in the BatchNorm's backward from the input it keeps
+//! ([`relu_in_norm`]): one pass and no mask where the two layers made two passes and stored a
+//! byte per value. The results are the two layers', bit for bit.
 
 use super::{BatchNorm, Conv2d, ReLU};
 use crate::layer::Layer;
@@ -30,6 +37,30 @@ fn as_layer<T: Layer>(layer: &dyn Layer) -> Option<&T> {
 /// Inference through `layers` (see [`steps`]).
 pub(crate) fn forward(layers: &[Box<dyn Layer>], x: ArrayD<f32>) -> ArrayD<f32> {
     steps(layers).iter().fold(x, |x, step| step.forward(x))
+}
+
+/// The training forward through `layers`, each `BatchNorm` with the `ReLU` right after it in
+/// one pass ([`relu_in_norm`]).
+pub(crate) fn forward_train(layers: &mut [Box<dyn Layer>], mut x: ArrayD<f32>) -> ArrayD<f32> {
+    for i in 0..layers.len() {
+        if relu_in_norm(layers, i) {
+            continue;
+        }
+        x = if relu_in_norm(layers, i + 1) {
+            let norm = (layers[i].as_mut() as &mut dyn Any).downcast_mut::<BatchNorm>().expect("a ReLU in a norm follows a BatchNorm");
+            norm.forward_train_relu(x)
+        } else {
+            layers[i].forward_train(x)
+        };
+    }
+    x
+}
+
+/// Whether layer `i` is a `ReLU` right after a `BatchNorm`: in training the BatchNorm applies
+/// it ([`BatchNorm::forward_train_relu`]) and takes its gradient mask into its backward, and a
+/// chain skips it both ways.
+pub(crate) fn relu_in_norm(layers: &[Box<dyn Layer>], i: usize) -> bool {
+    i > 0 && i < layers.len() && as_layer::<ReLU>(layers[i].as_ref()).is_some() && as_layer::<BatchNorm>(layers[i - 1].as_ref()).is_some()
 }
 
 /// Whether `layers` start with a `ReLU`, and the layers after it.
@@ -75,6 +106,77 @@ impl Step<'_> {
         match *self {
             Step::Layer(layer) => layer.forward_view(x),
             Step::Conv { conv, norm, activation } => conv.forward_fused(x, norm.map(BatchNorm::affine).as_ref(), activation),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{Init, ModelRng};
+    use crate::layers::Chain;
+    use rand::SeedableRng;
+
+    fn same_bits(a: &ArrayD<f32>, b: &ArrayD<f32>, what: &str) {
+        assert_eq!(a.shape(), b.shape(), "{what}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()), "{what}, value {i}: {x} against {y}");
+        }
+    }
+
+    /// A BatchNorm with γ and β that make about half of its outputs negative.
+    fn norm() -> BatchNorm {
+        let mut bn = BatchNorm::new();
+        bn.build(&[3, 4, 5], &mut Init { rng: &mut ModelRng::seed_from_u64(0) }).unwrap();
+        let mut params = bn.params_mut();
+        params[0].1.value = ndarray::arr1(&[1.5f32, -0.5, 2.0]).into_dyn();
+        params[1].1.value = ndarray::arr1(&[0.25f32, 0.0, -1.0]).into_dyn();
+        bn
+    }
+
+    /// Chains with a ReLU after a BatchNorm (last, and inside) train as the layers one by one,
+    /// bit for bit: outputs, input gradients (by `backward` and by `backward_view`), the
+    /// BatchNorms' parameter gradients; a NaN gradient stays NaN where the unit was off.
+    #[test]
+    fn a_relu_in_a_batchnorm_trains_as_the_two_layers() {
+        let mut x = ArrayD::from_shape_fn(vec![2, 3, 4, 5], |i| ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) % 11) as f32 - 5.0);
+        // a broken input: its channel is NaN throughout, and stays NaN through the ReLU
+        x[[1, 1, 2, 2]] = f32::NAN;
+        let mut dy = ArrayD::from_shape_fn(vec![2, 3, 4, 5], |i| ((i[0] + i[1] * 2 + i[2] * 5 + i[3] * 3) % 7) as f32 / 7.0 - 0.4);
+        dy[[0, 0, 0, 0]] = f32::NAN;
+        dy[[1, 2, 3, 4]] = f32::NAN;
+        for (case, with_norm_after) in [false, true].into_iter().enumerate() {
+            for by_view in [false, true] {
+                let mut chain = Chain::new().add(norm()).add(ReLU::new());
+                let (mut alone_norm, mut alone_relu, mut alone_after) = (norm(), ReLU::new(), norm());
+                if with_norm_after {
+                    chain = chain.add(norm());
+                }
+                assert!(relu_in_norm(chain.layers(), 1) && !relu_in_norm(chain.layers(), 0) && !relu_in_norm(chain.layers(), 2));
+                let y = chain.forward_train(x.clone());
+                let mut want = alone_relu.forward_train(alone_norm.forward_train(x.clone()));
+                if with_norm_after {
+                    want = alone_after.forward_train(want);
+                }
+                same_bits(&y, &want, &format!("case {case}: output"));
+                let negative = alone_norm.forward(x.clone()).iter().filter(|&&v| v < 0.0).count();
+                assert!(negative > x.len() / 4 && negative < x.len() * 3 / 4, "case {case}: {negative} of {} negative", x.len());
+                assert!(y.index_axis(ndarray::Axis(1), 1).iter().all(|v| v.is_nan()), "case {case}: NaN kept");
+                let dx = if by_view { chain.backward_view(dy.view()) } else { chain.backward(dy.clone()) };
+                let mut d = dy.clone();
+                if with_norm_after {
+                    d = alone_after.backward(d);
+                }
+                let want = alone_norm.backward(alone_relu.backward(d));
+                same_bits(&dx, &want, &format!("case {case}, view {by_view}: input gradient"));
+                assert!(dx.index_axis(ndarray::Axis(1), 0).iter().all(|v| v.is_nan()), "case {case}: the NaN gradient reaches dx");
+                let grads: Vec<ArrayD<f32>> = chain.params().iter().map(|(_, p)| p.grad.clone()).collect();
+                let alone: Vec<ArrayD<f32>> = [&alone_norm, &alone_after].iter().take(1 + usize::from(with_norm_after)).flat_map(|l| l.params().into_iter().map(|(_, p)| p.grad.clone())).collect();
+                assert_eq!(grads.len(), alone.len());
+                for (g, a) in grads.iter().zip(&alone) {
+                    same_bits(g, a, &format!("case {case}: a BatchNorm's gradient"));
+                }
+            }
         }
     }
 }

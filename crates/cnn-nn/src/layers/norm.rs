@@ -2,6 +2,7 @@
 //! (AlexNet's, across neighbouring channels).
 
 use cnn_core::vector::widest;
+use super::activation;
 use crate::layer::{own_params, own_params_mut, BuildError, Describe, Init, Layer, Param};
 use ndarray::{Array1, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, Axis, IxDyn, Zip};
 use rayon::prelude::*;
@@ -41,9 +42,18 @@ pub struct BatchNorm {
     params: Vec<Param>,
     running_mean: ArrayD<f32>,
     running_var: ArrayD<f32>,
-    /// The input, its mean and 1/sqrt(σ² + ε) of the last training forward (x̂ is recomputed
-    /// in the backward: one tensor fewer to write).
-    cache: Option<(ArrayD<f32>, Array1<f32>, Array1<f32>)>,
+    /// What the last training forward leaves for the backward.
+    cache: Option<Saved>,
+}
+
+/// The input of a training forward, its mean and `1/sqrt(σ² + ε)` per channel (x̂ is
+/// recomputed in the backward: one tensor fewer to write), and whether a ReLU was applied in
+/// the same pass ([`BatchNorm::forward_train_relu`]; its gradient mask is recomputed too).
+struct Saved {
+    x: ArrayD<f32>,
+    mean: Array1<f32>,
+    inv_std: Array1<f32>,
+    relu: bool,
 }
 
 impl Default for BatchNorm {
@@ -78,16 +88,62 @@ impl BatchNorm {
         (scale, shift)
     }
 
-    /// `y = γ·x̂ + β` with `x̂ = (x − mean)·inv_std`, plane by plane in parallel.
-    fn normalise(&self, x: &ArrayD<f32>, mean: &Array1<f32>, inv_std: &Array1<f32>) -> ArrayD<f32> {
+    /// `y = γ·x̂ + β` with `x̂ = (x − mean)·inv_std`, plane by plane in parallel, then
+    /// `relu(y)` if `relu`.
+    fn normalise(&self, x: &ArrayD<f32>, mean: &Array1<f32>, inv_std: &Array1<f32>, relu: bool) -> ArrayD<f32> {
         let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
         let (c, rest) = (x.shape()[1], x.len() / (x.shape()[0] * x.shape()[1]).max(1));
-        let y = super::par_map(x.as_slice().expect("standard layout"), rest, |plane| {
+        let affine = |plane: usize| {
             let ch = plane % c;
             let (m, s, g, b) = (mean[ch], inv_std[ch], gamma[[ch]], beta[[ch]]);
-            move |&x: &f32| g * ((x - m) * s) + b
-        });
+            move |x: f32| g * ((x - m) * s) + b
+        };
+        let x_s = x.as_slice().expect("standard layout");
+        let y = if relu {
+            super::par_map(x_s, rest, |plane| {
+                let f = affine(plane);
+                move |&x: &f32| activation::relu(f(x))
+            })
+        } else {
+            super::par_map(x_s, rest, |plane| {
+                let f = affine(plane);
+                move |&x: &f32| f(x)
+            })
+        };
         ArrayD::from_shape_vec(x.raw_dim(), y).expect("one value per input value")
+    }
+
+    /// The training forward followed by a `ReLU`, in the normalising pass: a chain runs a
+    /// `BatchNorm` and the `ReLU` right after it this way (one pass over the activation where
+    /// two layers made two, and no mask stored: the backward recomputes where the output was
+    /// positive from `x`). The same values, bit for bit, as the two layers one after the other.
+    pub(crate) fn forward_train_relu(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
+        self.train(x, true)
+    }
+
+    /// [`Layer::forward_train`], with a ReLU after it if `relu`.
+    fn train(&mut self, x: ArrayD<f32>, relu: bool) -> ArrayD<f32> {
+        let x = super::standard(x);
+        let planes = channels(&x);
+        let (n, c, rest) = planes.dim();
+        let k = (n * rest) as f64;
+        // the mean and the variance per channel, from the sums of the values and of their
+        // squares in one pass, in f64: E[x²] − E[x]² loses f64's 16 digits to the ratio
+        // mean² / variance, which would have to pass 10⁸ before f32's 7 digits felt it
+        let (mean, var) = per_channel(c, |ch| {
+            let values = planes.index_axis(Axis(1), ch);
+            let [sum, squares] = channel_sums(values, values, |v, _| [v as f64, v as f64 * v as f64]);
+            let mu = sum / k;
+            (mu as f32, (squares / k - mu * mu).max(0.0) as f32)
+        });
+        let m = self.momentum;
+        let unbiased = if k > 1.0 { k / (k - 1.0) } else { 1.0 } as f32;
+        Zip::from(&mut self.running_mean).and(&mean.view().into_dyn()).for_each(|r, &mu| *r = (1.0 - m) * *r + m * mu);
+        Zip::from(&mut self.running_var).and(&var.view().into_dyn()).for_each(|r, &v| *r = (1.0 - m) * *r + m * v * unbiased);
+        let inv_std = var.mapv(|v| 1.0 / (v + self.eps).sqrt());
+        let y = self.normalise(&x, &mean, &inv_std, relu);
+        self.cache = Some(Saved { x, mean, inv_std, relu });
+        y
     }
 }
 
@@ -161,27 +217,7 @@ impl Layer for BatchNorm {
     }
 
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let x = super::standard(x);
-        let planes = channels(&x);
-        let (n, c, rest) = planes.dim();
-        let k = (n * rest) as f64;
-        // the mean and the variance per channel, from the sums of the values and of their
-        // squares in one pass, in f64: E[x²] − E[x]² loses f64's 16 digits to the ratio
-        // mean² / variance, which would have to pass 10⁸ before f32's 7 digits felt it
-        let (mean, var) = per_channel(c, |ch| {
-            let values = planes.index_axis(Axis(1), ch);
-            let [sum, squares] = channel_sums(values, values, |v, _| [v as f64, v as f64 * v as f64]);
-            let mu = sum / k;
-            (mu as f32, (squares / k - mu * mu).max(0.0) as f32)
-        });
-        let m = self.momentum;
-        let unbiased = if k > 1.0 { k / (k - 1.0) } else { 1.0 } as f32;
-        Zip::from(&mut self.running_mean).and(&mean.view().into_dyn()).for_each(|r, &mu| *r = (1.0 - m) * *r + m * mu);
-        Zip::from(&mut self.running_var).and(&var.view().into_dyn()).for_each(|r, &v| *r = (1.0 - m) * *r + m * v * unbiased);
-        let inv_std = var.mapv(|v| 1.0 / (v + self.eps).sqrt());
-        let y = self.normalise(&x, &mean, &inv_std);
-        self.cache = Some((x, mean, inv_std));
-        y
+        self.train(x, false)
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {
@@ -190,17 +226,26 @@ impl Layer for BatchNorm {
 
     /// Reads `dy` in place: `dx` overwrites the cached input, whose last use it is.
     fn backward_view(&mut self, dy: ArrayViewD<f32>) -> ArrayD<f32> {
-        let (x, mean, inv_std) = self.cache.take().expect("BatchNorm::backward needs a training forward first");
+        let Saved { x, mean, inv_std, relu } = self.cache.take().expect("BatchNorm::backward needs a training forward first");
         let dy = dy.as_standard_layout();
         let (dyp, xp) = (channels_of(dy.view()), channels(&x));
         let (n, c, rest) = dyp.dim();
         let k = (n * rest) as f32;
-        let gamma = &self.params[0].value;
+        let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
+        // the gradient at the normalised output: dy, or, with a ReLU after it, dy where the
+        // ReLU's output was positive (recomputed from x as the forward computed it)
+        let through = |ch: usize| {
+            let (m, s, g, b) = (mean[ch], inv_std[ch], gamma[[ch]], beta[[ch]]);
+            move |d: f32, x: f32| if relu { activation::relu_gradient(d, activation::unit_on(activation::relu(g * ((x - m) * s) + b))) } else { d }
+        };
         // dβ = Σ dy and dγ = Σ dy·x̂, per channel in f64
         let (dbeta, dgamma) = per_channel(c, |ch| {
             let (d, x) = (dyp.index_axis(Axis(1), ch), xp.index_axis(Axis(1), ch));
-            let (m, s) = (mean[ch], inv_std[ch]);
-            let [sum, sum_h] = channel_sums(d, x, |d, x| [d as f64, d as f64 * ((x - m) * s) as f64]);
+            let (m, s, through) = (mean[ch], inv_std[ch], through(ch));
+            let [sum, sum_h] = channel_sums(d, x, |d, x| {
+                let d = through(d, x);
+                [d as f64, d as f64 * ((x - m) * s) as f64]
+            });
             (sum as f32, sum_h as f32)
         });
         // dx overwrites x (each value reads its own x and dy only): no new activation-sized buffer
@@ -210,9 +255,9 @@ impl Layer for BatchNorm {
             let ch = plane % c;
             let scale = gamma[[ch]] * inv_std[ch];
             let (mean_dy, mean_dyx) = (dbeta[ch] / k, dgamma[ch] / k);
-            let (m, s) = (mean[ch], inv_std[ch]);
+            let (m, s, through) = (mean[ch], inv_std[ch], through(ch));
             let dy_p = &dy_s[plane * rest..][..rest];
-            widest(|| dx_p.iter_mut().zip(dy_p).for_each(|(x, &d)| *x = scale * (d - mean_dy - (*x - m) * s * mean_dyx)));
+            widest(|| dx_p.iter_mut().zip(dy_p).for_each(|(x, &d)| *x = scale * (through(d, *x) - mean_dy - (*x - m) * s * mean_dyx)));
         });
         self.params[0].accumulate(&dgamma);
         self.params[1].accumulate(&dbeta);
