@@ -258,17 +258,24 @@ fn batchnorm_buffers_are_saved_counted_apart_and_left_to_training() {
 
 /// A small ResNet: stem, one identity block, one option-A block that halves the size.
 fn tiny_resnet(seed: u64) -> Sequential {
+    tiny_resnet_with(seed, false)
+}
+
+/// [`tiny_resnet`], each ReLU in a chain of its own if `apart` (so that training cannot run it
+/// in the pass of the BatchNorm or the sum before it).
+fn tiny_resnet_with(seed: u64, apart: bool) -> Sequential {
+    let add_relu = |chain: Chain| if apart { chain.add(Chain::new().add(ReLU::new())) } else { chain.add(ReLU::new()) };
     let conv_bn = |c: usize, stride: usize| {
         Chain::new().add(Conv2d::new(c, 3).stride(stride).padding(cnn_nn::Padding::Same).no_bias()).add(BatchNorm::new())
     };
     let block = |c: usize, stride: usize, shortcut: Chain| {
-        Residual::new(conv_bn(c, stride).add(ReLU::new()).add(conv_bn(c, 1))).shortcut(shortcut).then(ReLU::new())
+        let main = add_relu(conv_bn(c, stride)).add(conv_bn(c, 1));
+        let block = Residual::new(main).shortcut(shortcut);
+        if apart { block.then(Chain::new().add(ReLU::new())) } else { block.then(ReLU::new()) }
     };
-    Sequential::builder(&[1, 8, 8])
-        .add(Conv2d::new(4, 3).padding(cnn_nn::Padding::Same).no_bias())
-        .add(BatchNorm::new())
-        .add(ReLU::new())
-        .add(block(4, 1, Chain::new()))
+    let stem = Sequential::builder(&[1, 8, 8]).add(Conv2d::new(4, 3).padding(cnn_nn::Padding::Same).no_bias()).add(BatchNorm::new());
+    let stem = if apart { stem.add(Chain::new().add(ReLU::new())) } else { stem.add(ReLU::new()) };
+    stem.add(block(4, 1, Chain::new()))
         .add(block(8, 2, Chain::new().add(SubsampleZeroPad::new(2, 8))))
         .add(GlobalAvgPool2d::new())
         .add(Dense::new(4).init(cnn_nn::WeightInit::GlorotUniform))
@@ -316,6 +323,22 @@ fn a_residual_network_trains_saves_and_resumes_bit_exactly() {
     fit(&mut resumed, &mut opt, &data, None, None, &config(1, 2), |_, _, _| Ok(())).unwrap();
     assert_eq!(resumed.named_params(), straight.named_params());
     assert_eq!(resumed.named_buffers(), straight.named_buffers());
+}
+
+/// Training runs a ReLU after a BatchNorm, and a block's ReLU after its sum, in the pass
+/// before it: the same training, bit for bit, as with every ReLU a layer apart.
+#[test]
+fn a_residual_network_trains_the_same_with_its_relus_fused_or_not() {
+    let data = toy_data(32, 11);
+    let config = FitConfig { epochs: 2, batch_size: 8, seed: 4, progress: false, ..FitConfig::default() };
+    let (mut fused, mut apart) = (tiny_resnet(6), tiny_resnet_with(6, true));
+    assert_eq!(fused.named_params().len(), apart.named_params().len());
+    let history = fit(&mut fused, &mut Sgd::new(0.05, 0.9, 1e-4), &data, None, None, &config, |_, _, _| Ok(())).unwrap();
+    let history_apart = fit(&mut apart, &mut Sgd::new(0.05, 0.9, 1e-4), &data, None, None, &config, |_, _, _| Ok(())).unwrap();
+    assert!(history[1].train_loss < history[0].train_loss, "{history:?}");
+    assert_eq!(history.iter().map(|h| h.train_loss).collect::<Vec<_>>(), history_apart.iter().map(|h| h.train_loss).collect::<Vec<_>>());
+    let values = |m: &Sequential| m.named_params().into_iter().map(|(_, p)| p.value.clone()).collect::<Vec<_>>();
+    assert_eq!(values(&fused), values(&apart));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Element-wise activations and softmax. No parameters; shapes unchanged.
 
 use crate::layer::{BuildError, Describe, Init, Layer};
+use cnn_core::vector::widest;
+use rayon::prelude::*;
 use ndarray::{ArrayD, Axis, Zip};
 
 /// An element-wise function and its derivative, written in terms of the output `y` (so only
@@ -65,6 +67,36 @@ impl ReLU {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The training forward of `a + b`, in `a`'s buffer: a residual block's sum, this ReLU
+    /// and its mask in one pass (see `fuse.rs`).
+    pub(crate) fn forward_train_sum(&mut self, a: ArrayD<f32>, b: ArrayD<f32>) -> ArrayD<f32> {
+        assert_eq!(a.shape(), b.shape(), "Residual: the paths' outputs differ in shape");
+        self.train(a, Some(&super::standard(b)))
+    }
+
+    /// `relu(y)`, or `relu(y + add)`, with the mask of where it passes kept for the backward.
+    fn train(&mut self, y: ArrayD<f32>, add: Option<&ArrayD<f32>>) -> ArrayD<f32> {
+        let mut y = super::standard(y);
+        let mut passes = vec![false; y.len()];
+        let (y_s, on_s) = (y.as_slice_mut().expect("standard layout"), &mut passes[..]);
+        match add.map(|b| b.as_slice().expect("standard layout")) {
+            None => super::par_update2(y_s, on_s, |v, on| {
+                *v = relu(*v);
+                *on = unit_on(*v);
+            }),
+            Some(b) => y_s.par_chunks_mut(super::CHUNK).zip(b.par_chunks(super::CHUNK)).zip(on_s.par_chunks_mut(super::CHUNK)).for_each(|((y, b), on)| {
+                widest(|| {
+                    for ((v, &b), on) in y.iter_mut().zip(b).zip(on) {
+                        *v = relu(*v + b);
+                        *on = unit_on(*v);
+                    }
+                })
+            }),
+        }
+        self.passes = Some(passes);
+        y
+    }
 }
 
 /// `max(0, x)`, NaN kept, +0 for −0. `x + 0.0` rather than `x` (the same value but for −0):
@@ -100,16 +132,9 @@ impl Layer for ReLU {
         y
     }
 
+    /// The output and where it passes, in one pass.
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
-        // the output and where it passes, in one pass
-        let mut y = super::standard(x);
-        let mut passes = vec![false; y.len()];
-        super::par_update2(y.as_slice_mut().expect("standard layout"), &mut passes, |v, on| {
-            *v = relu(*v);
-            *on = unit_on(*v);
-        });
-        self.passes = Some(passes);
-        y
+        self.train(x, None)
     }
 
     fn backward(&mut self, dy: ArrayD<f32>) -> ArrayD<f32> {

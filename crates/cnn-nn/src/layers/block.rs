@@ -92,9 +92,13 @@ impl Layer for Residual {
         fuse::forward(post, sum(main, shortcut, relu))
     }
 
+    /// As [`Layer::forward`], a ReLU first after the sum in its pass (its mask kept).
     fn forward_train(&mut self, x: ArrayD<f32>) -> ArrayD<f32> {
-        let sum = sum(self.main.forward_train(super::par_clone(x.view())), self.shortcut.forward_train(x), false);
-        self.post.forward_train(sum)
+        let (main, shortcut) = (self.main.forward_train(super::par_clone(x.view())), self.shortcut.forward_train(x));
+        match fuse::leading_relu_mut(self.post.layers_mut()) {
+            Some((relu, post)) => fuse::forward_train(post, relu.forward_train_sum(main, shortcut)),
+            None => self.post.forward_train(sum(main, shortcut, false)),
+        }
     }
 
     /// `dsum = post'(dy)`, then `dx = main'(dsum) + shortcut'(dsum)`: `x` feeds both paths.
@@ -341,5 +345,35 @@ mod tests {
             assert_eq!(dx, if x > 0.0 { 1.0 } else { 0.5 });
         }
         assert_eq!(block.forward(x.clone()), y, "inference sums the same way");
+    }
+
+    /// The ReLU after the sum, in the sum's pass in training, against the sum and then the
+    /// ReLU (a ReLU in a chain of its own is not fused), over several chunks and a part of
+    /// one: outputs, input gradients, NaN kept both ways.
+    #[test]
+    fn the_relu_after_the_sum_trains_as_a_layer_after_it() {
+        let side = 64;
+        let n = 2 * crate::layers::CHUNK / (side * side) + 1;
+        let built = |mut block: Residual| {
+            block.build(&[1, side, side], &mut Init { rng: &mut ModelRng::seed_from_u64(0) }).unwrap();
+            block
+        };
+        let mut fused = built(Residual::new(Chain::new().add(ReLU::new())).then(ReLU::new()));
+        let mut apart = built(Residual::new(Chain::new().add(ReLU::new())).then(Chain::new().add(ReLU::new())));
+        let mut x = ArrayD::from_shape_fn(vec![n, 1, side, side], |i| (i[2] as f32 - 31.5) * (1.0 + i[0] as f32) - i[3] as f32);
+        x[[0, 0, 3, 4]] = f32::NAN;
+        let mut dy = ArrayD::from_shape_fn(x.raw_dim(), |i| 0.25 + (i[3] % 5) as f32);
+        dy[[1, 0, 0, 0]] = f32::NAN;
+        let (y, y_apart) = (fused.forward_train(x.clone()), apart.forward_train(x.clone()));
+        let (dx, dx_apart) = (fused.backward(dy.clone()), apart.backward(dy));
+        for (what, a, b) in [("output", &y, &y_apart), ("input gradient", &dx, &dx_apart)] {
+            for (i, (p, q)) in a.iter().zip(b).enumerate() {
+                assert!(p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()), "{what} {i}: {p} against {q}");
+            }
+        }
+        // relu(relu(x) + x) is 0 where x ≤ 0
+        let (off, zero) = (x.iter().filter(|v| **v <= 0.0).count(), y.iter().filter(|v| **v == 0.0).count());
+        assert!(off > x.len() / 4 && zero == off, "{off} inputs ≤ 0, {zero} zero outputs");
+        assert!(y[[0, 0, 3, 4]].is_nan() && dx[[1, 0, 0, 0]].is_nan());
     }
 }

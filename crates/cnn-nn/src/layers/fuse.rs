@@ -14,7 +14,8 @@
 //! filters; but a `ReLU` right after a `BatchNorm` is applied in the BatchNorm's normalising
 //! pass, and its gradient mask recomputed in the BatchNorm's backward from the input it keeps
 //! ([`relu_in_norm`]): one pass and no mask where the two layers made two passes and stored a
-//! byte per value. The results are the two layers', bit for bit.
+//! byte per value. A residual block's sum and the ReLU after it are one pass too
+//! ([`leading_relu_mut`]). The results are the layers', bit for bit.
 
 use super::{BatchNorm, Conv2d, ReLU};
 use crate::layer::Layer;
@@ -61,6 +62,13 @@ pub(crate) fn forward_train(layers: &mut [Box<dyn Layer>], mut x: ArrayD<f32>) -
 /// chain skips it both ways.
 pub(crate) fn relu_in_norm(layers: &[Box<dyn Layer>], i: usize) -> bool {
     i > 0 && i < layers.len() && as_layer::<ReLU>(layers[i].as_ref()).is_some() && as_layer::<BatchNorm>(layers[i - 1].as_ref()).is_some()
+}
+
+/// The `ReLU` that `layers` start with, if they do, and the layers after it (for a residual
+/// block's training: the ReLU after the sum in the sum's pass).
+pub(crate) fn leading_relu_mut(layers: &mut [Box<dyn Layer>]) -> Option<(&mut ReLU, &mut [Box<dyn Layer>])> {
+    let (first, rest) = layers.split_first_mut()?;
+    Some(((first.as_mut() as &mut dyn Any).downcast_mut::<ReLU>()?, rest))
 }
 
 /// Whether `layers` start with a `ReLU`, and the layers after it.
