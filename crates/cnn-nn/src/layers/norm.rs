@@ -48,7 +48,9 @@ pub struct BatchNorm {
 
 /// The input of a training forward, its mean and `1/sqrt(σ² + ε)` per channel (x̂ is
 /// recomputed in the backward: one tensor fewer to write), and whether a ReLU was applied in
-/// the same pass ([`BatchNorm::forward_train_relu`]; its gradient mask is recomputed too).
+/// the same pass ([`BatchNorm::forward_train_relu`]; its gradient mask is recomputed too,
+/// with γ and β as they are at the backward: the forward's, in any training loop, since an
+/// optimiser steps after the backward).
 struct Saved {
     x: ArrayD<f32>,
     mean: Array1<f32>,
