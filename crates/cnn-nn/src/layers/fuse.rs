@@ -123,6 +123,7 @@ mod tests {
     use super::*;
     use crate::layer::{Init, ModelRng};
     use crate::layers::Chain;
+    use ndarray::Dimension;
     use rand::SeedableRng;
 
     fn same_bits(a: &ArrayD<f32>, b: &ArrayD<f32>, what: &str) {
@@ -132,10 +133,10 @@ mod tests {
         }
     }
 
-    /// A BatchNorm with γ and β that make about half of its outputs negative.
+    /// A BatchNorm of three channels with γ and β that make about half of its outputs negative.
     fn norm() -> BatchNorm {
         let mut bn = BatchNorm::new();
-        bn.build(&[3, 4, 5], &mut Init { rng: &mut ModelRng::seed_from_u64(0) }).unwrap();
+        bn.build(&[3], &mut Init { rng: &mut ModelRng::seed_from_u64(0) }).unwrap();
         let mut params = bn.params_mut();
         params[0].1.value = ndarray::arr1(&[1.5f32, -0.5, 2.0]).into_dyn();
         params[1].1.value = ndarray::arr1(&[0.25f32, 0.0, -1.0]).into_dyn();
@@ -143,17 +144,19 @@ mod tests {
     }
 
     /// Chains with a ReLU after a BatchNorm (last, and inside) train as the layers one by one,
-    /// bit for bit: outputs, input gradients (by `backward` and by `backward_view`), the
-    /// BatchNorms' parameter gradients; a NaN gradient stays NaN where the unit was off.
+    /// bit for bit, on images and on flat features: outputs, input gradients (by `backward`
+    /// and by `backward_view`), the BatchNorms' parameter gradients; NaN kept.
     #[test]
     fn a_relu_in_a_batchnorm_trains_as_the_two_layers() {
-        let mut x = ArrayD::from_shape_fn(vec![2, 3, 4, 5], |i| ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) % 11) as f32 - 5.0);
-        // a broken input: its channel is NaN throughout, and stays NaN through the ReLU
-        x[[1, 1, 2, 2]] = f32::NAN;
-        let mut dy = ArrayD::from_shape_fn(vec![2, 3, 4, 5], |i| ((i[0] + i[1] * 2 + i[2] * 5 + i[3] * 3) % 7) as f32 / 7.0 - 0.4);
-        dy[[0, 0, 0, 0]] = f32::NAN;
-        dy[[1, 2, 3, 4]] = f32::NAN;
-        for (case, with_norm_after) in [false, true].into_iter().enumerate() {
+        let images = ArrayD::from_shape_fn(vec![2, 3, 4, 5], |i| ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) % 11) as f32 - 5.0);
+        let features = ArrayD::from_shape_fn(vec![40, 3], |i| ((i[0] * 7 + i[1] * 5) % 11) as f32 - 5.0);
+        for (case, (mut x, with_norm_after)) in [(images.clone(), false), (images, true), (features, false)].into_iter().enumerate() {
+            // a broken input: its channel is NaN throughout, and stays NaN through the ReLU;
+            // NaN gradients (one in channel 0) reach dx where the unit was on or off
+            let last = x.raw_dim()[0] - 1;
+            x.index_axis_mut(ndarray::Axis(0), last).index_axis_mut(ndarray::Axis(0), 1).iter_mut().for_each(|v| *v = f32::NAN);
+            let mut dy = ArrayD::from_shape_fn(x.raw_dim(), |i| ((i[0] + i[1] * 2 + i.slice().iter().skip(2).sum::<usize>() * 3) % 7) as f32 / 7.0 - 0.4);
+            dy.iter_mut().step_by(3 * 7).for_each(|v| *v = f32::NAN);
             for by_view in [false, true] {
                 let mut chain = Chain::new().add(norm()).add(ReLU::new());
                 let (mut alone_norm, mut alone_relu, mut alone_after) = (norm(), ReLU::new(), norm());
