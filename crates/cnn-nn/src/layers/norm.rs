@@ -211,9 +211,9 @@ impl Layer for BatchNorm {
         let (scale, shift) = self.affine();
         let mut y = super::standard(x);
         let (c, rest) = (y.shape()[1], y.len() / (y.shape()[0] * y.shape()[1]).max(1));
-        y.as_slice_mut().expect("standard layout").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, y_p)| {
+        super::par_chunks_update(y.as_slice_mut().expect("standard layout"), rest, |plane, y_p| {
             let (s, t) = (scale[plane % c], shift[plane % c]);
-            widest(|| y_p.iter_mut().for_each(|v| *v = *v * s + t));
+            y_p.iter_mut().for_each(|v| *v = *v * s + t);
         });
         y
     }
@@ -253,13 +253,13 @@ impl Layer for BatchNorm {
         // dx overwrites x (each value reads its own x and dy only): no new activation-sized buffer
         let mut dx = x;
         let dy_s = dy.as_slice().expect("standard layout");
-        dx.as_slice_mut().expect("standard layout").par_chunks_mut(rest.max(1)).enumerate().for_each(|(plane, dx_p)| {
+        super::par_chunks_update(dx.as_slice_mut().expect("standard layout"), rest, |plane, dx_p| {
             let ch = plane % c;
             let scale = gamma[[ch]] * inv_std[ch];
             let (mean_dy, mean_dyx) = (dbeta[ch] / k, dgamma[ch] / k);
             let (m, s, through) = (mean[ch], inv_std[ch], through(ch));
             let dy_p = &dy_s[plane * rest..][..rest];
-            widest(|| dx_p.iter_mut().zip(dy_p).for_each(|(x, &d)| *x = scale * (through(d, *x) - mean_dy - (*x - m) * s * mean_dyx)));
+            dx_p.iter_mut().zip(dy_p).for_each(|(x, &d)| *x = scale * (through(d, *x) - mean_dy - (*x - m) * s * mean_dyx));
         });
         self.params[0].accumulate(&dgamma);
         self.params[1].accumulate(&dbeta);
@@ -447,6 +447,42 @@ mod tests {
         assert!((bn.running_mean[[0]] as f64 - mean).abs() < 1e-4, "{} vs {mean}", bn.running_mean[[0]]);
         let unbiased = var * k / (k - 1.0);
         assert!((bn.running_var[[0]] as f64 - unbiased).abs() < 1e-5 * unbiased, "{} vs {unbiased}", bn.running_var[[0]]);
+    }
+
+    /// Flat features (`[n, c]`: a plane per value) over more than one parallel task of the
+    /// element-wise loops (19,200 values; the second task starts inside a sample), against the
+    /// definitions in f64: training forward, backward (dx and dγ), evaluation.
+    #[test]
+    fn flat_features_over_several_tasks_follow_the_definitions() {
+        let (n, c) = (64, 300);
+        assert!(n * c > crate::layers::CHUNK && crate::layers::CHUNK % c != 0);
+        let mut bn = built(&[c]);
+        bn.params[0].value = ArrayD::from_shape_fn(IxDyn(&[c]), |i| 0.5 + (i[0] % 7) as f32 / 4.0);
+        bn.params[1].value = ArrayD::from_shape_fn(IxDyn(&[c]), |i| (i[0] % 5) as f32 - 2.0);
+        let x = ArrayD::from_shape_fn(IxDyn(&[n, c]), |i| ((i[0] * 31 + i[1] * 17) % 23) as f32 / 5.0 + i[1] as f32 / 100.0);
+        let dy = ArrayD::from_shape_fn(IxDyn(&[n, c]), |i| ((i[0] * 13 + i[1] * 7) % 11) as f32 / 11.0 - 0.5);
+        let y = bn.forward_train(x.clone());
+        let dx = bn.backward(dy.clone());
+        let e = bn.forward(x.clone());
+        for ch in 0..c {
+            let xs: Vec<f64> = (0..n).map(|i| x[[i, ch]] as f64).collect();
+            let ds: Vec<f64> = (0..n).map(|i| dy[[i, ch]] as f64).collect();
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+            let inv = 1.0 / (var + 1e-5).sqrt();
+            let (g, b) = (bn.params[0].value[[ch]] as f64, bn.params[1].value[[ch]] as f64);
+            let h: Vec<f64> = xs.iter().map(|v| (v - mean) * inv).collect();
+            let (mean_d, mean_dh) = (ds.iter().sum::<f64>() / n as f64, ds.iter().zip(&h).map(|(d, h)| d * h).sum::<f64>() / n as f64);
+            let (scale, shift) = (g / (bn.running_var[[ch]] as f64 + 1e-5).sqrt(), b - bn.running_mean[[ch]] as f64 * g / (bn.running_var[[ch]] as f64 + 1e-5).sqrt());
+            for i in 0..n {
+                let close = |got: f32, want: f64, what: &str| assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{what} [{i}, {ch}]: {got} against {want}");
+                close(y[[i, ch]], g * h[i] + b, "y");
+                close(dx[[i, ch]], g * inv * (ds[i] - mean_d - h[i] * mean_dh), "dx");
+                close(e[[i, ch]], xs[i] * scale + shift, "evaluation");
+            }
+            let dgamma: f64 = ds.iter().zip(&h).map(|(d, h)| d * h).sum();
+            assert!((bn.params[0].grad[[ch]] as f64 - dgamma).abs() <= 1e-4 * (1.0 + dgamma.abs()), "dγ[{ch}]");
+        }
     }
 
     #[test]
