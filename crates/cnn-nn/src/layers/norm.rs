@@ -81,10 +81,17 @@ impl BatchNorm {
         BatchNorm { eps, ..self }
     }
 
+    /// γ and β as slices (a value of a dynamic-dimensional array costs an index computation:
+    /// per value of flat features, where a plane is one value, it showed).
+    fn gamma_beta(&self) -> (&[f32], &[f32]) {
+        let [gamma, beta] = [0, 1].map(|i| self.params[i].value.as_slice().expect("a parameter is contiguous"));
+        (gamma, beta)
+    }
+
     /// Evaluation mode as one multiply-add per value, `y = x·scale + shift`, with per channel
     /// `scale = γ / sqrt(running_var + ε)` and `shift = β − running_mean·scale`.
     pub(crate) fn affine(&self) -> (Vec<f32>, Vec<f32>) {
-        let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
+        let (gamma, beta) = self.gamma_beta();
         let scale: Vec<f32> = self.running_var.iter().zip(gamma).map(|(&v, &g)| g / (v + self.eps).sqrt()).collect();
         let shift = self.running_mean.iter().zip(beta).zip(&scale).map(|((&m, &b), &s)| b - m * s).collect();
         (scale, shift)
@@ -93,11 +100,11 @@ impl BatchNorm {
     /// `y = γ·x̂ + β` with `x̂ = (x − mean)·inv_std`, plane by plane in parallel, then
     /// `relu(y)` if `relu`.
     fn normalise(&self, x: &ArrayD<f32>, mean: &Array1<f32>, inv_std: &Array1<f32>, relu: bool) -> ArrayD<f32> {
-        let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
+        let (gamma, beta) = self.gamma_beta();
         let (c, rest) = (x.shape()[1], x.len() / (x.shape()[0] * x.shape()[1]).max(1));
         let affine = |plane: usize| {
             let ch = plane % c;
-            let (m, s, g, b) = (mean[ch], inv_std[ch], gamma[[ch]], beta[[ch]]);
+            let (m, s, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
             move |x: f32| g * ((x - m) * s) + b
         };
         let x_s = x.as_slice().expect("standard layout");
@@ -127,17 +134,14 @@ impl BatchNorm {
     fn train(&mut self, x: ArrayD<f32>, relu: bool) -> ArrayD<f32> {
         let x = super::standard(x);
         let planes = channels(&x);
-        let (n, c, rest) = planes.dim();
+        let (n, _, rest) = planes.dim();
         let k = (n * rest) as f64;
         // the mean and the variance per channel, from the sums of the values and of their
         // squares in one pass, in f64: E[x²] − E[x]² loses f64's 16 digits to the ratio
         // mean² / variance, which would have to pass 10⁸ before f32's 7 digits felt it
-        let (mean, var) = per_channel(c, |ch| {
-            let values = planes.index_axis(Axis(1), ch);
-            let [sum, squares] = channel_sums(values, values, |v, _| [v as f64, v as f64 * v as f64]);
-            let mu = sum / k;
-            (mu as f32, (squares / k - mu * mu).max(0.0) as f32)
-        });
+        let sums = channel_sums(planes, planes, |_| |v: f32, _| [v as f64, v as f64 * v as f64]);
+        let mean = Array1::from_iter(sums.iter().map(|[sum, _]| (sum / k) as f32));
+        let var = Array1::from_iter(sums.iter().map(|[sum, squares]| (squares / k - (sum / k) * (sum / k)).max(0.0) as f32));
         let m = self.momentum;
         let unbiased = if k > 1.0 { k / (k - 1.0) } else { 1.0 } as f32;
         Zip::from(&mut self.running_mean).and(&mean.view().into_dyn()).for_each(|r, &mu| *r = (1.0 - m) * *r + m * mu);
@@ -154,11 +158,43 @@ impl BatchNorm {
 /// ResNet-20 training step; 8 lanes, one AVX-512 register, still waited on the adder).
 const LANES: usize = 32;
 
-/// The `S` sums `Σ term(a, b)` over one channel's values (`[n, rest]`, `b` alongside `a`), in
-/// f64, in one pass: `LANES` running sums each, then added. The order depends on the shape
-/// only: deterministic for any number of threads.
-fn channel_sums<const S: usize>(a: ArrayView2<f32>, b: ArrayView2<f32>, term: impl Fn(f32, f32) -> [f64; S]) -> [f64; S] {
-    widest(#[inline(always)] || lane_sums(a, b, term)).map(|lanes| lanes.iter().sum())
+/// The `S` sums `Σ term(a, b)` over each channel's values (`a` and `b`: `[n, c, rest]`), in
+/// f64, in one pass: `LANES` running sums per sum (value `l` of a plane into lane `l mod
+/// LANES`, the samples in order), then added. The order depends on the shape only:
+/// deterministic for any number of threads. `term_of(ch)` gives channel `ch`'s term.
+///
+/// Planes of `LANES` values or more: in parallel over the channels, each channel's planes
+/// read as rows. Shorter planes (flat features, `[n, c]`: one value each) would make a
+/// channel's values a strided column, a cache line per value: there the channels go in
+/// parallel blocks, each block reading its part of every sample in memory order — the same
+/// sums in the same order, bit for bit.
+fn channel_sums<const S: usize, F: Fn(f32, f32) -> [f64; S]>(a: ArrayView3<f32>, b: ArrayView3<f32>, term_of: impl Fn(usize) -> F + Sync) -> Vec<[f64; S]> {
+    let (n, c, rest) = a.dim();
+    let added = |lanes: [[f64; LANES]; S]| lanes.map(|lanes| lanes.iter().sum::<f64>());
+    if rest >= LANES {
+        let of_channel = |ch| widest(#[inline(always)] || lane_sums(a.index_axis(Axis(1), ch), b.index_axis(Axis(1), ch), term_of(ch)));
+        return (0..c).into_par_iter().map(|ch| added(of_channel(ch))).collect();
+    }
+    let block = (super::CHUNK / (n * rest).max(1)).clamp(1, c.max(1));
+    let blocks: Vec<Vec<[f64; S]>> = (0..c.div_ceil(block))
+        .into_par_iter()
+        .map(|k| {
+            let channels = k * block..((k + 1) * block).min(c);
+            let terms: Vec<F> = channels.clone().map(&term_of).collect();
+            let mut lanes = vec![[[0.0f64; LANES]; S]; channels.len()];
+            for i in 0..n {
+                for ((ch, term), lanes) in channels.clone().zip(&terms).zip(&mut lanes) {
+                    for l in 0..rest {
+                        for (lanes, t) in lanes.iter_mut().zip(term(a[[i, ch, l]], b[[i, ch, l]])) {
+                            lanes[l] += t;
+                        }
+                    }
+                }
+            }
+            lanes.into_iter().map(added).collect()
+        })
+        .collect();
+    blocks.concat()
 }
 
 /// The `LANES` running sums of [`channel_sums`].
@@ -183,13 +219,6 @@ fn lane_sums<const S: usize>(a: ArrayView2<f32>, b: ArrayView2<f32>, term: impl 
         }
     }
     lanes
-}
-
-/// Two statistics of each of `c` channels, in parallel over the channels; `f` makes them of
-/// channel `ch`'s values, each sum in a fixed order (deterministic for any thread count).
-fn per_channel(c: usize, f: impl Fn(usize) -> (f32, f32) + Sync + Send) -> (Array1<f32>, Array1<f32>) {
-    let (a, b): (Vec<f32>, Vec<f32>) = (0..c).into_par_iter().map(f).unzip();
-    (Array1::from(a), Array1::from(b))
 }
 
 impl Layer for BatchNorm {
@@ -233,29 +262,29 @@ impl Layer for BatchNorm {
         let (dyp, xp) = (channels_of(dy.view()), channels(&x));
         let (n, c, rest) = dyp.dim();
         let k = (n * rest) as f32;
-        let (gamma, beta) = (&self.params[0].value, &self.params[1].value);
+        let (gamma, beta) = self.gamma_beta();
         // the gradient at the normalised output: dy, or, with a ReLU after it, dy where the
         // ReLU's output was positive (recomputed from x as the forward computed it)
         let through = |ch: usize| {
-            let (m, s, g, b) = (mean[ch], inv_std[ch], gamma[[ch]], beta[[ch]]);
+            let (m, s, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
             move |d: f32, x: f32| if relu { activation::relu_gradient(d, activation::unit_on(activation::relu(g * ((x - m) * s) + b))) } else { d }
         };
         // dβ = Σ dy and dγ = Σ dy·x̂, per channel in f64
-        let (dbeta, dgamma) = per_channel(c, |ch| {
-            let (d, x) = (dyp.index_axis(Axis(1), ch), xp.index_axis(Axis(1), ch));
+        let sums = channel_sums(dyp, xp, |ch| {
             let (m, s, through) = (mean[ch], inv_std[ch], through(ch));
-            let [sum, sum_h] = channel_sums(d, x, |d, x| {
+            move |d: f32, x: f32| {
                 let d = through(d, x);
                 [d as f64, d as f64 * ((x - m) * s) as f64]
-            });
-            (sum as f32, sum_h as f32)
+            }
         });
+        let dbeta = Array1::from_iter(sums.iter().map(|[sum, _]| *sum as f32));
+        let dgamma = Array1::from_iter(sums.iter().map(|[_, sum_h]| *sum_h as f32));
         // dx overwrites x (each value reads its own x and dy only): no new activation-sized buffer
         let mut dx = x;
         let dy_s = dy.as_slice().expect("standard layout");
         super::par_chunks_update(dx.as_slice_mut().expect("standard layout"), rest, |plane, dx_p| {
             let ch = plane % c;
-            let scale = gamma[[ch]] * inv_std[ch];
+            let scale = gamma[ch] * inv_std[ch];
             let (mean_dy, mean_dyx) = (dbeta[ch] / k, dgamma[ch] / k);
             let (m, s, through) = (mean[ch], inv_std[ch], through(ch));
             let dy_p = &dy_s[plane * rest..][..rest];
@@ -447,6 +476,24 @@ mod tests {
         assert!((bn.running_mean[[0]] as f64 - mean).abs() < 1e-4, "{} vs {mean}", bn.running_mean[[0]]);
         let unbiased = var * k / (k - 1.0);
         assert!((bn.running_var[[0]] as f64 - unbiased).abs() < 1e-5 * unbiased, "{} vs {unbiased}", bn.running_var[[0]]);
+    }
+
+    /// Short planes (flat features and small images: blocks of channels in memory order) sum
+    /// as a channel's rows do, bit for bit; and long ones too, on either side of `LANES`.
+    #[test]
+    fn channel_sums_of_short_planes_are_the_rows_sums() {
+        for (case, rest) in [1, 5, LANES - 1, LANES, LANES + 7].into_iter().enumerate() {
+            let (n, c) = (9, 300);
+            let a = Array3::from_shape_fn((n, c, rest), |(i, ch, l)| ((i * 31 + ch * 17 + l * 7) % 23) as f32 / 3.0 - 3.7);
+            let b = Array3::from_shape_fn((n, c, rest), |(i, ch, l)| ((i * 13 + ch * 5 + l) % 11) as f32 / 7.0 + 0.1);
+            let term_of = |ch: usize| move |a: f32, b: f32| [a as f64 * (1.0 + ch as f64 / 1000.0), a as f64 * b as f64];
+            let sums = channel_sums(a.view(), b.view(), term_of);
+            assert_eq!(sums.len(), c);
+            for (ch, sum) in sums.iter().enumerate() {
+                let rows = lane_sums(a.index_axis(Axis(1), ch), b.index_axis(Axis(1), ch), term_of(ch)).map(|lanes| lanes.iter().sum::<f64>());
+                assert_eq!(sum.map(f64::to_bits), rows.map(f64::to_bits), "case {case}, channel {ch}");
+            }
+        }
     }
 
     /// Flat features (`[n, c]`: a plane per value) over more than one parallel task of the
