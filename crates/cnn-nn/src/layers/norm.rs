@@ -502,7 +502,7 @@ mod tests {
     #[test]
     fn flat_features_over_several_tasks_follow_the_definitions() {
         let (n, c) = (64, 300);
-        assert!(n * c > crate::layers::CHUNK && crate::layers::CHUNK % c != 0);
+        assert!(n * c > crate::layers::CHUNK && !crate::layers::CHUNK.is_multiple_of(c));
         let mut bn = built(&[c]);
         bn.params[0].value = ArrayD::from_shape_fn(IxDyn(&[c]), |i| 0.5 + (i[0] % 7) as f32 / 4.0);
         bn.params[1].value = ArrayD::from_shape_fn(IxDyn(&[c]), |i| (i[0] % 5) as f32 - 2.0);
