@@ -45,8 +45,8 @@ pub(crate) fn par_update2<A: Send, B: Send>(a: &mut [A], b: &mut [B], f: impl Fn
 
 /// Chunks of `chunk` values per parallel task: as many as make about [`CHUNK`] values, one at
 /// least. A BatchNorm's chunk is a plane (one sample's channel), which for flat features
-/// (`[n, c]`) is a single value: a task per plane would be all overhead (a BatchNorm of
-/// `[128, 512]` took 0.83 ms to normalise 65,536 values that way).
+/// (`[n, c]`) is a single value: a task per plane would be all overhead (with one, a
+/// BatchNorm of `[128, 512]`, 65,536 values, took 0.24 ms in evaluation; now 0.08–0.14).
 fn chunks_per_task(chunk: usize) -> usize {
     (CHUNK / chunk.max(1)).max(1)
 }
