@@ -154,7 +154,7 @@ impl Layer for Chain {
         };
         let (rest, tail) = self.layers.split_at_mut(last);
         let d = tail[0].backward_view(dy);
-        rest.iter_mut().zip(in_norm).rev().fold(d, |d, (layer, skipped)| if skipped { d } else { layer.backward(d) })
+        rest.iter_mut().zip(&in_norm[..last]).rev().fold(d, |d, (layer, &skipped)| if skipped { d } else { layer.backward(d) })
     }
 
     fn backward_params(&mut self, dy: ArrayD<f32>) {

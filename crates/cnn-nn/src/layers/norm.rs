@@ -140,8 +140,14 @@ impl BatchNorm {
         // squares in one pass, in f64: E[x²] − E[x]² loses f64's 16 digits to the ratio
         // mean² / variance, which would have to pass 10⁸ before f32's 7 digits felt it
         let sums = channel_sums(planes, planes, |_| |v: f32, _| [v as f64, v as f64 * v as f64]);
-        let mean = Array1::from_iter(sums.iter().map(|[sum, _]| (sum / k) as f32));
-        let var = Array1::from_iter(sums.iter().map(|[sum, squares]| (squares / k - (sum / k) * (sum / k)).max(0.0) as f32));
+        let (mean, var): (Vec<f32>, Vec<f32>) = sums
+            .iter()
+            .map(|&[sum, squares]| {
+                let mu = sum / k;
+                (mu as f32, (squares / k - mu * mu).max(0.0) as f32)
+            })
+            .unzip();
+        let (mean, var) = (Array1::from(mean), Array1::from(var));
         let m = self.momentum;
         let unbiased = if k > 1.0 { k / (k - 1.0) } else { 1.0 } as f32;
         Zip::from(&mut self.running_mean).and(&mean.view().into_dyn()).for_each(|r, &mu| *r = (1.0 - m) * *r + m * mu);
@@ -277,8 +283,8 @@ impl Layer for BatchNorm {
                 [d as f64, d as f64 * ((x - m) * s) as f64]
             }
         });
-        let dbeta = Array1::from_iter(sums.iter().map(|[sum, _]| *sum as f32));
-        let dgamma = Array1::from_iter(sums.iter().map(|[_, sum_h]| *sum_h as f32));
+        let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = sums.iter().map(|&[sum, sum_h]| (sum as f32, sum_h as f32)).unzip();
+        let (dbeta, dgamma) = (Array1::from(dbeta), Array1::from(dgamma));
         // dx overwrites x (each value reads its own x and dy only): no new activation-sized buffer
         let mut dx = x;
         let dy_s = dy.as_slice().expect("standard layout");
