@@ -718,7 +718,8 @@ fn backward(algorithm: Algorithm, x: ArrayView4<f32>, w: ArrayView4<f32>, dy: Ar
             let (turned, g_t) = implicit::transposed_operands(w, g).expect("winograd applies: padding within the reach");
             expect_allocatable("input gradient", x.len())?;
             expect_allocatable("Winograd's transformed tiles", winograd::work_values(&g_t, c_out, c_in))?;
-            let (dw, db) = filter_gradient(x, dy, g)?;
+            expect_allocatable("Winograd's filter gradient", winograd::gradient_values(g, c_in, c_out))?;
+            let (dw, db) = winograd::filter_gradient(x, dy, g);
             Ok(Conv2dGrads { dx: winograd::forward(algorithm.winograd_size(), dy, turned, Epilogue::bias(None), &g_t), dw, db })
         }
         Algorithm::Depthwise => {

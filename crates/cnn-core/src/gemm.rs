@@ -230,6 +230,17 @@ impl Kernel {
         self
     }
 
+    /// This kernel, or its instruction set's 4-row one where `lanes` values would not fill
+    /// whole slivers of `mr` (Winograd's filter gradient stores a vector of channels into
+    /// slivers).
+    pub(crate) fn slivers_of(self, lanes: usize) -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if !lanes.is_multiple_of(self.mr) && self.name == Kernel::AVX2.name {
+            return Kernel::AVX2_4;
+        }
+        self
+    }
+
     /// Every kernel this CPU runs, the portable one always (for the tests).
     #[cfg(test)]
     pub(crate) fn available() -> Vec<Kernel> {
