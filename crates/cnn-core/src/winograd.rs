@@ -80,7 +80,7 @@ use crate::conv::{clip, filter_gradient_tasks, Epilogue};
 use crate::gemm::{Kernel, Rows};
 use crate::threads::Scratch;
 use crate::window::Geometry;
-use ndarray::{s, Array1, Array2, Array4, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis};
+use ndarray::{Array1, Array2, Array4, ArrayView4, ArrayViewMut4, Axis};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -599,9 +599,9 @@ fn filter_gradient_by<const M: usize, const A: usize, T: Tile<M, A>>(kernel: Ker
             // room for the rows read past the channels, up to whole groups and slivers
             v: Scratch::matrix(A * A + 1, v_len(&shape).max(8 * cols)),
             d: Scratch::matrix(A * A + 1, d_len(&shape).max(8 * cols)),
-            a: vec![0.0; c_in.next_multiple_of(kernel.mr) * cols],
-            b: vec![0.0; c_out.next_multiple_of(kernel.nr) * cols],
-            tile: vec![0.0; kernel.mr * c_out.next_multiple_of(kernel.nr)],
+            a: Scratch::matrix(c_in.next_multiple_of(kernel.mr), cols),
+            b: Scratch::matrix(c_out.next_multiple_of(kernel.nr), cols),
+            tile: Scratch::matrix(kernel.mr, c_out.next_multiple_of(kernel.nr)),
         },
         |buffers, x_task, dy_task| gradient_task::<M, A, T>(&shape, (g, &blocks), x_task, dy_task, buffers),
     );
@@ -635,9 +635,9 @@ struct GradientBuffers {
     v: Scratch,
     d: Scratch,
     /// `V[ξ]` and `D[ξ]` as the micro-kernel's operands, and its tiles.
-    a: Vec<f32>,
-    b: Vec<f32>,
-    tile: Vec<f32>,
+    a: Scratch,
+    b: Scratch,
+    tile: Scratch,
 }
 
 /// The values of one transformed output gradient `D[ξ]` (`c_out` rows of `cols` values), and
@@ -685,8 +685,8 @@ unsafe fn gradient_avx2<const M: usize, const A: usize, T: Tile<M, A>>(shape: &S
 fn gradient_steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, (g, blocks): (&Geometry, &Geometry), x: ArrayView4<f32>, dy: ArrayView4<f32>, buffers: &mut GradientBuffers) -> Array2<f32> {
     let Shape { c_in, c_out, grid, cols, .. } = *shape;
     let GradientBuffers { xs, dys, v, d, a, b, tile } = buffers;
-    let (mut v, mut d) = (v.view_mut(), d.view_mut());
-    let (v, d) = (v.as_slice_mut().expect("scratch is contiguous"), d.as_slice_mut().expect("scratch is contiguous"));
+    let [mut v, mut d, mut a, mut b, mut tile] = [v, d, a, b, tile].map(|scratch| scratch.view_mut());
+    let [v, d, a, b, tile] = [&mut v, &mut d, &mut a, &mut b, &mut tile].map(|view| view.as_slice_mut().expect("scratch is contiguous"));
     for (k, (x_strip, dy_strip)) in x.axis_chunks_iter(Axis(0), grid.strip).zip(dy.axis_chunks_iter(Axis(0), grid.strip)).enumerate() {
         if x_strip.dim().0 < grid.strip {
             // a part-filled last strip: the other places hold no sample (zero gradient), and
@@ -706,25 +706,23 @@ fn gradient_steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shap
     let steps = tiles.next_multiple_of(8);
     let (c_in4, c_out4, width) = (c_in.next_multiple_of(kernel.mr), c_out.next_multiple_of(4), c_out.next_multiple_of(kernel.nr));
     let rows = Rows::new((0..tiles).map(|t| t * width).collect());
-    // S[ξ]'s rows (input channels) one after another, each of c_out values (in an array of the
-    // filter gradients' shape, for the sum over tasks)
-    let mut partial = Array2::zeros((c_out, A * A * c_in));
-    let mut rows_of_s = ArrayViewMut2::from_shape((A * A * c_in, c_out), partial.as_slice_mut().expect("a new array")).expect("as many values");
-    for (xi, mut s) in rows_of_s.axis_chunks_iter_mut(Axis(0), c_in).enumerate() {
+    // S[ξ]'s rows (input channels) one after another, each of c_out values, written in order
+    // (into an array of the filter gradients' shape, for the sum over tasks)
+    let mut partial = Vec::with_capacity(A * A * c_in * c_out);
+    for xi in 0..A * A {
         transpose_groups::<V>(&v[xi * v_len(shape)..], cols, c_in4, steps, Groups::Slivers { mr: kernel.mr, steps }, a);
         transpose_groups::<V>(&d[xi * d_len(shape)..], cols, c_out4, steps, Groups::Rows { width }, b);
         for (sliver, a) in a.chunks_exact(kernel.mr * steps).take(c_in4 / kernel.mr).enumerate() {
             kernel.run_blocks(tiles, a, b, &rows, &mut tile[..kernel.mr * width]);
-            // the kernel's mr x nr tiles side by side: row i of each into row ci of S[ξ]
-            for (i, mut s) in s.slice_mut(s![sliver * kernel.mr.., ..]).outer_iter_mut().take(kernel.mr).enumerate() {
-                let s = s.as_slice_mut().expect("a row of a new array");
-                for (s, block) in s.chunks_mut(kernel.nr).zip(tile.chunks_exact(kernel.mr * kernel.nr)) {
-                    s.copy_from_slice(&block[i * kernel.nr..][..s.len()]);
+            // the kernel's mr x nr tiles side by side: row i of each, cut at c_out
+            for i in 0..kernel.mr.min(c_in - sliver * kernel.mr) {
+                for (block, co) in tile.chunks_exact(kernel.mr * kernel.nr).zip((0..c_out).step_by(kernel.nr)) {
+                    partial.extend_from_slice(&block[i * kernel.nr..][..kernel.nr.min(c_out - co)]);
                 }
             }
         }
     }
-    partial
+    Array2::from_shape_vec((c_out, A * A * c_in), partial).expect("every value of S written")
 }
 
 /// Where [`transpose_groups`] puts the four values of a group of rows at one step.
