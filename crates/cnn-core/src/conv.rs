@@ -234,7 +234,8 @@ pub(crate) fn lowered_backward<T: Send>(
     Ok((dx, partials))
 }
 
-/// The filter and bias gradients alone, without the input gradient: for outputs of fewer
+/// The filter and bias gradients alone, without the input gradient (of the layers Winograd
+/// does not compute: those take [`winograd::filter_gradient`]): for outputs of fewer
 /// than 64 positions by one GEMM per task on channels-last copies with AVX2
 /// ([`implicit::filter_gradient_channels_last`]; ResNet-20's 7x7 layers, 64 channels, batch
 /// 128, Zen 3: 3.9 ms against the lowering's 5.1) or else by the lowering with samples side
@@ -303,8 +304,8 @@ pub enum Algorithm {
     Implicit,
     /// 3x3, stride 1, no dilation, padding of at most 2: Winograd's F(2x2, 3x3), 16
     /// multiplications per 2x2 outputs where the direct product spends 36
-    /// (`src/winograd.rs`); the input gradient too, the filter gradient by the implicit
-    /// product's dot products. Chosen on CPUs with AVX-512 or AVX2 where F(4x4)'s tiles do not
+    /// (`src/winograd.rs`); the input and filter gradients too (the filter gradient by
+    /// F(4x4) where its tiles fit the image, else F(2x2)). Chosen on CPUs with AVX-512 or AVX2 where F(4x4)'s tiles do not
     /// fit the image but these do (14x14, 16x16; not 7x7 or 8x8) and the layer has 24 channels
     /// or more (ResNet-20's second stage; with AVX-512 at most 32 filters).
     Winograd,

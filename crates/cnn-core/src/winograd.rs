@@ -58,8 +58,9 @@
 //!
 //! The input gradient of a 3x3 stride-1 convolution is itself a 3x3 stride-1 convolution
 //! (`dy` with the filters turned, [`crate::implicit::transposed_operands`]), so it runs here
-//! too; the filter gradient is the direct convolution's (dot products, or below 64 positions
-//! the channels-last GEMM: `conv::filter_gradient`).
+//! too. So does the **filter gradient**, with the tiles read backwards ([`filter_gradient`]:
+//! `dw = Gᵀ [Σ_tiles (Bᵀ d B) ⊙ (A dY Aᵀ)] G`, the sum along the tiles as matrix products
+//! on the same micro-kernel): all three passes of a Winograd layer multiply 2.25–4x less.
 //!
 //! **Chosen by `conv2d`** ([`suits`]): F(4x4) for ResNet-20's first stage (16 channels at
 //! 28x28), with AVX2 its third too (64 channels at 7x7, in strips: [`MAX_WASTE_WIDE`]), and

@@ -112,39 +112,42 @@ fn conv_layer_on_the_implicit_product() {
 
 /// Layers of 8 channels or more on images F(4x4)'s tiles fit (here 12 filters at 24x24) take
 /// Winograd's F(4x4, 3x3) on CPUs with AVX-512 or AVX2 (portable code: the implicit product),
-/// like ResNet-20's first stage: the layer's forward and all three gradients against the
-/// naive loops. (Not by finite
+/// like ResNet-20's first stage, and layers of 24 channels on 14x14 F(2x2, 3x3), like its
+/// second: the layer's forward and all three gradients (the filter gradient by Winograd's tiles
+/// read backwards) against the naive loops. (Not by finite
 /// differences here: on 4608 inputs spread to ±46, F(4x4)'s own rounding in the forward, a
 /// few 1e-6 of the outputs' size, moves the differences by more than their tolerance; the
 /// input gradient of F(4x4) is checked against differences of the naive forward in
 /// `named_algorithms_agree_with_the_naive_loops`.)
 #[test]
-fn conv_layer_on_winograd_f4() {
+fn conv_layers_on_winograd() {
     use cnn_nn::cnn_core::{gemm, reference, Algorithm};
     use cnn_nn::ndarray::Ix4;
     let same = Window::square(3).padding(Padding::Same);
-    let expected = if gemm::kernel_name() == "portable" { Algorithm::Implicit } else { Algorithm::Winograd4 };
-    assert_eq!(Algorithm::choose(&[2, 8, 24, 24], &[12, 8, 3, 3], &same, 1).unwrap(), expected);
-    let mut rng = ModelRng::seed_from_u64(33);
-    let mut layer = Conv2d::new(12, 3).padding(Padding::Same);
-    layer.build(&[8, 24, 24], &mut Init { rng: &mut rng }).unwrap();
-    let x = ArrayD::from_shape_simple_fn(IxDyn(&[2, 8, 24, 24]), || rng.gen_range(-1.0f32..1.0));
-    let dy = ArrayD::from_shape_simple_fn(IxDyn(&[2, 12, 24, 24]), || rng.gen_range(-1.0f32..1.0));
-    let y = layer.forward_train(x.clone());
-    let dx = layer.backward(dy.clone());
-    let params = layer.params();
-    let (w, b) = (params[0].1.value.view().into_dimensionality::<Ix4>().unwrap(), params[1].1.value.view().into_dimensionality().unwrap());
-    let (x4, dy4) = (x.view().into_dimensionality::<Ix4>().unwrap(), dy.view().into_dimensionality::<Ix4>().unwrap());
-    let want_y = reference::conv2d(x4, w, Some(b), &same).unwrap();
-    let want = reference::conv2d_backward(x4, w, dy4, &same).unwrap();
-    let close = |got: &ArrayD<f32>, want: &[f32], what: &str| {
-        let err = got.iter().zip(want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f32::max);
-        assert!(err <= 1e-4, "{what}: {err}");
-    };
-    close(&y, want_y.as_slice().unwrap(), "y");
-    close(&dx, want.dx.as_slice().unwrap(), "dx");
-    close(&params[0].1.grad, want.dw.as_slice().unwrap(), "dw");
-    close(&params[1].1.grad, want.db.as_slice().unwrap(), "db");
+    for (c_in, c_out, side, winograd) in [(8, 12, 24, Algorithm::Winograd4), (24, 24, 14, Algorithm::Winograd)] {
+        let expected = if gemm::kernel_name() == "portable" { Algorithm::Implicit } else { winograd };
+        assert_eq!(Algorithm::choose(&[2, c_in, side, side], &[c_out, c_in, 3, 3], &same, 1).unwrap(), expected);
+        let mut rng = ModelRng::seed_from_u64(33);
+        let mut layer = Conv2d::new(c_out, 3).padding(Padding::Same);
+        layer.build(&[c_in, side, side], &mut Init { rng: &mut rng }).unwrap();
+        let x = ArrayD::from_shape_simple_fn(IxDyn(&[2, c_in, side, side]), || rng.gen_range(-1.0f32..1.0));
+        let dy = ArrayD::from_shape_simple_fn(IxDyn(&[2, c_out, side, side]), || rng.gen_range(-1.0f32..1.0));
+        let y = layer.forward_train(x.clone());
+        let dx = layer.backward(dy.clone());
+        let params = layer.params();
+        let (w, b) = (params[0].1.value.view().into_dimensionality::<Ix4>().unwrap(), params[1].1.value.view().into_dimensionality().unwrap());
+        let (x4, dy4) = (x.view().into_dimensionality::<Ix4>().unwrap(), dy.view().into_dimensionality::<Ix4>().unwrap());
+        let want_y = reference::conv2d(x4, w, Some(b), &same).unwrap();
+        let want = reference::conv2d_backward(x4, w, dy4, &same).unwrap();
+        let close = |got: &ArrayD<f32>, want: &[f32], what: &str| {
+            let err = got.iter().zip(want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f32::max);
+            assert!(err <= 1e-4, "{what} ({side}x{side}): {err}");
+        };
+        close(&y, want_y.as_slice().unwrap(), "y");
+        close(&dx, want.dx.as_slice().unwrap(), "dx");
+        close(&params[0].1.grad, want.dw.as_slice().unwrap(), "dw");
+        close(&params[1].1.grad, want.db.as_slice().unwrap(), "db");
+    }
 }
 
 /// Layers of 32 filters take the direct convolution on CPUs with AVX-512 or AVX2 (portable
