@@ -79,7 +79,7 @@
 
 use crate::conv::{clip, filter_gradient_tasks, Epilogue};
 use crate::gemm::{Kernel, Rows};
-use crate::threads::Scratch;
+use crate::threads::{Scratch, ZeroBordered};
 use crate::window::Geometry;
 use ndarray::{Array1, Array2, Array4, ArrayView4, ArrayViewMut4, Axis};
 use rayon::prelude::*;
@@ -393,7 +393,7 @@ fn forward_by<const M: usize, const A: usize, T: Tile<M, A>>(kernel: Kernel, x: 
     let mut y = Array4::<f32>::uninit((n, c_out, g.oh, g.ow));
     y.axis_chunks_iter_mut(Axis(0), task).into_par_iter().zip(x.axis_chunks_iter(Axis(0), task)).for_each_init(
         || Buffers {
-            padded: vec![0.0; c_in * M * M * phase_len(&grid) + 2 * LANES],
+            padded: split_buffer::<M>(g, &grid, c_in),
             v: Scratch::matrix(A * A, v_len(&shape)),
             m: Scratch::matrix(A * A, m_len(&shape)),
             ys: Scratch::matrix(2 * M * M, cols),
@@ -422,11 +422,11 @@ struct Shape {
     kernel: Kernel,
 }
 
-/// A thread's work buffers: a strip of padded samples (made zero: the images land on the same
-/// values for every strip of a call, so the padding stays zero), `V` and `M` of a task, a
-/// channel's outputs.
+/// A thread's work buffers: a strip of padded samples (zero where no image lands: the images
+/// land on the same values for every strip of a layer, so the padding stays zero —
+/// [`split_buffer`]), `V` and `M` of a task, a channel's outputs.
 struct Buffers {
-    padded: Vec<f32>,
+    padded: ZeroBordered,
     v: Scratch,
     m: Scratch,
     ys: Scratch,
@@ -595,8 +595,8 @@ fn filter_gradient_by<const M: usize, const A: usize, T: Tile<M, A>>(kernel: Ker
         strips * grid.strip,
         (c_out, A * A * c_in),
         || GradientBuffers {
-            xs: vec![0.0; c_in * M * M * phase_len(&grid) + 2 * LANES],
-            dys: vec![0.0; c_out * M * M * phase_len(&grid) + 2 * LANES],
+            xs: split_buffer::<M>(g, &grid, c_in),
+            dys: split_buffer::<M>(&blocks, &grid, c_out),
             // room for the rows read past the channels, up to whole groups and slivers
             v: Scratch::matrix(A * A + 1, v_len(&shape).max(8 * cols)),
             d: Scratch::matrix(A * A + 1, d_len(&shape).max(8 * cols)),
@@ -631,8 +631,8 @@ fn filter_gradient_by<const M: usize, const A: usize, T: Tile<M, A>>(kernel: Ker
 /// A thread's work buffers for the filter gradient: a strip of padded samples and of their
 /// output gradients (split into phase planes), `V` and `D` of a task.
 struct GradientBuffers {
-    xs: Vec<f32>,
-    dys: Vec<f32>,
+    xs: ZeroBordered,
+    dys: ZeroBordered,
     v: Scratch,
     d: Scratch,
     /// `V[ξ]` and `D[ξ]` as the micro-kernel's operands, and its tiles.
@@ -691,7 +691,7 @@ fn gradient_steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shap
     for (k, (x_strip, dy_strip)) in x.axis_chunks_iter(Axis(0), grid.strip).zip(dy.axis_chunks_iter(Axis(0), grid.strip)).enumerate() {
         if x_strip.dim().0 < grid.strip {
             // a part-filled last strip: the other places hold no sample (zero gradient), and
-            // no earlier sample's values either (a non-finite one would reach the sums)
+            // no values of an earlier strip or call either (a non-finite one would reach the sums)
             xs.fill(0.0);
             dys.fill(0.0);
         }
@@ -1034,6 +1034,14 @@ fn pad_split<V: Vector, const M: usize>(strip: ArrayView4<f32>, g: &Geometry, gr
             }
         }
     }
+}
+
+/// A buffer for a strip of samples split by [`pad_split`] (`channels` of them, on this
+/// geometry and grid), its zeros kept from one use to the next: the split writes each
+/// sample's rows at the same places every time.
+fn split_buffer<const M: usize>(g: &Geometry, grid: &Grid, channels: usize) -> ZeroBordered {
+    let layout = [M, channels, g.h, g.w, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, grid.th, grid.tw, grid.strip, grid.row];
+    ZeroBordered::new(layout, channels * M * M * phase_len(grid) + 2 * LANES)
 }
 
 /// Values a split row may write with zeros past its room: where the next sample's row (one
@@ -1885,6 +1893,32 @@ mod tests {
             let (dw, _) = pool.install(|| filter_gradient_on(size, Kernel::best(), x.view(), dy.view(), &g));
             let err = max_error(&dw, &want);
             assert!(err < 1e-5 * scale, "{size:?}: {err} (gradients up to {scale})");
+        }
+    }
+
+    /// A layer's split strips are kept for its next call (one thread: one pool): after a
+    /// batch with non-finite values, a clean batch of fewer samples than a strip (the others'
+    /// places keep the first batch's) gives the naive loops' outputs and filter gradient, for
+    /// both tiles.
+    #[test]
+    fn kept_strips_carry_nothing_into_the_next_call() {
+        let win = Window::square(3).padding(Padding::Same);
+        let g = win.geometry(7, 7).unwrap();
+        let (mut dirty, x, w, dy) = (filled([9, 16, 7, 7], 1), filled([3, 16, 7, 7], 2), filled([16, 16, 3, 3], 3), filled([3, 16, 7, 7], 4));
+        let dirty_dy = filled([9, 16, 7, 7], 5);
+        dirty.slice_mut(ndarray::s![.., 3, 2.., ..]).fill(f32::NAN);
+        let want = reference::conv2d_backward(x.view(), w.view(), dy.view(), &win).unwrap();
+        let want_y = reference::conv2d(x.view(), w.view(), None, &win).unwrap();
+        let scale = want.dw.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for size in SIZES {
+            let (y, dw) = pool.install(|| {
+                forward(size, dirty.view(), w.view(), Epilogue::bias(None), &g);
+                filter_gradient_on(size, Kernel::best(), dirty.view(), dirty_dy.view(), &g);
+                (forward(size, x.view(), w.view(), Epilogue::bias(None), &g), filter_gradient_on(size, Kernel::best(), x.view(), dy.view(), &g).0)
+            });
+            assert!(max_error(&y, &want_y) < 1e-4, "{size:?}: y");
+            assert!(max_error(&dw, &want.dw) < 1e-5 * scale, "{size:?}: dw");
         }
     }
 
