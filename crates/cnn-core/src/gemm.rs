@@ -230,12 +230,12 @@ impl Kernel {
         self
     }
 
-    /// This kernel, or its instruction set's 4-row one where `lanes` values would not fill
-    /// whole slivers of `mr` (Winograd's filter gradient stores a vector of channels into
+    /// This kernel, or its instruction set's 4-row one where its rows are not a whole number
+    /// of `group`s (Winograd's filter gradient transposes four channels at a time into its
     /// slivers).
-    pub(crate) fn slivers_of(self, lanes: usize) -> Kernel {
+    pub(crate) fn in_groups_of(self, group: usize) -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if !lanes.is_multiple_of(self.mr) && self.name == Kernel::AVX2.name {
+        if !self.mr.is_multiple_of(group) && self.name == Kernel::AVX2.name {
             return Kernel::AVX2_4;
         }
         self

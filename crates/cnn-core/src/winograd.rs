@@ -409,7 +409,8 @@ fn forward_by<const M: usize, const A: usize, T: Tile<M, A>>(kernel: Kernel, x: 
 /// tile's first rows, never further (`(A − 1) / M = 1` for both tiles).
 const REACH: usize = 1;
 
-/// What every task of a layer shares: sizes, the packed transformed filters, the kernel.
+/// What every task of a layer shares: sizes, the packed transformed filters, the kernel (the
+/// filter gradient's has no filters and no rows: it multiplies the transformed tiles).
 struct Shape {
     c_in: usize,
     c_out: usize,
@@ -571,7 +572,7 @@ fn gradient_values_of<const M: usize, const A: usize>(g: &Geometry, c_in: usize,
 /// [`filter_gradient`] by this tile, with the transforms on the micro-kernel's instruction
 /// set (the tests run every one).
 fn filter_gradient_on(size: Size, kernel: Kernel, x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry) -> (Array4<f32>, Array1<f32>) {
-    let kernel = kernel.slivers_of(4);
+    let kernel = kernel.in_groups_of(4);
     match size {
         Size::F2 => filter_gradient_by::<2, 4, F2>(kernel, x, dy, g),
         Size::F4 => filter_gradient_by::<4, 6, F4>(kernel, x, dy, g),
@@ -648,8 +649,8 @@ fn d_len(shape: &Shape) -> usize {
     shape.c_out * shape.cols + LANES
 }
 
-/// A task's partial gradients (`S` as `[c_out, c_in·A²]`, the bias's) on the instruction set
-/// of the layer's micro-kernel.
+/// A task's partial gradients on the instruction set of the layer's micro-kernel: `S` (its
+/// `A²·c_in·c_out` values as `S[ξ][ci][co]`, in an array of `c_out` rows) and the bias's.
 fn gradient_task<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g: (&Geometry, &Geometry), x: ArrayView4<f32>, dy: ArrayView4<f32>, buffers: &mut GradientBuffers) -> (Array2<f32>, Array1<f32>) {
     // the bias gradient: each channel's sum, sample by sample in batch order
     let mut db = Array1::<f32>::zeros(shape.c_out);
@@ -1425,7 +1426,7 @@ mod avx2 {
                 // SAFETY: the caller's promise.
                 unsafe {
                     let p = src.as_ptr().add(r * stride + t);
-                    let [r0, r1, r2, r3] = [0, 1, 2, 3].map(|i| _mm256_loadu_ps(p.add(i * stride)));
+                    let (r0, r1, r2, r3) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(stride)), _mm256_loadu_ps(p.add(2 * stride)), _mm256_loadu_ps(p.add(3 * stride)));
                     let (lo01, hi01, lo23, hi23) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1), _mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
                     // steps t + k (low halves) and t + k + 4 (high halves), rows r.. in order
                     let steps = [_mm256_shuffle_ps::<0x44>(lo01, lo23), _mm256_shuffle_ps::<0xEE>(lo01, lo23), _mm256_shuffle_ps::<0x44>(hi01, hi23), _mm256_shuffle_ps::<0xEE>(hi01, hi23)];
