@@ -533,9 +533,9 @@ fn steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape
 ///
 /// [`gradient_size`] picks the tile. Measured on ResNet-20's layers (AVX2, Zen 3, batch 128,
 /// a 3x3 layer's whole backward, medians of 61, ms): against the direct filter gradient,
-/// 16 channels at 28x28 5.53 / 5.50 → 5.39 / 5.27 (F(4x4)), 32 at 14x14 5.80 / 5.79 → 5.31
-/// / 5.30 (F(4x4); F(2x2) 5.34), 64 at 7x7 6.01 / 6.03 → 5.90 / 5.84 (F(2x2); F(4x4), whose
-/// strips give 30 tiles a task, 6.60).
+/// 16 channels at 28x28 5.53 / 5.50 → 5.39 / 5.27 (F(4x4)), 32 at 14x14 5.80 / 5.79 → 5.34
+/// (F(2x2); F(4x4), whose tiles overshoot 14x14, level at 5.31 / 5.30), 64 at 7x7 6.01 / 6.03
+/// → 5.90 / 5.84 (F(2x2); F(4x4), whose strips give 30 tiles a task, 6.60).
 pub(crate) fn filter_gradient(x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry) -> (Array4<f32>, Array1<f32>) {
     filter_gradient_on(gradient_size(g), Kernel::best().for_rows(x.dim().1), x, dy, g)
 }
