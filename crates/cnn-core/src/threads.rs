@@ -274,9 +274,6 @@ mod tests {
     use super::*;
     use ndarray::Array2;
 
-    // Switching kernels while another thread multiplies would be unsafe: this is the only unit
-    // test of the crate's library that multiplies matrices (the others run in their own
-    // processes, under tests/), so it runs alone with BLAS.
     /// A buffer comes back to the same layout with the values its writer left; another
     /// layout or length gets zeros.
     #[test]
@@ -288,6 +285,9 @@ mod tests {
         assert!(ZeroBordered::new(layout, 101).iter().all(|&v| v == 0.0));
     }
 
+    // Switching kernels while another thread multiplies would be unsafe: this is the only unit
+    // test of the crate's library that multiplies matrices (the others run in their own
+    // processes, under tests/), so it runs alone with BLAS.
     #[test]
     fn kernels_can_be_selected_again_in_process() {
         init();
