@@ -33,7 +33,7 @@
 use crate::conv::{clip, filter_gradient_tasks, Epilogue};
 use crate::gemm::{pack, store, Dots, Kernel, Rows, DOT_LEN};
 use crate::threads::Scratch;
-use crate::vector::widest;
+use crate::vector;
 use crate::window::{Geometry, Padding, Window};
 use ndarray::{s, Array1, Array2, Array4, ArrayView3, ArrayView4};
 use rayon::prelude::*;
@@ -209,7 +209,7 @@ pub(crate) fn filter_gradient(x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geome
                 pad_into(x_i, g, &planes, padded.as_slice_mut().expect("a scratch row is contiguous"));
                 let spread = spread.as_slice_mut().expect("a scratch row is contiguous");
                 spread_rows(dy_i, wp, len, spread);
-                db.iter_mut().zip(spread.chunks_exact(len)).for_each(|(db, row)| *db += row_sum(row));
+                db.iter_mut().zip(spread.chunks_exact(len)).for_each(|(db, row)| *db += vector::sum(row));
             }
             let (xs, ds) = (xs.as_slice().expect("scratch is contiguous"), ds.as_slice().expect("scratch is contiguous"));
             let samples = x_task.dim().0;
@@ -301,7 +301,7 @@ fn filter_gradient_channels_last_on(kernel: Kernel, x: ArrayView4<f32>, dy: Arra
                     let (sliver, i) = (co / kernel.mr, co % kernel.mr);
                     let out = &mut packed[sliver * kernel.mr * steps + s * p * kernel.mr + i..];
                     out.iter_mut().step_by(kernel.mr).zip(row).for_each(|(o, &v)| *o = v);
-                    db[co] += row_sum(row);
+                    db[co] += vector::sum(row);
                 }
             }
             // where each output of the task reads its tap (0, 0), channel 0
@@ -344,17 +344,6 @@ fn spread_rows(dy: ArrayView3<f32>, wp: usize, len: usize, spread: &mut [f32]) {
     }
 }
 
-/// The sum of a row's values in 8 running sums (a vector register's lanes), in a fixed order.
-fn row_sum(row: &[f32]) -> f32 {
-    widest(|| {
-        let mut lanes = [0.0f32; 8];
-        let mut chunks = row.chunks_exact(8);
-        for c in &mut chunks {
-            lanes.iter_mut().zip(c).for_each(|(l, &v)| *l += v);
-        }
-        lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
-    })
-}
 
 /// The input gradient of a stride-1 convolution that [`suits`], as one more stride-1
 /// convolution: each input pixel gathers the output gradients of the windows that saw it,

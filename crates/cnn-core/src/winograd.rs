@@ -80,6 +80,7 @@
 use crate::conv::{clip, filter_gradient_tasks, Epilogue};
 use crate::gemm::{Kernel, Rows};
 use crate::threads::{Scratch, ZeroBordered};
+use crate::vector;
 use crate::window::Geometry;
 use ndarray::{Array1, Array2, Array4, ArrayView4, ArrayViewMut4, Axis};
 use rayon::prelude::*;
@@ -655,7 +656,9 @@ fn gradient_task<const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape, g
     // the bias gradient: each channel's sum, sample by sample in batch order
     let mut db = Array1::<f32>::zeros(shape.c_out);
     for dy_i in dy.outer_iter() {
-        db.iter_mut().zip(dy_i.outer_iter()).for_each(|(db, plane)| *db += plane.sum());
+        for (db, plane) in db.iter_mut().zip(dy_i.outer_iter()) {
+            *db += vector::sum(plane.as_standard_layout().as_slice().expect("standard layout is contiguous"));
+        }
     }
     let s = match shape.kernel.name() {
         // SAFETY: `Kernel::best` chose this kernel, or a test did after checking, only where the

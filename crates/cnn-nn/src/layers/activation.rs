@@ -86,7 +86,7 @@ impl ReLU {
                 *on = unit_on(*v);
             }),
             Some(b) => y_s.par_chunks_mut(super::CHUNK).zip(b.par_chunks(super::CHUNK)).zip(on_s.par_chunks_mut(super::CHUNK)).for_each(|((y, b), on)| {
-                widest(|| {
+                widest(#[inline(always)] || {
                     for ((v, &b), on) in y.iter_mut().zip(b).zip(on) {
                         *v = relu(*v + b);
                         *on = unit_on(*v);

@@ -34,13 +34,25 @@ pub(crate) const CHUNK: usize = 1 << 14;
 /// `f(v)` for every value, in parallel chunks, each chunk's loop compiled for the widest
 /// vector instructions of the CPU ([`cnn_core::vector::widest`]).
 pub(crate) fn par_update<A: Send>(a: &mut [A], f: impl Fn(&mut A) + Sync) {
-    a.par_chunks_mut(CHUNK).for_each(|a| widest(|| a.iter_mut().for_each(&f)));
+    a.par_chunks_mut(CHUNK).for_each(|a| {
+        widest(#[inline(always)] || {
+            for v in a {
+                f(v);
+            }
+        })
+    });
 }
 
 /// `f(a_i, b_i)` for every pair of values of two slices of one length, as [`par_update`].
 pub(crate) fn par_update2<A: Send, B: Send>(a: &mut [A], b: &mut [B], f: impl Fn(&mut A, &mut B) + Sync) {
     assert_eq!(a.len(), b.len(), "element-wise operands of different lengths");
-    a.par_chunks_mut(CHUNK).zip(b.par_chunks_mut(CHUNK)).for_each(|(a, b)| widest(|| a.iter_mut().zip(b).for_each(|(a, b)| f(a, b))));
+    a.par_chunks_mut(CHUNK).zip(b.par_chunks_mut(CHUNK)).for_each(|(a, b)| {
+        widest(#[inline(always)] || {
+            for (a, b) in a.iter_mut().zip(b) {
+                f(a, b);
+            }
+        })
+    });
 }
 
 /// Chunks of `chunk` values per parallel task: as many as make about [`CHUNK`] values, one at
@@ -57,7 +69,11 @@ fn chunks_per_task(chunk: usize) -> usize {
 pub(crate) fn par_chunks_update<A: Send>(a: &mut [A], chunk: usize, f: impl Fn(usize, &mut [A]) + Sync) {
     let (chunk, per_task) = (chunk.max(1), chunks_per_task(chunk));
     a.par_chunks_mut(chunk * per_task).enumerate().for_each(|(task, a)| {
-        widest(|| a.chunks_mut(chunk).enumerate().for_each(|(k, a)| f(task * per_task + k, a)));
+        widest(#[inline(always)] || {
+            for (k, a) in a.chunks_mut(chunk).enumerate() {
+                f(task * per_task + k, a);
+            }
+        });
     });
 }
 
@@ -70,12 +86,12 @@ pub(crate) fn par_map<A: Sync, T: Send, G: Fn(&A) -> T>(x: &[A], chunk: usize, p
     let (chunk, per_task) = (chunk.max(1), chunks_per_task(chunk));
     let mut y = Vec::with_capacity(x.len());
     y.spare_capacity_mut()[..x.len()].par_chunks_mut(chunk * per_task).zip(x.par_chunks(chunk * per_task)).enumerate().for_each(|(task, (y, x))| {
-        widest(|| {
+        widest(#[inline(always)] || {
             for (k, (y, x)) in y.chunks_mut(chunk).zip(x.chunks(chunk)).enumerate() {
                 let f = per_chunk(task * per_task + k);
-                y.iter_mut().zip(x).for_each(|(y, x)| {
+                for (y, x) in y.iter_mut().zip(x) {
                     y.write(f(x));
-                });
+                }
             }
         });
     });

@@ -246,9 +246,11 @@ impl Layer for BatchNorm {
         let (scale, shift) = self.affine();
         let mut y = super::standard(x);
         let (c, rest) = (y.shape()[1], y.len() / (y.shape()[0] * y.shape()[1]).max(1));
-        super::par_chunks_update(y.as_slice_mut().expect("standard layout"), rest, |plane, y_p| {
+        super::par_chunks_update(y.as_slice_mut().expect("standard layout"), rest, #[inline(always)] |plane, y_p| {
             let (s, t) = (scale[plane % c], shift[plane % c]);
-            y_p.iter_mut().for_each(|v| *v = *v * s + t);
+            for v in y_p {
+                *v = *v * s + t;
+            }
         });
         y
     }
@@ -288,13 +290,15 @@ impl Layer for BatchNorm {
         // dx overwrites x (each value reads its own x and dy only): no new activation-sized buffer
         let mut dx = x;
         let dy_s = dy.as_slice().expect("standard layout");
-        super::par_chunks_update(dx.as_slice_mut().expect("standard layout"), rest, |plane, dx_p| {
+        super::par_chunks_update(dx.as_slice_mut().expect("standard layout"), rest, #[inline(always)] |plane, dx_p| {
             let ch = plane % c;
             let scale = gamma[ch] * inv_std[ch];
             let (mean_dy, mean_dyx) = (dbeta[ch] / k, dgamma[ch] / k);
             let (m, s, through) = (mean[ch], inv_std[ch], through(ch));
             let dy_p = &dy_s[plane * rest..][..rest];
-            dx_p.iter_mut().zip(dy_p).for_each(|(x, &d)| *x = scale * (through(d, *x) - mean_dy - (*x - m) * s * mean_dyx));
+            for (x, &d) in dx_p.iter_mut().zip(dy_p) {
+                *x = scale * (through(d, *x) - mean_dy - (*x - m) * s * mean_dyx);
+            }
         });
         self.params[0].accumulate(&dgamma);
         self.params[1].accumulate(&dbeta);
