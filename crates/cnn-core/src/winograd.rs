@@ -319,42 +319,47 @@ fn tile_work_values<const M: usize, const A: usize>(g: &Geometry, c_in: usize, c
 }
 
 /// The filters transformed, `U[ξ] = G g Gᵀ` for every filter and input channel, packed for the
-/// micro-kernel: `U[ξ]` (`[c_out, c_in]`) as the A operand of product `ξ` (in slivers of `mr`
-/// filters, zeros past the last: [`crate::gemm::pack`]'s layout), one after another.
+/// micro-kernel: `U[ξ]` (`[c_out, c_in]`) as the A operand of product `ξ`, in slivers of `mr`
+/// filters ([`crate::gemm::pack`]'s layout, zeros past the last filter), sliver after sliver,
+/// each sliver's `A²` products one after another ([`sliver_of`]). A sliver's values are one
+/// parallel task: its filters transformed and written where the kernel reads them, in one
+/// pass (the products packed from filters transformed pair by pair, gathering every `A²`-th
+/// value, took 1.5% of a ResNet-20 training step in `perf`; now 0.75%).
 fn transformed_filters<const M: usize, const A: usize, T: Tile<M, A>>(w: ArrayView4<f32>, kernel: &Kernel) -> Vec<f32> {
     let (c_out, c_in, _, _) = w.dim();
     let mr = kernel.mr;
     let w = w.as_standard_layout();
     let w = w.as_slice().expect("standard layout is contiguous");
-    // each filter-channel pair's A x A values, pair after pair (written in order, in parallel)
-    let mut u = vec![0.0f32; c_out * c_in * A * A];
-    u.par_chunks_mut(A * A).zip(w.par_chunks_exact(9)).for_each(|(u, g)| {
-        // G g: the filter's columns transformed (A x 3), then (G g) Gᵀ (A x A)
-        let mut gg = [[0.0f32; 3]; A];
-        for (row, gr) in gg.iter_mut().zip(T::G) {
-            for (x, v) in row.iter_mut().enumerate() {
-                *v = gr[0] * g[x] + gr[1] * g[3 + x] + gr[2] * g[6 + x];
-            }
-        }
-        for (u_row, row) in u.chunks_exact_mut(A).zip(gg) {
-            for (v, gc) in u_row.iter_mut().zip(T::G) {
-                *v = row[0] * gc[0] + row[1] * gc[1] + row[2] * gc[2];
-            }
-        }
-    });
-    // then product ξ's A operand: slivers of mr filters, channel by channel, zeros past c_out
-    let u_len = c_out.next_multiple_of(mr) * c_in;
-    let mut packed = vec![0.0; A * A * u_len];
-    packed.par_chunks_mut(u_len).enumerate().for_each(|(xi, u_xi)| {
-        for (sliver, block) in u_xi.chunks_exact_mut(mr * c_in).enumerate() {
-            for (ci, step) in block.chunks_exact_mut(mr).enumerate() {
-                for (i, v) in step.iter_mut().enumerate().take(c_out.saturating_sub(sliver * mr)) {
-                    *v = u[((sliver * mr + i) * c_in + ci) * A * A + xi];
+    let mut packed = vec![0.0f32; c_out.div_ceil(mr) * A * A * mr * c_in];
+    packed.par_chunks_mut(A * A * mr * c_in).enumerate().for_each(|(sliver, packed)| {
+        let filters = &w[sliver * mr * c_in * 9..][..(c_out - sliver * mr).min(mr) * c_in * 9];
+        // channel by channel, the sliver's filters side by side: the values written together
+        // lie together, a run of up to mr in each product
+        for ci in 0..c_in {
+            for (i, g) in filters.chunks_exact(9 * c_in).map(|filter| &filter[ci * 9..][..9]).enumerate() {
+                // G g: the filter's columns transformed (A x 3), then (G g) Gᵀ (A x A)
+                let mut gg = [[0.0f32; 3]; A];
+                for (row, gr) in gg.iter_mut().zip(T::G) {
+                    for (x, v) in row.iter_mut().enumerate() {
+                        *v = gr[0] * g[x] + gr[1] * g[3 + x] + gr[2] * g[6 + x];
+                    }
+                }
+                for (a, row) in gg.iter().enumerate() {
+                    for (b, gc) in T::G.iter().enumerate() {
+                        packed[(A * a + b) * mr * c_in + ci * mr + i] = row[0] * gc[0] + row[1] * gc[1] + row[2] * gc[2];
+                    }
                 }
             }
         }
     });
     packed
+}
+
+/// Product `ξ`'s A operand for the sliver of filters `ir` (its `mr` filters' `c_in` steps)
+/// in [`transformed_filters`]' values.
+#[inline(always)]
+fn sliver_of(filters: &[f32], c_in: usize, mr: usize, ir: usize, xi: usize, products: usize) -> &[f32] {
+    &filters[(ir * products + xi) * mr * c_in..][..mr * c_in]
 }
 
 /// Winograd's tile: F(2x2, 3x3) or F(4x4, 3x3).
@@ -475,12 +480,12 @@ fn steps<V: Vector, const M: usize, const A: usize, T: Tile<M, A>>(shape: &Shape
         transform_input::<V, M, A, T>(padded, shape, k * grid.tiles(), v);
     }
     let tiles = x.dim().0.div_ceil(grid.strip) * grid.tiles();
-    let u_len = filters.len() / (A * A);
     let m = m.as_slice_mut().expect("scratch is contiguous");
     for xi in 0..A * A {
         let v_xi = &v[xi * v_len(shape)..][..c_in * cols];
         let blocks = tiles.div_ceil(kernel.nr);
-        for (ir, a) in filters[xi * u_len..(xi + 1) * u_len].chunks_exact(kernel.mr * c_in).enumerate() {
+        for ir in 0..c_out.div_ceil(kernel.mr) {
+            let a = sliver_of(filters, c_in, kernel.mr, ir, xi, A * A);
             // the kernel writes its row of tiles straight into M, in one call
             let at = m_index(shape, xi, ir * kernel.mr, 0);
             kernel.run_blocks(c_in, a, v_xi, rows, &mut m[at..at + blocks * kernel.mr * kernel.nr]);
