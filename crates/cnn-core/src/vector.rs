@@ -98,4 +98,20 @@ mod tests {
         assert!(plain.iter().zip(&wide).all(|(a, b)| a.to_bits() == b.to_bits()));
         assert!(wide.iter().any(|&v| v != 0.5), "the loop ran");
     }
+
+    /// The sum in its eight lanes (value `i` into lane `i mod 8`, then the lanes and the
+    /// remainder), for lengths below, at and past a whole number of lanes.
+    #[test]
+    fn sum_adds_in_eight_lanes() {
+        for len in [0, 5, 8, 37] {
+            let x: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0).collect();
+            let mut lanes = [0.0f32; 8];
+            let whole = len / 8 * 8;
+            for (i, &v) in x[..whole].iter().enumerate() {
+                lanes[i % 8] += v;
+            }
+            let expected = lanes.iter().sum::<f32>() + x[whole..].iter().sum::<f32>();
+            assert_eq!(super::sum(&x).to_bits(), expected.to_bits(), "{len} values");
+        }
+    }
 }
