@@ -358,7 +358,8 @@ fn a_residual_network_is_deterministic_at_any_thread_count() {
 
 /// Activations of several of the element-wise loops' parallel chunks (8 x 32 x 32 values
 /// a sample, 6 samples): a block's sum is `relu(x) + x` value by value, and one training
-/// step's gradients and BatchNorm statistics are the same bit for bit on 1, 2 and 3 threads.
+/// step's gradients and BatchNorm statistics are the same bit for bit on 1, 2 and 3 threads,
+/// and as with the ReLU after the sum in a chain of its own (not fused into the sum).
 #[test]
 fn element_wise_layers_over_many_chunks_are_exact_and_deterministic() {
     let x = ArrayD::from_shape_fn(vec![6, 8, 32, 32], |i| ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) % 23) as f32 / 11.0 - 1.0);
@@ -366,28 +367,32 @@ fn element_wise_layers_over_many_chunks_are_exact_and_deterministic() {
     let y = sum.forward(x.clone()).unwrap();
     assert!(x.iter().zip(&y).all(|(&x, &y)| y == x.max(0.0) + x));
 
-    let block = || {
+    let block_with = |fused: bool| {
         let conv_bn = || Chain::new().add(Conv2d::new(8, 3).padding(cnn_nn::Padding::Same).no_bias()).add(BatchNorm::new());
+        let residual = Residual::new(conv_bn().add(ReLU::new()).add(conv_bn()));
+        let residual = if fused { residual.then(ReLU::new()) } else { residual.then(Chain::new().add(ReLU::new())) };
         Sequential::builder(&[8, 32, 32])
-            .add(Residual::new(conv_bn().add(ReLU::new()).add(conv_bn())).then(ReLU::new()))
+            .add(residual)
             .add(GlobalAvgPool2d::new())
             .add(Dense::new(3))
             .seed(4)
             .build()
             .unwrap()
     };
-    let step = |threads: usize| {
+    let step_with = |threads: usize, fused: bool| {
         on_threads(threads, || {
-            let mut model = block();
+            let mut model = block_with(fused);
             model.loss_and_gradients(x.clone(), &[0, 1, 2, 0, 1, 2]).unwrap();
             let grads: Vec<ArrayD<f32>> = model.named_params().into_iter().map(|(_, p)| p.grad.clone()).collect();
             (grads, state(&model))
         })
     };
+    let step = |threads: usize| step_with(threads, true);
     let one = step(1);
     assert!(one.0.iter().all(|g| g.iter().all(|v| v.is_finite())) && one.0.iter().any(|g| g.iter().any(|&v| v != 0.0)));
     assert_eq!(step(2), one);
     assert_eq!(step(3), one);
+    assert_eq!(step_with(2, false), one, "the ReLU apart");
 }
 
 #[test]
