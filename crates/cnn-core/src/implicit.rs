@@ -344,7 +344,6 @@ fn spread_rows(dy: ArrayView3<f32>, wp: usize, len: usize, spread: &mut [f32]) {
     }
 }
 
-
 /// The input gradient of a stride-1 convolution that [`suits`], as one more stride-1
 /// convolution: each input pixel gathers the output gradients of the windows that saw it,
 /// so `dx` is `dy` convolved with the filters turned half a turn in space and transposed in
