@@ -840,12 +840,14 @@ fn phase_convolutions(w: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry, x_d
     let mut parts = Vec::with_capacity(rows.len() * cols.len());
     for py in rows {
         for px in cols {
-            // the phase's taps turned around, input and output channels swapped
-            let turned = Array4::from_shape_fn((c_in, c_out, py.taps, px.taps), |(ci, co, j, l)| w[[co, ci, py.first + g.sh * (py.taps - 1 - j), px.first + g.sw * (px.taps - 1 - l)]]);
+            // the phase's taps, turned around, input and output channels swapped
+            let taps = w.slice(s![.., .., py.first..;g.sh as isize, px.first..;g.sw as isize]);
+            let turned = implicit::turned(taps);
+            debug_assert_eq!(turned.dim(), (c_in, c_out, py.taps, px.taps));
             let win = Window::new(py.taps, px.taps).padding(Padding::Explicit { top: py.before, bottom: py.after, left: px.before, right: px.after });
             let g_q = win.geometry(g.oh, g.ow)?;
             debug_assert_eq!((g_q.oh, g_q.ow), (py.len, px.len));
-            parts.push(forward(Algorithm::of(c_out, c_in, 1, &g_q), dy, turned.view(), None, &g_q, 1, Activation::Identity)?);
+            parts.push(forward(Algorithm::of(c_out, c_in, 1, &g_q), dy, turned, None, &g_q, 1, Activation::Identity)?);
         }
     }
     let (sh, sw) = (g.sh as isize, g.sw as isize);

@@ -367,8 +367,13 @@ pub(crate) fn input_gradient(dy: ArrayView4<f32>, w: ArrayView4<f32>, g: &Geomet
 /// `w` turned half a turn in space and transposed in channels, and [`transposed`]'s
 /// geometry; `None` where the padding is beyond the kernel's reach.
 pub(crate) fn transposed_operands<'a>(w: ArrayView4<'a, f32>, g: &Geometry) -> Option<(ArrayView4<'a, f32>, Geometry)> {
-    let flipped = w.slice_move(s![.., .., ..;-1, ..;-1]);
-    Some((flipped.permuted_axes([1, 0, 2, 3]), transposed(g)?))
+    Some((turned(w), transposed(g)?))
+}
+
+/// Filters `[c_out, c_in, kh, kw]` as the input gradient's convolution takes them: turned
+/// half a turn in space, input and output channels swapped (`[c_in, c_out, kh, kw]`).
+pub(crate) fn turned(w: ArrayView4<f32>) -> ArrayView4<f32> {
+    w.slice_move(s![.., .., ..;-1, ..;-1]).permuted_axes([1, 0, 2, 3])
 }
 
 /// The geometry of [`input_gradient`]'s convolution, if the forward padding is within the
