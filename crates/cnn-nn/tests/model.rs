@@ -8,7 +8,7 @@ use cnn_nn::models::reference_cnn;
 use cnn_nn::ndarray::ArrayD;
 use cnn_nn::optim::{Adam, Sgd};
 use cnn_nn::train::{evaluate, fit, FitConfig};
-use cnn_nn::{checkpoint, NnError, Sequential};
+use cnn_nn::{checkpoint, NnError, Padding, Sequential, Window};
 use common::{on_threads, small_model, small_model_with, state, toy_data};
 
 /// The course material's table; its last row, "Softmax", is the `Dense(10)` whose logits the
@@ -223,6 +223,35 @@ fn a_relu_after_a_batchnorm_trains_the_same_fused_or_not() {
     assert_eq!(history.iter().map(|h| h.train_loss).collect::<Vec<_>>(), history_apart.iter().map(|h| h.train_loss).collect::<Vec<_>>());
     assert_eq!(fused.named_params(), unfused.named_params());
     assert_eq!(fused.named_buffers(), unfused.named_buffers());
+}
+
+/// A chain trains a ReLU right before a max pool after the pool, on the pooled values (the
+/// two commute): the same training, value for value, as with the ReLU in a chain of its own
+/// (where the two cannot be swapped), for the reference network's pattern (convolution, ReLU,
+/// 2x2 max pool) and an overlapping 3x3 pool.
+#[test]
+fn a_relu_before_a_max_pool_trains_the_same_swapped_or_not() {
+    let data = toy_data(32, 8);
+    for window in [Window::square(2).stride(2), Window::square(3).stride(2)] {
+        let model = |seed: u64, apart: bool| {
+            let relu = |builder: cnn_nn::SequentialBuilder| if apart { builder.add(Chain::new().add(ReLU::new())) } else { builder.add(ReLU::new()) };
+            let builder = relu(Sequential::builder(&[1, 8, 8]).add(Conv2d::new(4, 3).padding(Padding::Same)));
+            relu(builder.add(MaxPool2d::with_window(window)).add(Conv2d::new(6, 2)))
+                .add(MaxPool2d::new(2))
+                .add(Flatten::new())
+                .add(Dense::new(4).init(cnn_nn::WeightInit::GlorotUniform))
+                .seed(seed)
+                .build()
+                .unwrap()
+        };
+        let (mut swapped, mut apart) = (model(5, false), model(5, true));
+        assert_eq!(swapped.named_params(), apart.named_params());
+        let train = |model: &mut Sequential| fit(model, &mut Sgd::new(0.1, 0.9, 1e-4), &data, None, None, &quiet(2, 8), |_, _, _| Ok(())).unwrap();
+        let (history, history_apart) = (train(&mut swapped), train(&mut apart));
+        assert!(history[1].train_loss < history[0].train_loss, "{window}: {history:?}");
+        assert_eq!(history.iter().map(|h| h.train_loss).collect::<Vec<_>>(), history_apart.iter().map(|h| h.train_loss).collect::<Vec<_>>(), "{window}");
+        assert_eq!(swapped.named_params(), apart.named_params(), "{window}");
+    }
 }
 
 #[test]

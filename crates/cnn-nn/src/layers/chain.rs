@@ -74,27 +74,27 @@ impl Chain {
     /// first layer's input gradient only if `input_gradient`: else the first layer runs
     /// [`Layer::backward_params`] and the result is `None` (`dy` itself for an empty chain).
     pub(crate) fn backward_observed(&mut self, dy: ArrayD<f32>, input_gradient: bool, done: &mut dyn FnMut(usize, &dyn Layer)) -> Option<ArrayD<f32>> {
-        let in_norm = self.relus_in_norms();
+        let inside = self.runs_inside();
         let mut d = Some(dy);
-        for (i, layer) in self.layers.iter_mut().enumerate().rev() {
+        for i in (0..self.layers.len()).rev() {
             let dy = d.take().expect("each layer gives the one before it its gradient");
-            if in_norm[i] {
-                // its gradient mask is applied in the BatchNorm's backward
+            if inside[i] {
+                // its gradient is applied by its neighbour (the BatchNorm's backward, or
+                // before the max pool's)
                 d = Some(dy);
             } else if i == 0 && !input_gradient {
-                layer.backward_params(dy);
+                self.layers[0].backward_params(dy);
             } else {
-                d = Some(layer.backward(dy));
+                d = Some(fuse::backward(&mut self.layers, i, dy));
             }
-            done(i, layer.as_ref());
+            done(i, self.layers[i].as_ref());
         }
-        d
+        d.filter(|_| input_gradient || self.layers.is_empty())
     }
 
-    /// For each layer, whether it is a ReLU that the training runs inside the BatchNorm before
-    /// it ([`fuse::relu_in_norm`]).
-    fn relus_in_norms(&self) -> Vec<bool> {
-        (0..self.layers.len()).map(|i| fuse::relu_in_norm(&self.layers, i)).collect()
+    /// For each layer, whether the training runs it inside a neighbour ([`fuse::runs_inside`]).
+    fn runs_inside(&self) -> Vec<bool> {
+        (0..self.layers.len()).map(|i| fuse::runs_inside(&self.layers, i)).collect()
     }
 
     /// Replaces layer `index`, which must give the same output shape from the same input.
@@ -148,13 +148,17 @@ impl Layer for Chain {
 
     /// The last layer that computes on the view, the rest as [`Layer::backward`].
     fn backward_view(&mut self, dy: ArrayViewD<f32>) -> ArrayD<f32> {
-        let in_norm = self.relus_in_norms();
-        let Some(last) = in_norm.iter().rposition(|&skipped| !skipped) else {
+        let inside = self.runs_inside();
+        let Some(last) = inside.iter().rposition(|&skipped| !skipped) else {
             return super::par_clone(dy);
         };
-        let (rest, tail) = self.layers.split_at_mut(last);
-        let d = tail[0].backward_view(dy);
-        rest.iter_mut().zip(&in_norm[..last]).rev().fold(d, |d, (layer, &skipped)| if skipped { d } else { layer.backward(d) })
+        let d = if last > 0 && fuse::relu_before_pool(&self.layers, last - 1) {
+            let d = self.layers[last - 1].backward_view(dy);
+            self.layers[last].backward(d)
+        } else {
+            self.layers[last].backward_view(dy)
+        };
+        (0..last).rev().fold(d, |d, i| if inside[i] { d } else { fuse::backward(&mut self.layers, i, d) })
     }
 
     fn backward_params(&mut self, dy: ArrayD<f32>) {
