@@ -97,12 +97,21 @@ pub(crate) fn im2col_sample(x: ArrayView3<f32>, g: &Geometry, cols: ArrayViewMut
 ///
 /// # Panics
 /// If `cols` has the wrong shape or non-contiguous rows (a bug in the caller).
-pub(crate) fn im2col_tile(x: ArrayView3<f32>, g: &Geometry, tile: Range<usize>, mut cols: ArrayViewMut2<f32>) {
+pub(crate) fn im2col_tile(x: ArrayView3<f32>, g: &Geometry, tile: Range<usize>, cols: ArrayViewMut2<f32>) {
     let (c, h, w) = x.dim();
     assert_eq!((h, w), (g.h, g.w), "im2col: image does not match geometry");
     assert_eq!(cols.dim(), (c * g.kh * g.kw, tile.len() * g.ow), "im2col: wrong cols shape");
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
+    match Table::of(g, &tile, &cols.view()) {
+        Some(table) => table.lower(x, g, cols),
+        None => im2col_by_taps(x, c, g, tile, cols),
+    }
+}
+
+/// [`im2col_tile`] tap by tap (`x`: the `c` channels as one slice).
+fn im2col_by_taps(x: &[f32], c: usize, g: &Geometry, tile: Range<usize>, mut cols: ArrayViewMut2<f32>) {
+    let (h, w) = (g.h, g.w);
     let ow = g.ow;
     // tap by tap, the channels innermost: where a tap reads (its rows and columns inside the
     // image, whether it is one run) is the same for every channel, and worked out once
@@ -190,11 +199,20 @@ pub(crate) fn col2im_sample(cols: ArrayViewMut2<f32>, g: &Geometry, dx: ArrayVie
 ///
 /// # Panics
 /// If the shapes disagree with the geometry (a bug in the caller).
-pub(crate) fn col2im_tile(mut cols: ArrayViewMut2<f32>, g: &Geometry, tile: Range<usize>, mut dx: ArrayViewMut3<f32>) {
+pub(crate) fn col2im_tile(cols: ArrayViewMut2<f32>, g: &Geometry, tile: Range<usize>, mut dx: ArrayViewMut3<f32>) {
     let (c, h, w) = dx.dim();
     assert_eq!((h, w), (g.h, g.w), "col2im: image does not match geometry");
     assert_eq!(cols.dim(), (c * g.kh * g.kw, tile.len() * g.ow), "col2im: wrong cols shape");
     let dx = dx.as_slice_mut().expect("col2im: dx must be contiguous");
+    match Table::of(g, &tile, &cols.view()) {
+        Some(table) => table.add_back(cols.view(), g, dx),
+        None => col2im_by_taps(cols, g, tile, dx),
+    }
+}
+
+/// [`col2im_tile`] tap by tap (`dx`: the channels as one slice).
+fn col2im_by_taps(mut cols: ArrayViewMut2<f32>, g: &Geometry, tile: Range<usize>, dx: &mut [f32]) {
+    let (h, w) = (g.h, g.w);
     // where each tap's values land, worked out once for all channels: small images have
     // rows of 3 to 11 values, where working it out per row cost more than the additions
     let taps: Vec<Tap> = (0..g.kh).flat_map(|ky| (0..g.kw).map(move |kx| (ky, kx))).map(|(ky, kx)| Tap::new(g, &tile, ky, kx)).collect();
@@ -203,6 +221,77 @@ pub(crate) fn col2im_tile(mut cols: ArrayViewMut2<f32>, g: &Geometry, tile: Rang
     for plane in dx.chunks_exact_mut(h * w) {
         for (tap, mut row) in taps.iter().zip(&mut rows) {
             tap.add(row.as_slice_mut().expect("cols rows are contiguous"), plane, g);
+        }
+    }
+}
+
+/// At most this many lowered values per channel for a [`Table`].
+const TABLE_VALUES: usize = 256;
+
+/// im2col and col2im for a tiny image (the reference network's conv3: 5x5 pixels, 3x3
+/// outputs, 81 lowered values per channel in rows of 3): where each lowered value of a
+/// channel comes from is listed once, and every channel is copied or added through the list,
+/// with no work per row or tap (conv3's backward, batch 64, Zen 3: col2im had been a quarter
+/// of it, im2col a tenth).
+struct Table {
+    /// `(offset in the channel's rows of cols, pixel of its plane)` of the values inside the
+    /// image; the others are padding.
+    entries: Vec<(usize, usize)>,
+    /// Rows of cols per channel (`kh·kw`), `stride` values apart.
+    taps: usize,
+    stride: usize,
+}
+
+impl Table {
+    /// The table of a tile of output rows, if the image is tiny ([`TABLE_VALUES`]) and `cols`
+    /// has contiguous rows.
+    fn of(g: &Geometry, tile: &Range<usize>, cols: &ArrayView2<f32>) -> Option<Table> {
+        let (taps, stride) = (g.kh * g.kw, cols.strides()[0]);
+        if taps * tile.len() * g.ow > TABLE_VALUES || cols.strides()[1] != 1 || stride < cols.ncols() as isize || cols.nrows() == 0 {
+            return None;
+        }
+        let stride = stride as usize;
+        let mut entries = Vec::with_capacity(taps * tile.len() * g.ow);
+        for (t, (ky, kx)) in (0..g.kh).flat_map(|ky| (0..g.kw).map(move |kx| (ky, kx))).enumerate() {
+            for oy in clip(g.rows_inside(ky), tile) {
+                for ox in g.cols_inside(kx) {
+                    entries.push((t * stride + (oy - tile.start) * g.ow + ox, g.input_row(oy, ky) * g.w + g.input_col(ox, kx)));
+                }
+            }
+        }
+        Some(Table { entries, taps, stride })
+    }
+
+    /// Values of `cols` from its first to its last, rows `stride` apart.
+    fn span(&self, cols: &ArrayView2<f32>) -> usize {
+        (cols.nrows() - 1) * self.stride + cols.ncols()
+    }
+
+    /// im2col of the channels `x` (`[c, h, w]` as one slice) into `cols`.
+    fn lower(&self, x: &[f32], g: &Geometry, mut cols: ArrayViewMut2<f32>) {
+        if self.entries.len() < self.taps * cols.ncols() {
+            cols.fill(0.0);
+        }
+        let span = self.span(&cols.view());
+        // SAFETY: `cols` holds `span` values from its first (rows `stride` apart, checked in `of`)
+        let values = unsafe { std::slice::from_raw_parts_mut(cols.as_mut_ptr(), span) };
+        for (ci, plane) in x.chunks_exact(g.h * g.w).enumerate() {
+            let rows = &mut values[ci * self.taps * self.stride..];
+            for &(at, pixel) in &self.entries {
+                rows[at] = plane[pixel];
+            }
+        }
+    }
+
+    /// col2im: adds `cols` back onto the channels `dx` (`[c, h, w]` as one slice).
+    fn add_back(&self, cols: ArrayView2<f32>, g: &Geometry, dx: &mut [f32]) {
+        // SAFETY: as in `lower`
+        let values = unsafe { std::slice::from_raw_parts(cols.as_ptr(), self.span(&cols)) };
+        for (ci, plane) in dx.chunks_exact_mut(g.h * g.w).enumerate() {
+            let rows = &values[ci * self.taps * self.stride..];
+            for &(at, pixel) in &self.entries {
+                plane[pixel] += rows[at];
+            }
         }
     }
 }
@@ -290,6 +379,42 @@ mod tests {
         assert_eq!(cols.column(3).to_vec(), [4., 0., 0., 0., 8., 0., 0., 0.]);
         // sample 1, position (0,1)
         assert_eq!(cols.column(5).to_vec(), [10., 0., 12., 0., 14., 0., 16., 0.]);
+    }
+
+    /// Tiny images go through a [`Table`]: the same lowered values and the same sums, bit for
+    /// bit, as tap by tap — padding, strides, dilation, a band of rows, and `cols` a slice of
+    /// wider rows (samples side by side) whose other columns stay untouched.
+    #[test]
+    fn tables_lower_and_add_back_as_the_taps_do() {
+        for ((c, h, w), win, band) in [
+            ((3, 5, 5), Window::square(3), None),
+            ((2, 4, 4), Window::square(2).padding(Padding::Same), None),
+            ((2, 7, 6), Window::new(3, 2).strides(2, 1).padding(Padding::uniform(1)), Some(1..3)),
+            ((1, 6, 6), Window::square(2).dilation(2).padding(Padding::Same), None),
+        ] {
+            let g = win.geometry(h, w).unwrap();
+            let tile = band.unwrap_or(0..g.oh);
+            let (k, m) = (c * g.kh * g.kw, tile.len() * g.ow);
+            let inside = ndarray::s![.., 2..2 + m];
+            let x: Vec<f32> = (0..c * h * w).map(|i| (i % 13) as f32 * 0.25 - 1.5).collect();
+            let mut by_table = Array2::from_elem((k, m + 5), f32::NAN);
+            let mut by_taps = by_table.clone();
+            let table = Table::of(&g, &tile, &by_table.slice(inside)).unwrap_or_else(|| panic!("{win}: a tiny image"));
+            table.lower(&x, &g, by_table.slice_mut(inside));
+            im2col_by_taps(&x, c, &g, tile.clone(), by_taps.slice_mut(inside));
+            let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(by_table.as_slice().unwrap()), bits(by_taps.as_slice().unwrap()), "{win}: lowered");
+            assert!(by_table.column(1).iter().chain(by_table.column(m + 2)).all(|v| v.is_nan()), "{win}: other columns");
+            let cols = Array2::from_shape_fn((k, m + 5), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.125 - 0.6);
+            let (mut dx_table, mut dx_taps) = (vec![0.5; c * h * w], vec![0.5; c * h * w]);
+            table.add_back(cols.slice(inside), &g, &mut dx_table);
+            col2im_by_taps(cols.clone().slice_mut(inside), &g, tile, &mut dx_taps);
+            assert_eq!(bits(&dx_table), bits(&dx_taps), "{win}: added back");
+            assert!(dx_table.iter().filter(|&&v| v != 0.5).count() > c * h * w / 2, "{win}: most pixels receive values");
+        }
+        // conv2 of the reference network (13x13 to 11x11) is no tiny image
+        let conv2 = Window::square(3).geometry(13, 13).unwrap();
+        assert!(Table::of(&conv2, &(0..11), &Array2::zeros((288, 121)).view()).is_none());
     }
 
     #[test]
