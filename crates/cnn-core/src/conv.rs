@@ -236,23 +236,42 @@ pub(crate) fn lowered_backward<T: Send>(
 
 /// The filter and bias gradients alone, without the input gradient (of the layers Winograd
 /// does not compute: those take [`winograd::filter_gradient`]): for outputs of fewer
-/// than 64 positions by one GEMM per task on channels-last copies with AVX2
+/// than 64 positions, or of rows too short for the dot products ([`short_rows`]), by one
+/// GEMM per task on channels-last copies with AVX2
 /// ([`implicit::filter_gradient_channels_last`]; ResNet-20's 7x7 layers, 64 channels, batch
-/// 128, Zen 3: 3.9 ms against the lowering's 5.1) or else by the lowering with samples side
-/// by side ([`lowered_filter_gradient`]; on AVX-512, the stride-2 7x7 layer's forward +
-/// backward 3.6 → 3.4 ms against the dot products); otherwise by dot products of rows read in
+/// 128, Zen 3: 3.9 ms against the lowering's 5.1); for fewer than 64 positions without AVX2
+/// by the lowering with samples side by side ([`lowered_filter_gradient`]; on AVX-512, the
+/// stride-2 7x7 layer's forward + backward 3.6 → 3.4 ms against the dot products);
+/// otherwise by dot products of rows read in
 /// place ([`implicit::filter_gradient`]: 3.5 ms against 4.1 channels-last at 28x28, 3.8
 /// against 4.0 at 14x14).
 fn filter_gradient(x: ArrayView4<f32>, dy: ArrayView4<f32>, g: &Geometry) -> Result<(Array4<f32>, Array1<f32>)> {
-    if group_size(g.positions()) > 1 {
-        if crate::gemm::kernel_name() == "avx2+fma" {
-            expect_allocatable("channels-last padded samples", implicit::channels_last_values(g, x.dim().1, dy.dim().1))?;
-            return Ok(implicit::filter_gradient_channels_last(x, dy, g));
-        }
+    let small = group_size(g.positions()) > 1;
+    if crate::gemm::kernel_name() == "avx2+fma" && (small || short_rows(g, x.dim().1)) {
+        expect_allocatable("channels-last padded samples", implicit::channels_last_values(g, x.dim().1, dy.dim().1))?;
+        return Ok(implicit::filter_gradient_channels_last(x, dy, g));
+    }
+    if small {
         return lowered_filter_gradient(x, dy, g);
     }
     expect_allocatable("padded sample", implicit::padded_values(g, x.dim().1))?;
     Ok(implicit::filter_gradient(x, dy, g))
+}
+
+/// Outputs of at most this many positions have rows too short for the filter gradient's dot
+/// products with AVX2 (11x11: 121 values in rows of 144, wrapped columns and lanes included)
+/// and take the channels-last GEMM, if the input channels fill its 16-lane slivers. Measured on
+/// Zen 3, the filter gradient alone, dot products against channels-last (ms): batch 128, 32 →
+/// 32 channels, SAME, 10x10 2.44 / 2.00, 12x12 3.10 / 2.87, 14x14 3.80 / 3.74, 16x16 4.89 /
+/// 4.89, 20x20 (16 channels) 1.95 / 2.12; the reference network's conv2 (13x13 → 11x11, 32 →
+/// 64) at batch 64 2.58 / 2.20 and at 256 10.1 / 8.4; 13x13 → 11x11 with 16 or 64 channels
+/// level; 3 channels (13 of 16 lanes empty) 0.30 / 0.67.
+const SHORT_ROWS: usize = 144;
+
+/// Whether the filter gradient's dot products would run on short rows ([`SHORT_ROWS`]) of a
+/// layer whose `c_in` input channels fill the channels-last GEMM's slivers.
+fn short_rows(g: &Geometry, c_in: usize) -> bool {
+    g.positions() <= SHORT_ROWS && c_in.is_multiple_of(crate::gemm::Kernel::best().nr)
 }
 
 /// The filter and bias gradients alone by the lowering, for outputs of fewer than 64
@@ -652,7 +671,8 @@ pub fn conv2d_groups_backward(x: ArrayView4<f32>, w: ArrayView4<f32>, dy: ArrayV
 /// for a model's first layer, whose input needs none (PyTorch skips it the same way for an
 /// input that does not require a gradient). One group: as the backward passes compute it
 /// alone (see `filter_gradient`: dot products of rows read in place, or for outputs of fewer
-/// than 64 positions a GEMM on channels-last copies with AVX2, the lowering else); several:
+/// than 64 positions, or of short rows, a GEMM on channels-last copies with AVX2, the lowering
+/// else); several:
 /// the whole backward, the input gradient dropped.
 ///
 /// # Shapes
@@ -921,6 +941,19 @@ mod tests {
     use super::*;
     use crate::reference;
     use crate::test_data::filled;
+
+    /// The layers whose filter gradient runs on short rows, as measured: the reference
+    /// network's conv2 and a CIFAR-sized 8x8 stage; not with 3 input channels, not ResNet-20's
+    /// 14x14 and 28x28 stages.
+    #[test]
+    fn the_filter_gradients_on_short_rows() {
+        let (valid, same) = (Window::square(3), Window::square(3).padding(Padding::Same));
+        assert!(short_rows(&valid.geometry(13, 13).unwrap(), 32));
+        assert!(short_rows(&same.geometry(8, 8).unwrap(), 64));
+        assert!(!short_rows(&valid.geometry(13, 13).unwrap(), 3));
+        assert!(!short_rows(&same.geometry(14, 14).unwrap(), 32));
+        assert!(!short_rows(&same.geometry(28, 28).unwrap(), 16));
+    }
 
     /// The phases of ResNet-20's stride-2 3x3 layers (28 → 14, SAME: no padding before): even
     /// inputs take taps 0 and 2, odd ones tap 1; a 1x1 stride-2 kernel leaves odd inputs no tap.
