@@ -256,15 +256,20 @@ pub fn max_pool2d_backward(dy: ArrayView4<f32>, argmax: ArrayView4<u32>, x_shape
     let [n, c, h, w] = x_shape;
     expect_shape("output gradient dy", &[n, c, g.oh, g.ow], dy.shape())?;
     expect_shape("max-pool argmax vs dy", dy.shape(), argmax.shape())?;
-    if let Some(&index) = argmax.iter().find(|&&i| i as usize >= h * w) {
-        return Err(CnnError::BadArgmax { index, h, w });
-    }
     expect_allocatable("input gradient", n * c * h * w)?;
     threads::init();
+    let argmax = argmax.as_standard_layout();
+    let argmax = argmax.as_slice().expect("standard layout");
+    // every index inside its plane: the largest, in parallel and branch-free (a serial search
+    // for the first bad one was a quarter of the backward), then the first bad one if any
+    let largest = argmax.par_chunks(1 << 14).map(|c| c.iter().fold(0, |m, &i| m.max(i))).max().unwrap_or(0);
+    if largest as usize >= h * w {
+        let index = *argmax.iter().find(|&&i| i as usize >= h * w).expect("the largest is one");
+        return Err(CnnError::BadArgmax { index, h, w });
+    }
     let mut dx = threads::par_zeros(ndarray::Dim(x_shape));
     let positions = g.positions();
-    let (dy, argmax) = (planes(&dy), argmax.as_standard_layout());
-    let argmax = argmax.as_slice().expect("standard layout");
+    let dy = planes(&dy);
     dx.as_slice_mut()
         .expect("new array")
         .par_chunks_mut(h * w)
@@ -473,6 +478,11 @@ mod tests {
         let bad = Array4::<u32>::from_elem((1, 1, 1, 1), 99);
         let e = max_pool2d_backward(Array4::ones((1, 1, 1, 1)).view(), bad.view(), [1, 1, 2, 2], &Window::square(2)).unwrap_err();
         assert_eq!(e.to_string(), "argmax index 99 is outside the 2x2 input plane");
+        // in a large argmax (several chunks), the first bad index is named, not the largest
+        let mut big = Array4::<u32>::zeros((1, 1, 200, 200));
+        (big[[0, 0, 100, 3]], big[[0, 0, 150, 0]]) = (160_007, 200_000);
+        let e = max_pool2d_backward(Array4::ones((1, 1, 200, 200)).view(), big.view(), [1, 1, 400, 400], &Window::square(2).stride(2)).unwrap_err();
+        assert_eq!(e.to_string(), "argmax index 160007 is outside the 400x400 input plane");
     }
 
     #[test]
