@@ -244,10 +244,10 @@ struct Table {
 
 impl Table {
     /// The table of a tile of output rows, if the image is tiny ([`TABLE_VALUES`]) and `cols`
-    /// has contiguous rows.
+    /// has contiguous rows (and values).
     fn of(g: &Geometry, tile: &Range<usize>, cols: &ArrayView2<f32>) -> Option<Table> {
         let (taps, stride) = (g.kh * g.kw, cols.strides()[0]);
-        if taps * tile.len() * g.ow > TABLE_VALUES || cols.strides()[1] != 1 || stride < cols.ncols() as isize || cols.nrows() == 0 {
+        if taps * tile.len() * g.ow > TABLE_VALUES || cols.is_empty() || cols.strides()[1] != 1 || stride < cols.ncols() as isize {
             return None;
         }
         let stride = stride as usize;

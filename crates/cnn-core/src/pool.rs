@@ -261,7 +261,8 @@ pub fn max_pool2d_backward(dy: ArrayView4<f32>, argmax: ArrayView4<u32>, x_shape
     let argmax = argmax.as_standard_layout();
     let argmax = argmax.as_slice().expect("standard layout");
     // every index inside its plane: the largest, in parallel and branch-free (a serial search
-    // for the first bad one was a quarter of the backward), then the first bad one if any
+    // for the first bad one, the other thread waiting, was half of the backward's time), then
+    // the first bad one if any
     let largest = argmax.par_chunks(1 << 14).map(|c| c.iter().fold(0, |m, &i| m.max(i))).max().unwrap_or(0);
     if largest as usize >= h * w {
         let index = *argmax.iter().find(|&&i| i as usize >= h * w).expect("the largest is one");
