@@ -254,6 +254,32 @@ fn a_relu_before_a_max_pool_trains_the_same_swapped_or_not() {
     }
 }
 
+/// A residual block whose ReLU after the sum comes before a max pool (`.then(ReLU).then(pool)`)
+/// trains, value for value, as with that ReLU in a chain of its own: the sum's ReLU and the
+/// swap of a ReLU with the pool after it are not both applied to it.
+#[test]
+fn a_residual_blocks_relu_before_a_max_pool_trains_the_same_as_apart() {
+    let data = toy_data(32, 9);
+    let model = |apart: bool| {
+        let block = Residual::new(Chain::new().add(Conv2d::new(1, 3).padding(Padding::Same)));
+        let block = if apart { block.then(Chain::new().add(ReLU::new())) } else { block.then(ReLU::new()) };
+        Sequential::builder(&[1, 8, 8])
+            .add(block.then(MaxPool2d::new(2)))
+            .add(Flatten::new())
+            .add(Dense::new(4).init(cnn_nn::WeightInit::GlorotUniform))
+            .seed(6)
+            .build()
+            .unwrap()
+    };
+    let (mut fused, mut apart) = (model(false), model(true));
+    assert_eq!(fused.named_params(), apart.named_params());
+    let train = |model: &mut Sequential| fit(model, &mut Sgd::new(0.1, 0.9, 1e-4), &data, None, None, &quiet(2, 8), |_, _, _| Ok(())).unwrap();
+    let (history, history_apart) = (train(&mut fused), train(&mut apart));
+    assert!(history[1].train_loss < history[0].train_loss, "{history:?}");
+    assert_eq!(history.iter().map(|h| h.train_loss).collect::<Vec<_>>(), history_apart.iter().map(|h| h.train_loss).collect::<Vec<_>>());
+    assert_eq!(fused.named_params(), apart.named_params());
+}
+
 #[test]
 fn batchnorm_buffers_are_saved_counted_apart_and_left_to_training() {
     let data = toy_data(32, 7);

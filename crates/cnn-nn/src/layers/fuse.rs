@@ -98,8 +98,13 @@ pub(crate) fn relu_before_pool(layers: &[Box<dyn Layer>], i: usize) -> bool {
 }
 
 /// The `ReLU` that `layers` start with, if they do, and the layers after it (for a residual
-/// block's training: the ReLU after the sum in the sum's pass).
+/// block's training: the ReLU after the sum in the sum's pass) — unless a max pool follows
+/// it: the chain's backward takes that ReLU's gradient before the pool's
+/// ([`relu_before_pool`]), so its forward must run it after the pool.
 pub(crate) fn leading_relu_mut(layers: &mut [Box<dyn Layer>]) -> Option<(&mut ReLU, &mut [Box<dyn Layer>])> {
+    if relu_before_pool(layers, 0) {
+        return None;
+    }
     let (first, rest) = layers.split_first_mut()?;
     Some(((first.as_mut() as &mut dyn Any).downcast_mut::<ReLU>()?, rest))
 }
